@@ -1,14 +1,64 @@
-"""The ``veil`` command line: one verb per stage."""
+"""The ``veil`` command line: one verb per stage.
+
+Verbs are imported only when used, so ``veil --help`` stays fast and a verb's heavy
+dependencies (onnxruntime, torch, ray) load only for the verb that needs them.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 import click
 
 from veil import __version__
 
+# verb -> "module:attribute", in the order a user meets them
+VERBS: dict[str, str] = {
+    "demo": "veil.cli.demo:demo_command",
+    "detect": "veil.cli.detect:detect_command",
+    "obfuscate": "veil.cli.obfuscate:obfuscate_command",
+    "import-faces": "veil.cli.faces:import_faces",
+    "export-faces": "veil.cli.faces:export_faces",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = VERBS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command: Any = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # One-line summaries without importing every verb's dependencies twice.
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=70)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                              "max_content_width": 100})
 @click.version_option(__version__, prog_name="veil")
 def main() -> None:
     """veil: find, review, obfuscate and audit the faces in an image dataset,
-    and measure what obfuscation costs the models trained on it."""
+    and measure what obfuscation costs the models trained on it.
+
+    \b
+    A typical run:
+      veil detect DATASET --store faces.sqlite
+      veil obfuscate DATASET --faces faces.sqlite --method blur --out DATASET-blurred
+      veil export-faces --store faces.sqlite --format paper --out faces.json
+    """

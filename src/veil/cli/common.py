@@ -1,0 +1,123 @@
+"""Options and output shared by the CLI verbs, so every verb reads the same way."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from veil.datasets import LAYOUTS, open_dataset
+from veil.errors import VeilError
+from veil.runner import RunSummary
+
+DEFAULT_STORE = "faces.sqlite"
+EXIT_INPUT_ERRORS = 1
+EXIT_INTERRUPTED = 130
+
+
+def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """DATASET plus the flags that say how to read it; passes ``dataset`` to the verb."""
+
+    @click.argument("dataset_path", metavar="DATASET", type=click.Path(exists=True))
+    @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+                  help="How DATASET is organised: ImageFolder/ILSVRC (split/class/image), a plain "
+                       "folder, or a text file listing image paths.")
+    @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+                  help="For a file list: the folder its paths are relative to "
+                       "(default: the list's folder).")
+    @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+                  default=None, help="Labels for a flat val/ folder: '<file> <label>' lines or "
+                                     "ILSVRC's LOC_val_solution.csv.")
+    @click.option("--split", default=None,
+                  help="Only this split (top-level folder), e.g. 'val'.")
+    @click.option("--limit", type=click.IntRange(min=1), default=None,
+                  help="Only the first N images (spread over the classes), for a quick try.")
+    @functools.wraps(func)
+    def wrapper(dataset_path: str, layout: str, root: str | None, labels_file: str | None,
+                split: str | None, limit: int | None, **kwargs: Any) -> Any:
+        dataset = open_dataset(dataset_path, layout=layout, root=root, labels_file=labels_file)
+        if split is not None or limit is not None:
+            dataset = dataset.subset(split=split, limit=limit)
+        return func(dataset=dataset, **kwargs)
+
+    return wrapper
+
+
+def store_option(required: bool = False) -> Callable[..., Any]:
+    return click.option(
+        "--store", "store_url", default=None if required else DEFAULT_STORE,
+        required=required, envvar="VEIL_STORE", show_default=not required, show_envvar=True,
+        help="The face store: an SQLite file (created if missing) or an SQLAlchemy URL "
+             "such as postgresql+psycopg://user@host/db.")
+
+
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Worker processes (default: one per core this process may use).")
+shard_size_option = click.option(
+    "--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
+    help="Images per shard: the unit of work, progress and resumption.")
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=None, envvar="VEIL_MAX_PIXELS",
+    show_envvar=True,
+    help="Refuse images with more pixels than this (decompression bombs); default 200,000,000.")
+progress_option = click.option(
+    "--progress/--no-progress", default=None,
+    help="Show a progress bar (default: when writing to a terminal).")
+
+
+def want_progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn veil's own errors into one clear line and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VeilError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def echo_summary(title: str, summary: RunSummary, *, order: tuple[str, ...] = (),
+                 max_errors: int = 10) -> None:
+    """The end-of-run report: counts, speed, and the first errors with their messages."""
+    click.echo(f"{title}: {summary.images} images in {summary.seconds:.1f} s "
+               f"({summary.images_per_second:.1f} img/s)")
+    if summary.resumed_shards:
+        click.echo(f"  resumed: {summary.resumed_shards} shard(s) were already done")
+    names = list(order) + sorted(k for k in summary.counts if k not in order)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        click.echo(f"  {name:<{width}}  {summary.counts.get(name, 0):>8}")
+    if summary.errors:
+        click.echo(f"  {len(summary.errors)} input(s) failed:", err=True)
+        for key, message in summary.errors[:max_errors]:
+            click.echo(f"    {key}: {message}", err=True)
+        if len(summary.errors) > max_errors:
+            click.echo(f"    ... and {len(summary.errors) - max_errors} more", err=True)
+    for index, message in summary.failed_shards[:max_errors]:
+        click.echo(f"  shard {index} failed: {message} (run again to retry it)", err=True)
+    if summary.interrupted:
+        click.echo("  interrupted: run the same command again to resume", err=True)
+
+
+def exit_code(summary: RunSummary) -> int:
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if summary.ok else EXIT_INPUT_ERRORS
+
+
+def resolve_path(path: str) -> Path:
+    return Path(os.path.expanduser(path))
+
+

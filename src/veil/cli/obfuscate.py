@@ -1,0 +1,95 @@
+"""``veil obfuscate``: write a face-obfuscated mirror of a dataset."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from veil.cli.common import (
+    dataset_options,
+    echo_summary,
+    exit_code,
+    fail_cleanly,
+    max_pixels_option,
+    progress_option,
+    shard_size_option,
+    want_progress,
+    workers_option,
+)
+from veil.faces import load_faces
+from veil.obfuscation import METHODS, parse_method_options
+from veil.stages.obfuscate import FORMATS, UNANNOTATED_POLICIES, obfuscate_dataset
+
+
+def _methods_help() -> str:
+    return "\n\n".join("\b\n" + spec.describe() for spec in METHODS.values())
+
+
+METHODS_EPILOG = "\b\nMethods (options are given with -o KEY=VALUE):\n\n" + _methods_help()
+
+
+@click.command("obfuscate", epilog=METHODS_EPILOG)
+@dataset_options
+@click.option("--faces", "faces_source", required=True, metavar="STORE_OR_FILE",
+              help="Where the boxes come from: a face store (SQLite file or SQLAlchemy URL) or a "
+                   "faces file (the paper's JSON, COCO JSON or Parquet).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: the dataset's layout, mirrored.")
+@click.option("--method", type=click.Choice(list(METHODS)), default="blur", show_default=True,
+              help="How faces are obfuscated (see Methods below).")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A method option, e.g. -o color=0,0,0 -o shape=ellipse (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="keep", show_default=True,
+              help="keep: faceless images copied byte for byte, obfuscated JPEGs re-encoded with "
+                   "the source's quantisation tables; png: every image as a lossless PNG; "
+                   "jpeg: every image as JPEG.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="Quality for images that become JPEG without JPEG tables of their own.")
+@click.option("--link", is_flag=True,
+              help="Hard-link faceless images instead of copying them (same filesystem only).")
+@click.option("--keep-metadata", is_flag=True,
+              help="Keep identifying metadata (EXIF, GPS, thumbnails, XMP) in copied faceless "
+                   "images. By default it is removed losslessly; obfuscated images never keep it.")
+@click.option("--unannotated", type=click.Choice(UNANNOTATED_POLICIES), default="error",
+              show_default=True,
+              help="Images the faces source knows nothing about: count them as errors, copy them "
+                   "unchanged, or leave them out.")
+@workers_option
+@shard_size_option
+@max_pixels_option
+@click.option("--overwrite", is_flag=True,
+              help="Delete OUT first if it holds output made with other settings.")
+@progress_option
+@fail_cleanly
+def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
+                      option_pairs: tuple[str, ...], fmt: str, jpeg_quality: int, link: bool,
+                      keep_metadata: bool, unannotated: str, workers: int | None,
+                      shard_size: int, max_pixels: int | None, overwrite: bool,
+                      progress: bool | None) -> None:
+    """Write DATASET with every face obfuscated into OUT.
+
+    Writes are atomic and the run is resumable: kill it, run the same command again,
+    and OUT ends up byte-identical to an uninterrupted run. The exit code is 1 when any
+    input failed.
+    """
+    options = parse_method_options(method, list(option_pairs))
+    faces = load_faces(faces_source)
+    for warning in faces.warnings[:5]:
+        click.echo(f"warning: {warning}", err=True)
+    if len(faces.warnings) > 5:
+        click.echo(f"warning: ... and {len(faces.warnings) - 5} more", err=True)
+    unknown = [k for k in faces.boxes if k not in dataset]
+    if unknown:
+        click.echo(f"warning: {len(unknown)} key(s) in the faces source are not images of the "
+                   f"dataset, e.g. {', '.join(unknown[:3])}", err=True)
+    summary = obfuscate_dataset(
+        dataset, faces, out, method=method, options=options, fmt=fmt,
+        jpeg_quality=jpeg_quality, link=link, strip_metadata=not keep_metadata,
+        unannotated=unannotated, workers=workers, shard_size=shard_size,
+        max_pixels=max_pixels, overwrite=overwrite, progress=want_progress(progress),
+    )
+    echo_summary(f"obfuscate ({method}) -> {out}", summary,
+                 order=("faces", "obfuscated", "copied", "errors"))
+    sys.exit(exit_code(summary))

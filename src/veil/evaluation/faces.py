@@ -1,0 +1,418 @@
+"""Face detection metrics, exactly as DESIGN.md defines them.
+
+Inputs are plain mappings ``key -> list[Box]`` (ground truth and predictions) plus,
+optionally, ``key -> list[bool]`` saying which ground-truth boxes are *invalid*
+(WIDER FACE's ``invalid`` flag). Everything is measured at the stored resolution.
+
+Definitions (the names DESIGN.md uses):
+
+- **must-find face**: a valid ground-truth face at least ``min_height`` px tall.
+  Every other ground-truth face is *ignored*: matching one is no false positive,
+  missing one is no miss.
+- **recall@IoU0.5**: must-find faces matched one-to-one at IoU >= ``iou``. Detections
+  are taken by descending score (ties in their listed order); each takes the
+  still-unmatched must-find face it overlaps most. A detection that finds none takes
+  an ignored face it overlaps (and is then neither true nor false); otherwise it is a
+  false positive, duplicates of an already matched face included. This is COCO's
+  greedy rule, with WIDER FACE's treatment of ignored faces and duplicates.
+- **coverage recall**: must-find faces with >= ``coverage`` of their area under the
+  union of the detections (computed exactly by coordinate compression). It asks
+  what obfuscation asks: is the face hidden, whatever the boxes' shapes?
+- **precision**: detections that overlap *any* ground-truth face (ignored ones too,
+  duplicates too) at IoU >= ``iou``, over all detections.
+- **AP**: the area under the precision/recall curve of the matching above, all-point
+  interpolated (precision made monotone from the right). Points are taken only
+  between distinct scores, so the order of tied scores cannot change AP.
+
+Height bins (``< 16``, ``16-32``, ``32-64``, ``64+`` px) repeat the evaluation with
+the valid faces of the bin as the targets, every other face ignored, and an unmatched
+detection counted only in the bin of its own height (COCO's rule for area ranges).
+The ``< 16`` bin's faces are not must-find at the default ``min_height``; it shows
+how many of them are found anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from veil.boxes import Box
+from veil.detection.nms import pairwise_iou
+
+#: Face-height bins: (name, lowest height, first height above the bin).
+HEIGHT_BINS: tuple[tuple[str, float, float], ...] = (
+    ("<16", 0.0, 16.0),
+    ("16-32", 16.0, 32.0),
+    ("32-64", 32.0, 64.0),
+    ("64+", 64.0, math.inf),
+)
+
+TRUE, FALSE, IGNORED = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class FaceMetrics:
+    """Counts and rates for one scope (all faces, or one height bin)."""
+
+    must_find: int  # target faces
+    found: int  # targets matched one-to-one at IoU >= iou
+    covered: int  # targets with >= coverage of their area under the union of detections
+    detections: int  # detections counted for precision
+    precise: int  # of those, the ones overlapping any ground-truth face at IoU >= iou
+    ap: float  # NaN without targets
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.found, self.must_find)
+
+    @property
+    def coverage_recall(self) -> float:
+        return _ratio(self.covered, self.must_find)
+
+    @property
+    def precision(self) -> float:
+        return _ratio(self.precise, self.detections)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = asdict(self)
+        out.update(recall=self.recall, coverage_recall=self.coverage_recall,
+                   precision=self.precision)
+        return {k: _json_number(v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class UncoveredImage:
+    """An image with must-find faces that the detections leave (partly) visible."""
+
+    key: str
+    must_find: int
+    uncovered: tuple[Box, ...]  # the must-find faces under the coverage bar
+    coverage: tuple[float, ...]  # the share of each one's area under detections
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "must_find": self.must_find,
+            "uncovered": [
+                {**box.to_dict(), "coverage": round(share, 4)}
+                for box, share in zip(self.uncovered, self.coverage, strict=True)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class FaceEvaluation:
+    """The whole evaluation: overall metrics, per-bin metrics, what was left uncovered."""
+
+    overall: FaceMetrics
+    bins: dict[str, FaceMetrics]
+    uncovered: list[UncoveredImage]
+    images: int  # ground-truth images evaluated
+    faces: int  # ground-truth faces, ignored ones included
+    missing_predictions: list[str] = field(default_factory=list)  # GT keys absent from PRED
+    unknown_predictions: int = 0  # PRED keys absent from GT (not evaluated)
+    settings: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": {k: _json_number(v) for k, v in self.settings.items()},
+            "images": self.images,
+            "faces": self.faces,
+            "overall": self.overall.to_dict(),
+            "bins": {name: m.to_dict() for name, m in self.bins.items()},
+            "images_with_uncovered_faces": len(self.uncovered),
+            "uncovered": [u.to_dict() for u in self.uncovered],
+            "missing_predictions": len(self.missing_predictions),
+            "missing_prediction_examples": self.missing_predictions[:20],
+            "unknown_predictions": self.unknown_predictions,
+        }
+
+
+def evaluate_faces(
+    ground_truth: Mapping[str, Sequence[Box]],
+    predictions: Mapping[str, Sequence[Box]],
+    *,
+    invalid: Mapping[str, Sequence[bool]] | None = None,
+    iou: float = 0.5,
+    min_height: float = 16.0,
+    coverage: float = 0.7,
+    min_score: float | None = None,
+) -> FaceEvaluation:
+    """Evaluate ``predictions`` against ``ground_truth`` (see the module docstring).
+
+    Every ground-truth image is evaluated; one absent from ``predictions`` has no
+    detections (all its must-find faces are misses). Prediction keys absent from the
+    ground truth are counted in ``unknown_predictions`` and otherwise left out.
+    Detections scoring below ``min_score`` are dropped first; a box without a score
+    ranks above every scored box.
+    """
+    if not 0.0 < iou <= 1.0:
+        raise ValueError(f"iou must be in (0, 1], got {iou}")
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    images = [
+        _ImageData.build(key, ground_truth[key], predictions.get(key, ()),
+                         None if invalid is None else invalid.get(key), iou, min_score)
+        for key in ground_truth
+    ]
+    overall = _evaluate_scope(images, iou, coverage, min_height, 0.0, math.inf, overall=True)
+    bins = {
+        name: _evaluate_scope(images, iou, coverage, 0.0, low, high, overall=False)
+        for name, low, high in HEIGHT_BINS
+    }
+    return FaceEvaluation(
+        overall=overall,
+        bins=bins,
+        uncovered=_uncovered(images, min_height, coverage),
+        images=len(images),
+        faces=sum(len(image.gt) for image in images),
+        missing_predictions=sorted(key for key in ground_truth if key not in predictions),
+        unknown_predictions=sum(key not in ground_truth for key in predictions),
+        settings={"iou": iou, "min_height": min_height, "coverage": coverage,
+                  "min_score": min_score},
+    )
+
+
+def invalid_flags(
+    extras: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> dict[str, list[bool]] | None:
+    """WIDER FACE's per-box ``invalid`` flags from per-box extra fields, or None.
+
+    ``extras`` is ``key -> [fields of box i]`` (``FacesFile.box_extras``). A box is
+    invalid when it carries a non-zero ``invalid``; None when no box has the flag.
+    """
+    if not any("invalid" in fields for boxes in extras.values() for fields in boxes):
+        return None
+    return {
+        key: [bool(fields.get("invalid", 0)) for fields in boxes] for key, boxes in extras.items()
+    }
+
+
+def covered_fraction(face: Box | Sequence[float], detections: Sequence[Box] | np.ndarray) -> float:
+    """The share of ``face``'s area under the union of ``detections``, exactly."""
+    target = np.asarray(face.as_xyxy() if isinstance(face, Box) else face, dtype=np.float64)
+    return float(_covered_fractions(target[None, :], _as_array(detections))[0])
+
+
+def union_area(rects: np.ndarray) -> float:
+    """Area of the union of axis-aligned rectangles ``(n, 4)`` by coordinate compression.
+
+    The distinct x and y edges cut the plane into cells that each rectangle either
+    fills or misses, so marking the cells each one fills and summing their areas is
+    exact (no sampling); the cost is one slice assignment per rectangle.
+    """
+    rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+    rects = rects[(rects[:, 2] > rects[:, 0]) & (rects[:, 3] > rects[:, 1])]
+    if len(rects) == 0:
+        return 0.0
+    xs = np.unique(rects[:, 0::2])
+    ys = np.unique(rects[:, 1::2])
+    ix = np.searchsorted(xs, rects[:, 0::2])
+    iy = np.searchsorted(ys, rects[:, 1::2])
+    filled = np.zeros((len(xs) - 1, len(ys) - 1), dtype=bool)
+    for (x0, x1), (y0, y1) in zip(ix, iy, strict=True):
+        filled[x0:x1, y0:y1] = True
+    return float(np.diff(xs) @ filled @ np.diff(ys))
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass
+class _ImageData:
+    """One image's arrays, computed once and shared by every scope."""
+
+    key: str
+    gt: np.ndarray  # (m, 4)
+    gt_boxes: list[Box]
+    gt_height: np.ndarray  # (m,)
+    gt_valid: np.ndarray  # (m,) bool
+    det: np.ndarray  # (n, 4), in matching order (descending score, ties as listed)
+    det_score: np.ndarray  # (n,)
+    det_height: np.ndarray  # (n,)
+    overlaps: np.ndarray  # (n, m) bool: IoU >= iou
+    iou: np.ndarray  # (n, m)
+    coverage: np.ndarray  # (m,) share of each face under the union of detections
+
+    @classmethod
+    def build(
+        cls,
+        key: str,
+        gt_boxes: Sequence[Box],
+        det_boxes: Sequence[Box],
+        invalid: Sequence[bool] | None,
+        iou: float,
+        min_score: float | None,
+    ) -> _ImageData:
+        gt_boxes = list(gt_boxes)
+        if invalid is not None and len(invalid) != len(gt_boxes):
+            raise ValueError(
+                f"{key}: {len(invalid)} invalid flags for {len(gt_boxes)} ground-truth boxes"
+            )
+        gt = _as_array(gt_boxes)
+        scores = np.array(
+            [math.inf if b.score is None else float(b.score) for b in det_boxes], dtype=np.float64
+        )
+        det = _as_array(det_boxes)
+        keep = np.ones(len(det), dtype=bool) if min_score is None else scores >= min_score
+        keep &= np.isfinite(det).all(axis=1) & (det[:, 2] > det[:, 0]) & (det[:, 3] > det[:, 1])
+        det, scores = det[keep], scores[keep]
+        order = np.argsort(-scores, kind="stable")
+        det, scores = det[order], scores[order]
+        ious = pairwise_iou(det, gt)
+        valid = np.ones(len(gt), dtype=bool)
+        if invalid is not None:
+            valid = ~np.asarray(invalid, dtype=bool).reshape(-1)
+        return cls(
+            key=key, gt=gt, gt_boxes=gt_boxes, gt_height=gt[:, 3] - gt[:, 1], gt_valid=valid,
+            det=det, det_score=scores, det_height=det[:, 3] - det[:, 1],
+            overlaps=ious >= iou, iou=ious, coverage=_covered_fractions(gt, det),
+        )
+
+
+def _evaluate_scope(
+    images: Sequence[_ImageData],
+    iou: float,
+    coverage: float,
+    min_height: float,
+    low: float,
+    high: float,
+    *,
+    overall: bool,
+) -> FaceMetrics:
+    """Metrics with targets = valid faces of height in [max(low, min_height), high).
+
+    ``overall``: every face and detection is in scope for precision. Otherwise (a bin)
+    faces outside [low, high) are out of scope: a detection matching only those is
+    left out, an unmatched detection counts only if its own height is in the bin.
+    """
+    must_find = found = covered = counted = precise = 0
+    labels: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    for image in images:
+        in_bin = (image.gt_height >= low) & (image.gt_height < high)
+        targets = image.gt_valid & in_bin & (image.gt_height >= min_height)
+        label, matched = _greedy_match(image.iou, image.overlaps, targets, iou)
+        must_find += int(targets.sum())
+        found += int(matched.sum())
+        covered += int((image.coverage[targets] >= coverage).sum())
+        if overall:
+            det_in_scope = np.ones(len(image.det), dtype=bool)
+            hits = image.overlaps.any(axis=1)
+        else:
+            det_height_in_bin = (image.det_height >= low) & (image.det_height < high)
+            hits = image.overlaps[:, in_bin].any(axis=1)
+            misses_all = ~image.overlaps.any(axis=1)
+            det_in_scope = hits | (misses_all & det_height_in_bin)
+            # An unmatched detection of another bin's size is that bin's false positive.
+            label = np.where((label == FALSE) & misses_all & ~det_height_in_bin, IGNORED, label)
+        counted += int(det_in_scope.sum())
+        precise += int((hits & det_in_scope).sum())
+        labels.append(label)
+        scores.append(image.det_score)
+    ap = average_precision(np.concatenate(scores) if scores else np.empty(0),
+                           np.concatenate(labels) if labels else np.empty(0, int), must_find)
+    return FaceMetrics(must_find, found, covered, counted, precise, ap)
+
+
+def _greedy_match(
+    ious: np.ndarray, overlaps: np.ndarray, targets: np.ndarray, iou: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label each detection (already in score order) TRUE, FALSE or IGNORED.
+
+    Returns the labels and which ground-truth faces were matched. Only detections that
+    overlap a target need the sequential loop; the rest are decided in one expression.
+    """
+    n = ious.shape[0]
+    overlaps_target = overlaps[:, targets].any(axis=1) if n else np.zeros(0, dtype=bool)
+    overlaps_ignored = overlaps[:, ~targets].any(axis=1) if n else np.zeros(0, dtype=bool)
+    label = np.where(overlaps_ignored & ~overlaps_target, IGNORED, FALSE)
+    matched = np.zeros(len(targets), dtype=bool)
+    for d in np.flatnonzero(overlaps_target):
+        free = targets & ~matched & (ious[d] >= iou)
+        if free.any():
+            best = int(np.argmax(np.where(free, ious[d], -1.0)))
+            matched[best] = True
+            label[d] = TRUE
+        elif overlaps_ignored[d]:
+            label[d] = IGNORED
+        # else: a duplicate of an already matched face, a false positive
+    return label, matched
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray, positives: int) -> float:
+    """All-point interpolated AP of detections labelled TRUE / FALSE / IGNORED.
+
+    The curve has one point per distinct score (all detections at or above it), so
+    tied scores count together; precision is made non-increasing in recall before the
+    area is summed. NaN when there are no positives.
+    """
+    if positives <= 0:
+        return math.nan
+    keep = labels != IGNORED
+    scores, labels = np.asarray(scores)[keep], np.asarray(labels)[keep]
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    scores, hits = scores[order], labels[order] == TRUE
+    tp = np.cumsum(hits)
+    fp = np.cumsum(~hits)
+    last_of_score = np.append(scores[1:] != scores[:-1], True)
+    tp, fp = tp[last_of_score], fp[last_of_score]
+    recall = np.concatenate([[0.0], tp / positives])
+    precision = np.concatenate([[1.0], tp / (tp + fp)])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def _covered_fractions(faces: np.ndarray, detections: np.ndarray) -> np.ndarray:
+    """For each face ``(m, 4)``, the share of its area under the union of detections."""
+    out = np.zeros(len(faces), dtype=np.float64)
+    if len(faces) == 0 or len(detections) == 0:
+        return out
+    lo = np.maximum(faces[:, None, :2], detections[None, :, :2])
+    hi = np.minimum(faces[:, None, 2:], detections[None, :, 2:])
+    touching = (hi > lo).all(axis=2)  # (m, n): the detection covers part of the face
+    areas = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
+    for i in np.flatnonzero(touching.any(axis=1) & (areas > 0)):
+        clipped = np.concatenate([lo[i, touching[i]], hi[i, touching[i]]], axis=1)
+        out[i] = union_area(clipped) / areas[i]
+    return out
+
+
+def _uncovered(
+    images: Sequence[_ImageData], min_height: float, coverage: float
+) -> list[UncoveredImage]:
+    """Images with must-find faces under the coverage bar, most uncovered faces first."""
+    out = []
+    for image in images:
+        targets = image.gt_valid & (image.gt_height >= min_height)
+        short = np.flatnonzero(targets & (image.coverage < coverage))
+        if len(short):
+            out.append(UncoveredImage(
+                image.key, int(targets.sum()),
+                tuple(image.gt_boxes[i] for i in short),
+                tuple(float(image.coverage[i]) for i in short),
+            ))
+    out.sort(key=lambda u: (-len(u.uncovered), u.key))
+    return out
+
+
+def _as_array(boxes: Sequence[Box] | np.ndarray) -> np.ndarray:
+    if isinstance(boxes, np.ndarray):
+        return boxes.astype(np.float64).reshape(-1, 4)
+    return np.array([b.as_xyxy() for b in boxes], dtype=np.float64).reshape(-1, 4)
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else math.nan
+
+
+def _json_number(value: Any) -> Any:
+    """NaN (an undefined rate) becomes None, so the JSON output stays standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

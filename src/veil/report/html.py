@@ -1,0 +1,47 @@
+"""Helpers that turn images and tables into one HTML file a user can mail or archive."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from PIL import Image, ImageDraw
+
+from veil.boxes import Box
+from veil.encoding import atomic_write_bytes
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("veil.report", "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def thumbnail_uri(image: Image.Image, max_side: int = 360, quality: int = 85) -> str:
+    """A JPEG data URI of ``image`` scaled to fit ``max_side``: reports stay one file."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    thumb.save(buffer, "JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def draw_boxes(image: Image.Image, boxes: Sequence[Box], color: str = "#ff2d55") -> Image.Image:
+    """A copy of ``image`` with ``boxes`` outlined, line width scaled to the image."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 200))
+    for box in boxes:
+        draw.rectangle(box.as_xyxy(), outline=color, width=width)
+    return out
+
+
+def render(template: str, target: Path, **context: Any) -> Path:
+    """Render ``template`` with ``context`` into ``target`` atomically."""
+    html = _ENV.get_template(template).render(**context)
+    atomic_write_bytes(target, html.encode("utf-8"))
+    return target

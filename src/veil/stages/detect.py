@@ -1,0 +1,131 @@
+"""The detect stage: run a face detector over a dataset into the face store."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veil.datasets import Dataset
+from veil.detection import create_detector
+from veil.errors import ImageError
+from veil.images import load_image
+from veil.runner import (
+    DEFAULT_SHARD_SIZE,
+    RunSummary,
+    ShardResult,
+    default_workers,
+    execute,
+    prepare_run,
+)
+from veil.store import FaceStore, ImageRecord, RunItem
+
+
+@dataclass
+class DetectTask:
+    """Decode a shard batch by batch, detect, and report boxes and image facts."""
+
+    root: str
+    detector: str = "centerface"
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 8
+    threads: int | None = None
+    max_pixels: int | None = None
+
+    def setup(self) -> None:
+        self._detector = create_detector(
+            self.detector, batch_size=self.batch_size, threads=self.threads, **self.options
+        )
+
+    def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
+        result = ShardResult(index)
+        for start in range(0, len(keys), self.batch_size):
+            self._detect_batch(keys[start : start + self.batch_size], result)
+        return result
+
+    def _detect_batch(self, keys: Sequence[str], result: ShardResult) -> None:
+        ready: list[tuple[str, np.ndarray]] = []
+        for key in keys:
+            try:
+                data = (Path(self.root) / key).read_bytes()
+            except OSError as exc:
+                self._error(result, key, f"cannot read file: {exc.strerror or exc}")
+                continue
+            try:
+                loaded = load_image(data, max_pixels=self.max_pixels)
+            except ImageError as exc:
+                self._error(result, key, str(exc), sha256=hashlib.sha256(data).hexdigest())
+                continue
+            result.images.append(ImageRecord(
+                key, loaded.width, loaded.height, hashlib.sha256(data).hexdigest(),
+            ))
+            ready.append((key, np.asarray(loaded.image)))
+        if not ready:
+            return
+        found = self._detector.detect([pixels for _, pixels in ready])
+        for (key, _), boxes in zip(ready, found, strict=True):
+            result.detections[key] = boxes
+            result.items.append(RunItem(key, info={"faces": len(boxes)}))
+            result.counts["images"] += 1
+            result.counts["faces"] += len(boxes)
+            result.counts["images with faces"] += bool(boxes)
+
+    @staticmethod
+    def _error(result: ShardResult, key: str, message: str, sha256: str | None = None) -> None:
+        result.images.append(ImageRecord(key, sha256=sha256, status="error", error=message))
+        result.items.append(RunItem(key, status="error", error=message))
+        result.counts["errors"] += 1
+
+
+def detect(
+    dataset: Dataset,
+    store: FaceStore,
+    *,
+    detector: str = "centerface",
+    options: dict[str, Any] | None = None,
+    workers: int | None = None,
+    batch_size: int = 8,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    max_pixels: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> RunSummary:
+    """Detect faces in every image of ``dataset`` and record them as one detection run.
+
+    Rerunning with the same dataset and settings resumes an interrupted run; the images'
+    labels from the dataset are recorded in the store's catalogue.
+    """
+    workers = workers or default_workers()
+    options = dict(options or {})
+    config = {
+        "dataset": str(dataset.root.resolve()), "layout": dataset.layout,
+        "images": len(dataset), "detector": detector, "options": options,
+        "max_pixels": max_pixels,
+    }
+    keys = dataset.keys()
+    run_id, done = prepare_run(store, "detect", config, keys, shard_size=shard_size, resume=resume)
+    cores = default_workers()
+    task = DetectTask(
+        str(dataset.root), detector, options, batch_size=batch_size,
+        threads=max(1, cores // workers), max_pixels=max_pixels,
+    )
+    labels = {e.key: e.label for e in dataset}
+
+    def add_labels(result: ShardResult) -> None:
+        result.images = [
+            ImageRecord(r.key, r.width, r.height, r.sha256, labels.get(r.key), r.status, r.error)
+            for r in result.images
+        ]
+
+    summary = execute(
+        store, run_id, task, workers=workers, progress=progress, description="detect",
+        resumed_shards=done, postprocess=add_labels,
+    )
+    summary.counts = Counter({k: summary.counts[k] for k in
+                              ("images", "images with faces", "faces", "errors")})
+    return summary
