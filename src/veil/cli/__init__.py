@@ -18,6 +18,7 @@ VERBS: dict[str, str] = {
     "demo": "veil.cli.demo:demo_command",
     "detect": "veil.cli.detect:detect_command",
     "obfuscate": "veil.cli.obfuscate:obfuscate_command",
+    "audit": "veil.cli.audit:audit_command",
     "import-faces": "veil.cli.faces:import_faces",
     "export-faces": "veil.cli.faces:export_faces",
 }

@@ -40,9 +40,13 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(dataset_path: str, layout: str, root: str | None, labels_file: str | None,
                 split: str | None, limit: int | None, **kwargs: Any) -> Any:
-        dataset = open_dataset(dataset_path, layout=layout, root=root, labels_file=labels_file)
-        if split is not None or limit is not None:
-            dataset = dataset.subset(split=split, limit=limit)
+        try:
+            dataset = open_dataset(dataset_path, layout=layout, root=root,
+                                   labels_file=labels_file)
+            if split is not None or limit is not None:
+                dataset = dataset.subset(split=split, limit=limit)
+        except VeilError as exc:
+            raise click.ClickException(str(exc)) from exc
         return func(dataset=dataset, **kwargs)
 
     return wrapper

@@ -40,8 +40,8 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Box], color: str = "#ff2d55")
     return out
 
 
-def render(template: str, target: Path, **context: Any) -> Path:
-    """Render ``template`` with ``context`` into ``target`` atomically."""
+def render(template: str, destination: Path, **context: Any) -> Path:
+    """Render ``template`` with ``context`` into ``destination`` atomically."""
     html = _ENV.get_template(template).render(**context)
-    atomic_write_bytes(target, html.encode("utf-8"))
-    return target
+    atomic_write_bytes(destination, html.encode("utf-8"))
+    return destination

@@ -1,0 +1,97 @@
+"""`veil audit`: outputs made to leak are caught; a clean output passes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from corpus import identifying_exif, jpeg_bytes
+from PIL import Image
+
+from veil.cli import main
+from veil.gallery import write_gallery
+from veil.stages.audit import covered_fraction
+
+
+def test_covered_fraction_is_exact_under_overlapping_regions() -> None:
+    box = (0.0, 0.0, 10.0, 10.0)
+    assert covered_fraction(box, []) == 0.0
+    assert covered_fraction(box, [(0, 0, 5, 10)]) == pytest.approx(0.5)
+    # two overlapping halves cover 75%, not 100% (no double counting)
+    assert covered_fraction(box, [(0, 0, 5, 10), (2.5, 0, 7.5, 10)]) == pytest.approx(0.75)
+    assert covered_fraction(box, [(-5, -5, 20, 20)]) == pytest.approx(1.0)
+    assert covered_fraction(box, [(20, 20, 30, 30)]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gallery = tmp_path_factory.mktemp("gallery")
+    write_gallery(gallery)
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut.png", "grace_hopper.jpg", "coffee.png"):
+        shutil.copy(gallery / name, root / name)
+    # a faceless-looking photo carrying GPS and an EXIF thumbnail
+    with Image.open(gallery / "rocket.jpg") as rocket:
+        (root / "rocket.jpg").write_bytes(jpeg_bytes(rocket.convert("RGB"),
+                                                     exif=identifying_exif()))
+    return root
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [*args, "--workers", "1", "--no-progress"])
+    return result.exit_code, result.output
+
+
+def test_clean_output_passes_and_leaks_are_caught(photos: Path, tmp_path: Path) -> None:
+    store = tmp_path / "faces.sqlite"
+    code, out = _run("detect", str(photos), "--store", str(store))
+    assert code == 0, out
+    blurred = tmp_path / "blurred"
+    code, out = _run("obfuscate", str(photos), "--faces", str(store), "--out", str(blurred))
+    assert code == 0, out
+    report = tmp_path / "clean.html"
+    code, out = _run("audit", str(blurred), "--report", str(report), "--json",
+                     str(tmp_path / "clean.json"))
+    assert code == 0, out
+    assert "CLEAN" in out and "NOT CLEAN" not in out
+    assert json.loads((tmp_path / "clean.json").read_text())["clean"] is True
+
+    # A face the boxes missed: the astronaut is copied unobfuscated.
+    faces = {"astronaut.png": [], "grace_hopper.jpg": [], "coffee.png": [], "rocket.jpg": []}
+    missed = tmp_path / "missed.json"
+    missed.write_text(json.dumps([{"url": k, "bboxes": v} for k, v in faces.items()]))
+    leaky = tmp_path / "leaky"
+    code, out = _run("obfuscate", str(photos), "--faces", str(missed), "--out", str(leaky),
+                     "--keep-metadata")
+    assert code == 0, out
+    report = tmp_path / "leaky.html"
+    code, out = _run("audit", str(leaky), "--report", str(report), "--json",
+                     str(tmp_path / "leaky.json"))
+    assert code == 1, out
+    assert "NOT CLEAN" in out
+    found = json.loads((tmp_path / "leaky.json").read_text())
+    faces_found = {f["key"] for f in found["findings"] if f["kind"] == "face"}
+    assert {"astronaut.png", "grace_hopper.jpg"} <= faces_found
+    metadata = {(f["key"], f["detail"]) for f in found["findings"] if f["kind"] == "metadata"}
+    assert {("rocket.jpg", "exif-thumbnail"), ("rocket.jpg", "gps")} <= metadata
+    html = report.read_text()
+    assert html.count("data:image/jpeg;base64,") >= 2  # a crop per residual face
+    assert "rocket.jpg" in html
+
+
+def test_faces_option_for_outputs_made_elsewhere(photos: Path, tmp_path: Path) -> None:
+    """Without a veil ledger every detection counts, unless --faces says where faces were."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with Image.open(photos / "astronaut.png") as image:  # pixels only: no PNG text chunks
+        image.save(elsewhere / "astronaut.png")
+    code, out = _run("audit", str(elsewhere), "--report", str(tmp_path / "a.html"))
+    assert code == 1 and "every detected face will be reported" in out
+    store = tmp_path / "faces.sqlite"
+    _run("detect", str(elsewhere), "--store", str(store))
+    code, out = _run("audit", str(elsewhere), "--faces", str(store), "--report",
+                     str(tmp_path / "b.html"))
+    assert code == 0, out
