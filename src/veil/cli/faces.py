@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from veil.datasets import open_dataset
 from veil.errors import VeilError
 from veil.interchange import export_faces as export_to_file
 from veil.interchange import import_faces as import_from_file
@@ -23,20 +23,8 @@ _STORE_HELP = "Face store: a SQLite file or a SQLAlchemy URL (postgresql+psycopg
 
 
 def dataset_keys(root: Path) -> list[str]:
-    """The image keys of a dataset folder (POSIX paths relative to ``root``).
-
-    Stand-in for the shared dataset reader: every call goes through here.
-    """
-    keys: list[str] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = Path(folder).relative_to(root)
-        keys.extend(
-            (rel / name).as_posix()
-            for name in sorted(files)
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-        )
-    return keys
+    """The image keys of a dataset, read by the one reader every stage uses."""
+    return open_dataset(root).keys()
 
 
 @contextmanager
