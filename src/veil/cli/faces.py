@@ -18,7 +18,6 @@ from veil.store import FaceStore
 
 T = TypeVar("T")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _STORE_HELP = "Face store: a SQLite file or a SQLAlchemy URL (postgresql+psycopg://...)."
 
 
