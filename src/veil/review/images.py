@@ -1,0 +1,84 @@
+"""The pixels an annotator sees: each dataset image as displayed, without metadata.
+
+Boxes are in displayed pixels (EXIF orientation applied), so the browser must get
+the displayed image. A file is sent as it is when the browser can show it, it needs
+no rotation and it carries no identifying metadata; otherwise the metadata is
+stripped (same pixels) or, for rotated or non-web formats, it is decoded with veil's
+loader and re-encoded. Only dataset files are ever read: the key is looked up in the
+dataset, never joined to a path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from veil.datasets import Dataset
+from veil.encoding import encode_image, strip_identifying_metadata
+from veil.images import load_image, probe
+
+WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
+               "WEBP": "image/webp"}
+_STRIPPABLE = ("JPEG", "PNG")
+
+
+@dataclass(frozen=True)
+class Served:
+    """Either a file to send as is, or bytes to send."""
+
+    media_type: str
+    path: Path | None = None
+    data: bytes | None = None
+
+
+class ImageServer:
+    """Displayed sizes and web-ready bytes of a dataset's images (small caches)."""
+
+    def __init__(self, dataset: Dataset, *, cache_size: int = 32,
+                 max_pixels: int | None = None) -> None:
+        self.dataset = dataset
+        self.max_pixels = max_pixels
+        self._sizes: dict[str, tuple[int, int]] = {}
+        self._bytes: OrderedDict[str, Served] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def size(self, key: str) -> tuple[int, int]:
+        """(width, height) as displayed; raises :class:`~veil.errors.ImageError`."""
+        with self._lock:
+            known = self._sizes.get(key)
+        if known is None:
+            info = probe(self.dataset[key].path, max_pixels=self.max_pixels)
+            known = (info.width, info.height)
+            with self._lock:
+                self._sizes[key] = known
+        return known
+
+    def serve(self, key: str) -> Served:
+        path = self.dataset[key].path
+        with self._lock:
+            cached = self._bytes.get(key)
+            if cached is not None:
+                self._bytes.move_to_end(key)
+                return cached
+        info = probe(path, max_pixels=self.max_pixels)
+        with self._lock:
+            self._sizes[key] = (info.width, info.height)
+        if info.orientation == 1 and info.format in WEB_FORMATS and not info.metadata:
+            return Served(WEB_FORMATS[info.format], path=path)
+        if info.orientation == 1 and info.format in _STRIPPABLE:
+            served = Served(WEB_FORMATS[info.format], data=strip_identifying_metadata(
+                path.read_bytes()))
+        else:
+            loaded = load_image(path, max_pixels=self.max_pixels)
+            data, suffix = encode_image(loaded.image, loaded,
+                                        fmt="keep" if loaded.jpeg is not None else "png")
+            served = Served("image/jpeg" if suffix in (".jpg", ".jpeg") else "image/png",
+                            data=data)
+        with self._lock:
+            self._bytes[key] = served
+            while len(self._bytes) > self._cache_size:
+                self._bytes.popitem(last=False)
+        return served

@@ -1,0 +1,1 @@
+"""The review app's routes: pages and static assets, items and answers, team state."""

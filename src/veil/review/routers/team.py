@@ -1,0 +1,37 @@
+"""Who is reviewing, under which policy, and how the team is doing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from veil.review.auth import Annotator
+from veil.review.deps import Ledger, Service
+from veil.review.models import SessionOut
+from veil.review.queue import FILTER_HELP, ORDERS
+from veil.review.stats import team_stats
+
+router = APIRouter(prefix="/api", tags=["team"])
+
+
+@router.get("/session", response_model=SessionOut)
+def session(service: Service, annotator: Annotator) -> SessionOut:
+    """Who you are, the review's policy, and your lives in the current batch."""
+    s = service.settings
+    batch = service.batch(annotator)
+    return SessionOut(
+        annotator=annotator, reviews_per_image=s.reviews_per_image, aggregate=s.aggregate,
+        lives=s.lives, lives_left=batch.lives_left, batch_size=batch.size,
+        batch_answered=batch.answered, gold=bool(service.gold_keys()) and s.gold_rate > 0,
+        uncertain_below=s.uncertain_below,
+        filters=FILTER_HELP, orders=list(ORDERS),
+        tokens_required=service.local_annotator is None,
+    )
+
+
+@router.get("/stats")
+def stats(service: Service, ledger: Ledger, annotator: Annotator) -> dict[str, Any]:
+    """Progress, per-annotator throughput and gold accuracy, and agreement."""
+    del annotator  # only people of the review may see it
+    return team_stats(ledger, service.settings, service.keys)

@@ -1,0 +1,114 @@
+"""Run the review app with uvicorn, refusing unsafe setups before listening."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from veil.datasets import Dataset
+from veil.errors import VeilError
+from veil.review.app import LOOPBACK_HOSTS, create_app
+from veil.review.auth import check_bind, is_loopback
+from veil.review.service import ReviewService
+from veil.review.settings import ReviewSettings
+from veil.store import FaceStore
+from veil.store.review import ReviewLedger, check_name
+
+
+def local_name(annotator: str | None) -> str:
+    """The name a token-less local curator reviews under (default: the login name)."""
+    if annotator is not None:
+        return check_name(annotator)
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "curator"
+    return name if _valid(name) else "curator"
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name(name)
+    except VeilError:
+        return False
+    return True
+
+
+def build(
+    dataset: Dataset, store: FaceStore, settings: ReviewSettings, *, host: str,
+    annotator: str | None = None, require_tokens: bool = False,
+) -> tuple[ReviewService, object]:
+    """The service and app for a server on ``host`` (raises if that would be unsafe)."""
+    ledger = ReviewLedger(store)
+    loopback = is_loopback(host)
+    with_tokens = ledger.has_active_annotators()
+    check_bind(host, annotators_with_tokens=with_tokens)
+    if require_tokens and not with_tokens:
+        raise VeilError("--require-tokens: this store has no annotators yet; create them with "
+                        "`veil review add-annotator NAME --store ...`")
+    local = local_name(annotator) if loopback and not require_tokens else None
+    service = ReviewService(store, dataset, settings, local_annotator=local)
+    trusted = None
+    if loopback and ":" not in host:
+        trusted = sorted({host, *LOOPBACK_HOSTS} - {"[::1]", "::1"})
+    return service, create_app(service, trusted_hosts=trusted)
+
+
+def serve(
+    dataset: Dataset, store: FaceStore, settings: ReviewSettings, *, host: str = "127.0.0.1",
+    port: int = 8000, annotator: str | None = None, require_tokens: bool = False,
+    remember: Mapping[str, Any] | None = None, log_level: str = "info",
+) -> None:
+    """Serve until interrupted; ``remember`` (policy flags given) is stored once the
+    server is allowed to start."""
+    import uvicorn
+
+    service, app = build(dataset, store, settings, host=host, annotator=annotator,
+                         require_tokens=require_tokens)
+    if remember:
+        service.ledger.save_settings(remember)
+    shown = f"[{host}]" if ":" in host else host
+    p = service.queue.progress(service.local_annotator or "")
+    print(f"veil review: {p.total:,} images, {p.complete:,} complete, "
+          f"{len(service.gold_keys()):,} gold; {settings.reviews_per_image} review(s) per image, "
+          f"{settings.aggregate}")
+    if service.local_annotator:
+        print(f"veil review: open http://{shown}:{port}/ (reviewing as {service.local_annotator}; "
+              f"stats at /stats)", flush=True)
+    else:
+        print(f"veil review: listening on {shown}:{port}; every reviewer opens the personal link "
+              "from `veil review add-annotator` (stats at /stats)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+@contextmanager
+def running(app: object, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``app`` from a background thread on a free port; yields its base URL.
+
+    For tests and notebooks: the real uvicorn server, on a socket bound before it starts.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise VeilError("the review server did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

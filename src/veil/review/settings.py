@@ -1,0 +1,68 @@
+"""The team's review policy, stored in the face store so that every command agrees.
+
+``veil review serve`` saves the flags it is given; ``export`` and ``stats`` read them
+back. Anything never set has the default below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from veil.errors import VeilError
+from veil.store.review import ReviewLedger
+
+AGGREGATES = ("union", "majority")
+#: The paper's threshold: a gold answer passes at pixel IoU >= 0.72 of the union masks.
+PAPER_GOLD_IOU = 0.72
+PAPER_LIVES = 2
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """How many people look at each image, how their answers combine, how gold works."""
+
+    reviews_per_image: int = 1  # k independent reviews an image needs
+    aggregate: str = "union"  # how k answers combine: union (privacy: over-cover) or majority
+    gold_rate: float = 0.1  # share of served items that are gold images (when any exist)
+    gold_wrong: float = 0.5  # share of gold items shown with deliberately wrong boxes
+    gold_iou: float = PAPER_GOLD_IOU  # pass mark: pixel IoU of the union masks
+    lives: int = PAPER_LIVES  # failed gold answers an annotator may give per batch
+    batch_size: int = 20  # answers per batch (lives are counted per batch)
+    uncertain_below: float = 0.5  # detections scoring below this are "uncertain"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.reviews_per_image < 1:
+            problems.append("reviews per image must be at least 1")
+        if self.aggregate not in AGGREGATES:
+            problems.append(f"aggregate must be one of {', '.join(AGGREGATES)}")
+        for name in ("gold_rate", "gold_wrong", "gold_iou", "uncertain_below"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name.replace('_', ' ')} must be within 0..1")
+        if self.lives < 1:
+            problems.append("lives must be at least 1")
+        if self.batch_size < 1:
+            problems.append("batch size must be at least 1")
+        if problems:
+            raise VeilError("review settings: " + "; ".join(problems))
+
+    @classmethod
+    def load(cls, ledger: ReviewLedger, overrides: Mapping[str, Any] | None = None,
+             *, save: bool = False) -> ReviewSettings:
+        """Stored settings with ``overrides`` (None values ignored) on top; ``save``
+        stores the overrides for the next command."""
+        names = {f.name for f in fields(cls)}
+        stored = {k: v for k, v in ledger.settings().items() if k in names}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = set(given) - names
+        if unknown:
+            raise ValueError(f"unknown review settings: {', '.join(sorted(unknown))}")
+        settings = replace(cls(), **stored, **given)
+        if save and given:
+            ledger.save_settings(given)
+        return settings
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

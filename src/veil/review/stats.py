@@ -1,0 +1,161 @@
+"""Team statistics: progress, throughput and gold accuracy per annotator, agreement.
+
+Computed from the database alone (one pass over people's reviews), so the stats page
+of a running server and ``veil review stats`` give the same numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from veil.review.agreement import mask_iou
+from veil.review.settings import ReviewSettings
+from veil.store.review import HumanReview, ReviewLedger
+
+
+def latest_answers(
+    reviews: Iterable[HumanReview],
+) -> Iterator[tuple[str, dict[str, HumanReview]]]:
+    """(key, annotator -> latest accepted review) from reviews sorted by key."""
+    for key, group in itertools.groupby(reviews, key=lambda r: r.key):
+        latest: dict[str, HumanReview] = {}
+        for review in group:
+            if not review.rejected and (review.annotator not in latest
+                                        or latest[review.annotator].id < review.id):
+                latest[review.annotator] = review
+        if latest:
+            yield key, latest
+
+
+@dataclass
+class _Person:
+    reviews: int = 0
+    images: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    timed: int = 0
+
+
+def team_stats(
+    ledger: ReviewLedger, settings: ReviewSettings, keys: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Progress over ``keys`` (default: every image in the store), per-annotator work
+    and gold accuracy, and agreement (mean pairwise pixel IoU of answers)."""
+    gold_keys = {g.key for g in ledger.gold_items()}
+    universe = set(ledger.store.keys() if keys is None else keys) - gold_keys
+    people: dict[str, _Person] = {}
+    complete = reviewed = multi = 0
+    agree_all: list[float] = []
+    per_pair: dict[tuple[str, str], list[float]] = {}
+    k = settings.reviews_per_image
+
+    def person(name: str) -> _Person:
+        return people.setdefault(name, _Person())
+
+    def reviews() -> Iterator[HumanReview]:
+        for review in ledger.iter_human_reviews():
+            p = person(review.annotator)
+            if review.rejected:
+                p.rejected += 1
+                continue
+            p.reviews += 1
+            if review.seconds is not None:
+                p.seconds += review.seconds
+                p.timed += 1
+            yield review
+
+    for key, latest in latest_answers(reviews()):
+        for name in latest:
+            person(name).images += 1
+        if key not in universe:
+            continue
+        reviewed += 1
+        complete += len(latest) >= k
+        multi += len(latest) >= 2
+        for (a, ra), (b, rb) in itertools.combinations(sorted(latest.items()), 2):
+            iou = mask_iou(ra.boxes, rb.boxes)
+            agree_all.append(iou)
+            per_pair.setdefault((a, b), []).append(iou)
+
+    gold = ledger.gold_accuracy()
+    failed = ledger.failed_batches_by_annotator()
+    annotators = []
+    for name in sorted(set(people) | set(gold) | set(failed)):
+        p = people.get(name, _Person())
+        answered, passed = gold.get(name, (0, 0))
+        annotators.append({
+            "annotator": name,
+            "reviews": p.reviews,
+            "images": p.images,
+            "rejected": p.rejected,
+            "seconds": round(p.seconds, 1),
+            "seconds_per_image": round(p.seconds / p.timed, 2) if p.timed else None,
+            "images_per_hour": round(3600 * p.timed / p.seconds, 1) if p.seconds > 0 else None,
+            "gold_answered": answered,
+            "gold_passed": passed,
+            "gold_accuracy": round(passed / answered, 4) if answered else None,
+            "failed_batches": failed.get(name, 0),
+        })
+    threshold = settings.gold_iou
+    return {
+        "settings": settings.as_dict(),
+        "images": len(universe),
+        "gold_images": len(gold_keys),
+        "reviewed": reviewed,
+        "complete": complete,
+        "remaining": len(universe) - complete,
+        "annotators": annotators,
+        "agreement": {
+            "images": multi,
+            "pairs": len(agree_all),
+            "mean_iou": round(sum(agree_all) / len(agree_all), 4) if agree_all else None,
+            "share_agreeing": (round(sum(v >= threshold for v in agree_all) / len(agree_all), 4)
+                               if agree_all else None),
+            "threshold": threshold,
+            "by_pair": [
+                {"annotators": list(pair), "images": len(values),
+                 "mean_iou": round(sum(values) / len(values), 4)}
+                for pair, values in sorted(per_pair.items())
+            ],
+        },
+    }
+
+
+def format_stats(stats: dict[str, Any]) -> list[str]:
+    """The stats as lines of plain text for the terminal."""
+    lines = [
+        f"images {stats['images']:,}  complete {stats['complete']:,}  "
+        f"remaining {stats['remaining']:,}  reviewed at least once {stats['reviewed']:,}  "
+        f"gold images {stats['gold_images']:,}",
+    ]
+    header = ("annotator", "reviews", "rejected", "img/h", "s/img", "gold", "gold acc",
+              "failed batches")
+    rows = [header]
+    for a in stats["annotators"]:
+        rows.append((
+            a["annotator"], str(a["reviews"]), str(a["rejected"]),
+            "-" if a["images_per_hour"] is None else f"{a['images_per_hour']:.0f}",
+            "-" if a["seconds_per_image"] is None else f"{a['seconds_per_image']:.1f}",
+            f"{a['gold_passed']}/{a['gold_answered']}",
+            "-" if a["gold_accuracy"] is None else f"{100 * a['gold_accuracy']:.0f}%",
+            str(a["failed_batches"]),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    ag = stats["agreement"]
+    if ag["mean_iou"] is None:
+        lines.append("agreement: no image has two reviewers yet")
+    else:
+        lines.append(
+            f"agreement: mean pairwise IoU {ag['mean_iou']:.3f} over {ag['pairs']} pairs; "
+            f"{100 * ag['share_agreeing']:.0f}% at or above {ag['threshold']}"
+        )
+        for p in ag["by_pair"]:
+            lines.append(f"  {' & '.join(p['annotators'])}: {p['mean_iou']:.3f} "
+                         f"({p['images']} images)")
+    return lines
