@@ -1,0 +1,217 @@
+"""`veil analyze RUN`: every table, plot and number of the study, into RUN/analysis/.
+
+Writes ``overall.{md,csv}`` (Table 3 / Table B with SEM, bootstrap CI and McNemar),
+``per_category_<m>.{md,csv}`` and ``lookalikes_<m>.csv`` (Table 4), ``faces.md``,
+``faces_per_category.csv`` and ``supercategories.csv`` (Fig. 2, Table 2),
+``correlation.{md,csv}``, the PNG plots, Grad-CAM grids, and ``summary.json`` with the
+key numbers for `veil report`. Each part that the run cannot support (no faces.parquet,
+no probabilities, no model.pt) is skipped with a note in summary.json, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from veil import __version__
+from veil.analysis import plots
+from veil.analysis.correlation import correlation_markdown, correlations, joined
+from veil.analysis.faces import face_stats, faces_markdown
+from veil.analysis.gradcam import gradcam_grids
+from veil.analysis.overall import overall_frame, overall_markdown, overall_table
+from veil.analysis.per_category import (
+    DEFAULT_AP_TOLERANCE,
+    DEFAULT_SWING,
+    flagged_pairs,
+    most_least_affected,
+    per_category,
+    per_category_markdown,
+)
+from veil.analysis.run import StudyRun, load_run
+from veil.analysis.stats import MCNEMAR_EXACT_BELOW
+from veil.analysis.tables import write_csv, write_text
+from veil.encoding import atomic_write_bytes
+from veil.errors import VeilError
+
+ANALYSIS_DIR = "analysis"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class AnalyzeOptions:
+    resamples: int = 2000
+    bootstrap_seed: int = 0
+    level: float = 0.95
+    top_k: int = 10
+    swing: float = DEFAULT_SWING
+    ap_tolerance: float = DEFAULT_AP_TOLERANCE
+    gradcam: bool = True
+    gradcam_images: int = 6
+    gradcam_archs: list[str] | None = None
+    faces: str | None = None  # overrides study.json's faces source (Grad-CAM images)
+
+
+@dataclass
+class Analysis:
+    out_dir: Path
+    summary: dict[str, Any]
+    files: list[str] = field(default_factory=list)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _records(frame: Any, columns: list[str]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, row, strict=True))
+            for row in frame[columns].itertuples(index=False, name=None)]
+
+
+def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
+            options: AnalyzeOptions | None = None) -> Analysis:
+    """Analyse a run folder; returns where it wrote and the summary it wrote."""
+    options = options or AnalyzeOptions()
+    run = load_run(run_dir)
+    if not run.found:
+        raise VeilError(f"{run.root} has no predictions yet (runs/*/seed*/train-*/predictions/"
+                        "eval-*.parquet)")
+    out = Path(out_dir) if out_dir is not None else run.root / ANALYSIS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    notes: list[str] = []
+
+    def wrote(path: Path) -> None:
+        files.append(path.name)
+
+    # -- overall --------------------------------------------------------------------------
+    rows, overall_notes = overall_table(run, resamples=options.resamples,
+                                        seed=options.bootstrap_seed, level=options.level)
+    notes += overall_notes
+    if not rows:
+        raise VeilError(f"{run.root}: no arch has predictions for both train-original/"
+                        "eval-original and an obfuscated condition")
+    wrote(write_csv(out / "overall.csv", overall_frame(rows)))
+    wrote(write_text(out / "overall.md", overall_markdown(rows, overall_notes)))
+    wrote(plots.plot_drops(rows, out / "overall_drops.png"))
+    sentences = [{"arch": r.arch, "method": r.method, "comparison": r.comparison,
+                  "label": r.label,
+                  "text": f"{r.arch}, {r.label}: {r.sentence('top1')}; {r.sentence('top5')}"}
+                 for r in rows]
+
+    # -- faces ----------------------------------------------------------------------------
+    faces_summary: dict[str, Any] | None = None
+    stats = None
+    frame = run.faces()
+    if frame is None:
+        notes.append("no faces.parquet: face statistics and correlations skipped")
+    else:
+        stats = face_stats(frame, run.classes)
+        faces_summary = stats.summary()
+        wrote(write_text(out / "faces.md", faces_markdown(stats)))
+        wrote(write_csv(out / "faces_per_category.csv", stats.per_class))
+        if stats.supercategories is not None:
+            wrote(write_csv(out / "supercategories.csv", stats.supercategories))
+        wrote(plots.plot_faces_per_category(stats.per_class["share_with_faces"].tolist(),
+                                            out / "faces_per_category.png"))
+        wrote(plots.plot_faces_per_image(stats.histogram, out / "faces_per_image.png"))
+
+    # -- per category and correlation -----------------------------------------------------
+    per_cat_summary: dict[str, Any] = {}
+    corr_records: list[dict[str, Any]] = []
+    for method in run.methods:
+        result = per_category(run, method, swing=options.swing,
+                              ap_tolerance=options.ap_tolerance)
+        if result is None:
+            continue
+        frame_m = result.frame
+        if stats is not None:
+            frame_m = frame_m.merge(
+                stats.per_class[["class_index", "share_with_faces", "mean_face_area"]],
+                on="class_index", how="left")
+        wrote(write_csv(out / f"per_category_{method}.csv", frame_m))
+        wrote(write_csv(out / f"lookalikes_{method}.csv", result.lookalikes))
+        wrote(write_text(out / f"per_category_{method}.md",
+                         per_category_markdown(result, options.top_k)))
+        most, least, by = most_least_affected(result, options.top_k)
+        wrote(plots.plot_affected(most, least, by, method, out / f"affected_{method}.png"))
+        columns = ["class_index", "wnid", "name", "top1_drop", "top5_drop"]
+        columns += ["ap_drop"] if result.ap_available else []
+        flagged = flagged_pairs(result)
+        per_cat_summary[method] = {
+            "ap_available": result.ap_available, "ranked_by": by, "archs": result.archs,
+            "most_affected": _records(most, columns), "least_affected": _records(least, columns),
+            "lookalikes": flagged.to_dict(orient="records"),
+            "lookalike_definition": {"swing_points": options.swing,
+                                     "ap_tolerance_points": options.ap_tolerance},
+        }
+        if stats is not None:
+            data = joined(result.frame, stats.per_class)
+            records = correlations(method, data)
+            corr_records += records
+            if records:
+                wrote(plots.plot_correlation(method, data, records,
+                                             out / f"correlation_{method}.png"))
+    if corr_records:
+        import pandas as pd
+
+        wrote(write_csv(out / "correlation.csv", pd.DataFrame.from_records(corr_records)))
+        wrote(write_text(out / "correlation.md", correlation_markdown(corr_records)))
+
+    # -- Grad-CAM -------------------------------------------------------------------------
+    if options.gradcam:
+        cam = gradcam_grids(run, out, images=options.gradcam_images,
+                            archs=options.gradcam_archs, faces=options.faces)
+        files += cam.files
+        if cam.status != "done":
+            notes.append(cam.note)
+        gradcam_summary = cam.to_dict()
+    else:
+        gradcam_summary = {"status": "skipped", "note": "Grad-CAM not requested", "files": []}
+
+    summary = _clean({
+        "veil_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": str(run.root),
+        "study": _study_facts(run),
+        "settings": {
+            "bootstrap": {"resamples": options.resamples, "seed": options.bootstrap_seed,
+                          "level": options.level, "method": "paired percentile bootstrap "
+                          "over validation images, correctness averaged over seeds per image"},
+            "sem": "std over seeds (ddof=1) / sqrt(seeds)",
+            "mcnemar": f"top-1, per seed; exact binomial when discordant pairs < "
+                       f"{MCNEMAR_EXACT_BELOW}, else chi-square with continuity correction; "
+                       "the largest p over seeds is reported",
+            "top_k": options.top_k,
+        },
+        "overall": [r.to_dict() for r in rows],
+        "sentences": sentences,
+        "faces": faces_summary,
+        "per_category": per_cat_summary,
+        "correlation": corr_records,
+        "gradcam": gradcam_summary,
+        "notes": notes,
+        "files": files,
+    })
+    atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode("utf-8"))
+    return Analysis(out, summary, [*files, SUMMARY])
+
+
+def _study_facts(run: StudyRun) -> dict[str, Any]:
+    s = run.study
+    return {"data": s.get("data"), "faces": s.get("faces"), "profile": s.get("profile"),
+            "status": s.get("status"), "archs": run.archs, "methods": run.methods,
+            "seeds": s.get("seeds"), "classes": len(run.classes),
+            "conditions": sorted({str(c) for *_, c in run.found})}

@@ -1,0 +1,228 @@
+"""Read a study run folder (written by `veil study`; the format is in the study contract).
+
+Only what analysis needs is loaded, one predictions file at a time: on ImageNet a file's
+class probabilities are 50,000 x 1000 floats, so they are read only to compute per-class
+AP and then dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from veil.errors import VeilError
+
+ORIGINAL = "original"
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Where a model was trained and what it was evaluated on."""
+
+    train: str
+    eval: str
+
+    def __str__(self) -> str:
+        return f"train-{self.train}/eval-{self.eval}"
+
+
+@dataclass
+class Predictions:
+    """One model's answers on the validation set, sorted by key."""
+
+    keys: np.ndarray  # str
+    labels: np.ndarray  # int
+    pred: np.ndarray  # int, top-1
+    correct1: np.ndarray  # bool
+    correct5: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return int(self.keys.size)
+
+
+@dataclass
+class StudyRun:
+    """A run folder: its study.json, the conditions with predictions, and helpers to read
+    them (cached, since several tables use the same files)."""
+
+    root: Path
+    study: dict[str, Any]
+    found: dict[tuple[str, int, Condition], Path]
+    _cache: dict[Path, Predictions] = field(default_factory=dict, repr=False)
+    _keys: list[np.ndarray] = field(default_factory=list, repr=False)
+    _ap_cache: dict[Path, np.ndarray] = field(default_factory=dict, repr=False)
+
+    # -- what the run holds ---------------------------------------------------------------
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        return list(self.study.get("classes") or [])
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes:
+            return len(self.classes)
+        raise VeilError(f"{self.root / 'study.json'} lists no classes")
+
+    def class_names(self) -> list[str]:
+        return [str(c.get("name") or c.get("wnid") or c.get("index")) for c in self.classes]
+
+    def class_wnids(self) -> list[str | None]:
+        return [c.get("wnid") for c in self.classes]
+
+    @property
+    def archs(self) -> list[str]:
+        listed = [a for a in self.study.get("archs", []) if any(k[0] == a for k in self.found)]
+        extra = sorted({k[0] for k in self.found} - set(listed))
+        return listed + extra
+
+    @property
+    def methods(self) -> list[str]:
+        listed = list(self.study.get("methods", []))
+        seen = {c.train for *_, c in self.found} | {c.eval for *_, c in self.found}
+        extra = sorted(seen - set(listed) - {ORIGINAL})
+        return [m for m in listed if m in seen] + extra
+
+    def seeds(self, arch: str, condition: Condition) -> list[int]:
+        return sorted(s for a, s, c in self.found if a == arch and c == condition)
+
+    def model_path(self, arch: str, seed: int, train: str) -> Path:
+        return self.root / "runs" / arch / f"seed{seed}" / f"train-{train}" / "model.pt"
+
+    # -- reading --------------------------------------------------------------------------
+    def predictions(self, arch: str, seed: int, condition: Condition) -> Predictions:
+        path = self.found[(arch, seed, condition)]
+        if path not in self._cache:
+            predictions = read_predictions(path)
+            # every condition predicts the same images: keep one copy of the key strings
+            # (180 files x 50,000 keys would otherwise hold millions of strings)
+            for keys in self._keys:
+                if np.array_equal(keys, predictions.keys):
+                    predictions.keys = keys
+                    break
+            else:
+                self._keys.append(predictions.keys)
+            self._cache[path] = predictions
+        return self._cache[path]
+
+    def class_ap(self, arch: str, seed: int, condition: Condition) -> np.ndarray | None:
+        """Per-class AP from the file's probabilities, or None when it has none."""
+        from veil.analysis.stats import per_class_ap
+
+        path = self.found[(arch, seed, condition)]
+        if path not in self._ap_cache:
+            probs = read_probs(path, self.num_classes)
+            if probs is None:
+                return None
+            labels = self.predictions(arch, seed, condition).labels
+            self._ap_cache[path] = per_class_ap(labels, probs)
+        return self._ap_cache[path]
+
+    def faces(self) -> Any:
+        """faces.parquet as a pandas DataFrame, or None when the run has none."""
+        path = self.root / "faces.parquet"
+        if not path.is_file():
+            return None
+        import pandas as pd
+
+        frame = pq.read_table(path).to_pandas()
+        missing = {"key", "label", "n_faces"} - set(frame.columns)
+        if missing:
+            raise VeilError(f"{path} lacks columns {sorted(missing)}")
+        if "split" not in frame.columns:
+            frame["split"] = frame["key"].str.split("/").str[0]
+        if "face_area" not in frame.columns:
+            frame["face_area"] = math.nan
+        return pd.DataFrame(frame)
+
+
+def load_run(root: str | Path) -> StudyRun:
+    """Open RUN: read study.json and find every predictions file."""
+    root = Path(root)
+    study_file = root / "study.json"
+    if not study_file.is_file():
+        raise VeilError(f"{root} is not a study run folder (no study.json)")
+    try:
+        study = json.loads(study_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise VeilError(f"{study_file} is not valid JSON: {exc}") from exc
+    return StudyRun(root, study, dict(_find_predictions(root)))
+
+
+def _find_predictions(root: Path) -> Iterator[tuple[tuple[str, int, Condition], Path]]:
+    runs = root / "runs"
+    if not runs.is_dir():
+        return
+    for path in sorted(runs.glob("*/seed*/train-*/predictions/eval-*.parquet")):
+        seed_match = _SEED_DIR.match(path.parents[2].name)
+        if seed_match is None:
+            continue
+        arch = path.parents[3].name
+        train = path.parents[1].name.removeprefix("train-")
+        evaluated = path.stem.removeprefix("eval-")
+        yield (arch, int(seed_match.group(1)), Condition(train, evaluated)), path
+
+
+_COLUMNS = ("key", "label", "pred", "top5", "correct1", "correct5")
+
+
+def read_predictions(path: Path) -> Predictions:
+    """The light columns of one predictions file, sorted by key. ``correct1``/``correct5``
+    are recomputed from ``pred``/``top5`` when absent."""
+    schema = pq.read_schema(path)
+    columns = [c for c in _COLUMNS if c in schema.names]
+    if not {"key", "label"} <= set(columns) or not {"pred", "top5"} & set(columns):
+        raise VeilError(f"{path}: needs key, label and pred or top5 columns")
+    table = pq.read_table(path, columns=columns)
+    keys = np.asarray(table.column("key").to_pylist(), dtype=object)
+    labels = table.column("label").to_numpy().astype(np.int64)
+    top5 = None
+    if "top5" in columns:
+        top5 = np.asarray(table.column("top5").combine_chunks().flatten()
+                          .to_numpy()).reshape(len(keys), -1).astype(np.int64)
+    pred = (table.column("pred").to_numpy().astype(np.int64) if "pred" in columns
+            else top5[:, 0])  # type: ignore[index]
+    correct1 = (table.column("correct1").to_numpy().astype(bool) if "correct1" in columns
+                else pred == labels)
+    if "correct5" in columns:
+        correct5 = table.column("correct5").to_numpy().astype(bool)
+    elif top5 is not None:
+        correct5 = (top5 == labels[:, None]).any(axis=1)
+    else:
+        raise VeilError(f"{path}: needs a top5 or correct5 column")
+    order = np.argsort(keys, kind="stable")
+    if len(set(keys.tolist())) != len(keys):
+        raise VeilError(f"{path}: the same key appears twice")
+    return Predictions(keys[order], labels[order], pred[order], correct1[order],
+                       correct5[order])
+
+
+def read_probs(path: Path, num_classes: int) -> np.ndarray | None:
+    """The (images, classes) probabilities in key order, or None without a probs column."""
+    schema = pq.read_schema(path)
+    if "probs" not in schema.names:
+        return None
+    table = pq.read_table(path, columns=["key", "probs"])
+    keys = np.asarray(table.column("key").to_pylist(), dtype=object)
+    flat = table.column("probs").combine_chunks().flatten().to_numpy()
+    probs = np.asarray(flat, dtype=np.float32).reshape(len(keys), -1)
+    if probs.shape[1] != num_classes:
+        raise VeilError(f"{path}: probs have {probs.shape[1]} classes, study.json lists "
+                        f"{num_classes}")
+    return probs[np.argsort(keys, kind="stable")]
+
+
+def paired(first: Predictions, second: Predictions, what: str) -> None:
+    """Refuse to compare predictions made on different image sets."""
+    if len(first) != len(second) or not np.array_equal(first.keys, second.keys):
+        only = set(first.keys.tolist()) ^ set(second.keys.tolist())
+        raise VeilError(f"{what}: the two conditions were evaluated on different images "
+                        f"({len(first)} vs {len(second)}; e.g. {sorted(only)[:3]})")

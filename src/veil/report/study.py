@@ -1,0 +1,140 @@
+"""`veil report RUN`: the study as one self-contained HTML page.
+
+Reads RUN/analysis/summary.json (running the analysis first when it is missing), inlines
+every plot and a few validation images before and after obfuscation, and says in plain
+words what each comparison found, with its confidence interval.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from veil import __version__
+from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p
+from veil.report.html import render, thumbnail_uri
+
+REPORT_NAME = "report.html"
+
+
+def _png_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _overall_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        group = groups.setdefault(f"{r['method']}|{r['comparison']}", {
+            "title": r["label"], "method": r["method"], "rows": [],
+            "paper": ({"blur": "the paper's Table 3", "overlay": "the paper's Table B"}
+                      .get(r["method"]) if r["comparison"] == "obfuscated" else None)})
+        cells = {"arch": r["arch"], "seeds": len(r["seeds"]),
+                 "mcnemar": fmt_p(_num(r.get("mcnemar_p_max")))}
+        for metric in ("top1", "top5"):
+            m = r[metric]
+            cells[metric] = {
+                "original": fmt_mean_sem(_num(m["original"]), _num(m["original_sem"])),
+                "obfuscated": fmt_mean_sem(_num(m["obfuscated"]), _num(m["obfuscated_sem"])),
+                "drop": fmt(_num(m["drop"])),
+                "ci": fmt_ci(_num(m["ci_low"]), _num(m["ci_high"])),
+                "verdict": m["verdict"],
+            }
+        group["rows"].append(cells)
+    return list(groups.values())
+
+
+def _examples(run: Any, count: int, faces: str | None
+              ) -> tuple[list[dict[str, Any]], str | None]:
+    """A few validation images with faces, original and per method; or why not."""
+    from veil.analysis.examples import obfuscated, pick_examples
+    from veil.errors import VeilError
+
+    if count <= 0:
+        return [], None
+    try:
+        examples, _ = pick_examples(run, count, faces)
+    except VeilError as exc:
+        return [], f"example images skipped: {exc}"
+    names = run.class_names()
+    out = []
+    for ex in examples:
+        out.append({
+            "key": ex.key, "label": names[ex.label], "faces": len(ex.boxes),
+            "original": thumbnail_uri(ex.original, max_side=300),
+            "methods": [{"name": m, "uri": thumbnail_uri(obfuscated(ex, run, m), max_side=300)}
+                        for m in run.methods],
+        })
+    return out, None
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *,
+                 examples: int = 4, faces: str | None = None,
+                 analyze_options: Any = None) -> Path:
+    """Write the HTML report of RUN (default RUN/report.html); returns its path."""
+    from veil.analysis import ANALYSIS_DIR, SUMMARY, analyze, load_run
+
+    run = load_run(run_dir)
+    analysis_dir = run.root / ANALYSIS_DIR
+    if not (analysis_dir / SUMMARY).is_file():
+        if analyze_options is None:
+            from veil.analysis import AnalyzeOptions
+
+            analyze_options = AnalyzeOptions(faces=faces)
+        analyze(run.root, analysis_dir, analyze_options)
+    summary = json.loads((analysis_dir / SUMMARY).read_text(encoding="utf-8"))
+
+    def plot(name: str) -> str | None:
+        path = analysis_dir / name
+        return _png_uri(path) if path.is_file() else None
+
+    per_category = []
+    for method, data in (summary.get("per_category") or {}).items():
+        basis = "ap_drop" if data["ranked_by"] == "ap_drop" else "top1_drop"
+        per_category.append({
+            "method": method, "basis": "AP" if basis == "ap_drop" else "top-1",
+            "ap_available": data["ap_available"],
+            "most": [{"name": r["name"], "drop": fmt(_num(r[basis]), 2),
+                      "top1": fmt(_num(r["top1_drop"]), 2)} for r in data["most_affected"]],
+            "least": [{"name": r["name"], "drop": fmt(_num(r[basis]), 2),
+                       "top1": fmt(_num(r["top1_drop"]), 2)} for r in data["least_affected"]],
+            "lookalikes": [{"a": p["name_a"], "b": p["name_b"], "reason": p["reason"],
+                            "top1_a": fmt(_num(p["top1_drop_a"]), 2),
+                            "top1_b": fmt(_num(p["top1_drop_b"]), 2),
+                            "ap_a": fmt(_num(p["ap_drop_a"]), 2),
+                            "ap_b": fmt(_num(p["ap_drop_b"]), 2)} for p in data["lookalikes"]],
+            "definition": data["lookalike_definition"],
+            "plot": plot(f"affected_{method}.png"),
+            "correlation_plot": plot(f"correlation_{method}.png"),
+        })
+    face_stats = summary.get("faces")
+    example_rows, example_note = _examples(run, examples, faces)
+    notes = list(summary.get("notes") or [])
+    if example_note:
+        notes.append(example_note)
+    destination = Path(out) if out is not None else run.root / REPORT_NAME
+    return render(
+        "study.html", destination,
+        version=__version__, created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        run=str(run.root), study=summary["study"], settings=summary["settings"],
+        sentences=summary["sentences"], overall=_overall_groups(summary["overall"]),
+        drops_plot=plot("overall_drops.png"), per_category=per_category, faces=face_stats,
+        faces_plots=[p for p in (plot("faces_per_category.png"), plot("faces_per_image.png"))
+                     if p],
+        correlation=[{**r, "spearman_s": fmt(_num(r["spearman"])),
+                      "spearman_p_s": fmt_p(_num(r["spearman_p"])),
+                      "pearson_s": fmt(_num(r["pearson"])),
+                      "pearson_p_s": fmt_p(_num(r["pearson_p"]))}
+                     for r in summary.get("correlation") or []],
+        gradcam={**summary["gradcam"],
+                 "images": [u for u in (plot(f) for f in summary["gradcam"]["files"]) if u]},
+        examples=example_rows, notes=notes,
+        pct=lambda v: "n/a" if v is None else f"{100 * v:.1f}%",
+    )
