@@ -37,6 +37,11 @@ class Detector(Protocol):
 
 _REGISTRY: dict[str, str | Callable[..., Detector]] = {
     "centerface": "veil.detection.centerface:CenterFaceDetector",
+    "mtcnn": "veil.detection.mtcnn:MTCNNDetector",
+    "multiscale": "veil.detection.multiscale:MultiScaleDetector",
+    "ensemble": "veil.detection.ensemble:EnsembleDetector",
+    "fast": "veil.detection.profiles:fast",
+    "thorough": "veil.detection.profiles:thorough",
 }
 
 

@@ -149,6 +149,7 @@ class CenterFaceDetector:
     """
 
     name = NAME
+    size_multiple = SIZE_MULTIPLE  # inputs of this size need no resize
 
     def __init__(
         self,

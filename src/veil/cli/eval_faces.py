@@ -1,0 +1,230 @@
+"""``veil eval-faces GT PRED``: how many faces did the detector find, and which not?"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from veil.boxes import Box
+from veil.errors import VeilError
+
+if TYPE_CHECKING:
+    from veil.evaluation import FaceEvaluation
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+DEFAULT_SHOW = 10
+
+
+@dataclass
+class Faces:
+    """Boxes per image key, read from a faces file or a store, and what they came from."""
+
+    boxes: dict[str, list[Box]]
+    invalid: dict[str, list[bool]] | None
+    description: str
+
+
+def is_store(source: str) -> bool:
+    """A SQLAlchemy URL, or a file that starts with SQLite's magic bytes."""
+    if "://" in source:
+        return True
+    try:
+        with open(source, "rb") as f:
+            return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def load_ground_truth(source: str) -> Faces:
+    """A faces file (paper JSON, COCO, Parquet; WIDER's ``invalid`` flags kept) or a
+    store's current boxes (latest review, else latest detection)."""
+    if is_store(source):
+        from veil.store import FaceStore
+
+        with FaceStore(source, create=False) as store:
+            boxes = store.current_boxes()
+        return Faces(boxes, None, f"{_display(source)} (current boxes)")
+    from veil.evaluation import invalid_flags
+    from veil.interchange import read_faces
+
+    faces = read_faces(_existing(source, "GT"))
+    return Faces(dict(faces.faces), invalid_flags(faces.box_extras),
+                 f"{source} ({faces.format})")
+
+
+def load_predictions(source: str, run_id: int | None) -> Faces:
+    """A faces file, or a store's detection run ``run_id`` (default: its latest)."""
+    if is_store(source):
+        from veil.store import DETECTION_RUN_KINDS, FaceStore
+
+        with FaceStore(source, create=False) as store:
+            if run_id is None:
+                runs = [r for r in store.runs() if r.kind in DETECTION_RUN_KINDS]
+                if not runs:
+                    raise VeilError(f"{_display(source)} has no detection run; run `veil detect`")
+                run_id = runs[-1].id
+            else:
+                store.run(run_id)  # a clear error when it does not exist
+            boxes = store.detections(run_id)
+        return Faces(boxes, None, f"{_display(source)} (detection run {run_id})")
+    if run_id is not None:
+        raise VeilError("--run applies only when PRED is a face store")
+    from veil.interchange import read_faces
+
+    faces = read_faces(_existing(source, "PRED"))
+    return Faces(dict(faces.faces), None, f"{source} ({faces.format})")
+
+
+def match_keys(
+    gt: dict[str, list[Box]], pred: dict[str, list[Box]]
+) -> tuple[dict[str, list[Box]], str | None]:
+    """PRED re-keyed by file name when no key matches GT but file names do (one each).
+
+    A store filled by ``veil detect images/`` names an image ``x.jpg`` where the faces
+    file says ``images/x.jpg``; matching names spares the user a re-run.
+    """
+    if not gt or not pred or set(gt) & set(pred):
+        return pred, None
+    gt_names = {PurePosixPath(k).name: k for k in gt}
+    pred_names = {PurePosixPath(k).name: k for k in pred}
+    if len(gt_names) != len(gt) or len(pred_names) != len(pred):
+        return pred, None
+    common = set(gt_names) & set(pred_names)
+    if not common:
+        return pred, None
+    remapped = {gt_names.get(PurePosixPath(k).name, k): v for k, v in pred.items()}
+    return remapped, f"no keys matched, so {len(common):,} images were matched by file name"
+
+
+@click.command("eval-faces")
+@click.argument("gt_source", metavar="GT")
+@click.argument("pred_source", metavar="PRED")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Drop predicted boxes scoring below this first (default: keep all).")
+@click.option("--iou", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              show_default=True, help="Overlap at which a box matches a face.")
+@click.option("--min-height", type=click.FloatRange(min=0), default=16.0, show_default=True,
+              help="Faces shorter than this (px, at the stored resolution) are ignored: "
+                   "finding them is no false alarm, missing them no miss.")
+@click.option("--coverage", type=click.FloatRange(0, 1, min_open=True), default=0.7,
+              show_default=True,
+              help="Share of a face's area the union of boxes must cover for coverage recall.")
+@click.option("--run", "run_id", type=int, default=None,
+              help="With PRED a store: evaluate this detection run (default: the latest).")
+@click.option("--show", type=click.IntRange(min=0), default=DEFAULT_SHOW, show_default=True,
+              help="List this many images with uncovered faces.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead of the table.")
+def eval_faces(gt_source: str, pred_source: str, min_score: float | None, iou: float,
+               min_height: float, coverage: float, run_id: int | None, show: int,
+               as_json: bool) -> None:
+    """Measure predicted face boxes PRED against ground truth GT.
+
+    \b
+    GT and PRED are faces files (the paper's JSON, COCO JSON, Parquet) or face stores
+    (an SQLite file or a SQLAlchemy URL): GT from a store is its current boxes, PRED
+    from a store its latest detection run (or --run). Every GT image counts; one
+    missing from PRED has all its faces missed. Reports recall@IoU, coverage recall,
+    precision and AP overall and by face height, and the images with faces left
+    uncovered (DESIGN.md's definitions).
+    """
+    from veil.evaluation import evaluate_faces
+
+    try:
+        gt = load_ground_truth(gt_source)
+        pred = load_predictions(pred_source, run_id)
+        pred_boxes, note = match_keys(gt.boxes, pred.boxes)
+        result = evaluate_faces(gt.boxes, pred_boxes, invalid=gt.invalid, iou=iou,
+                                min_height=min_height, coverage=coverage, min_score=min_score)
+    except VeilError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(f"face store: {reason}") from exc
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not gt.boxes:
+        raise click.ClickException(f"GT {gt.description} has no images")
+    if as_json:
+        out = {"gt": gt.description, "pred": pred.description, **result.to_dict()}
+        if note:
+            out["note"] = note
+        click.echo(json.dumps(out, allow_nan=False))
+        return
+    for line in report_lines(result, gt.description, pred.description, show):
+        click.echo(line)
+    if note:
+        click.echo(f"note: {note}")
+
+
+def report_lines(result: FaceEvaluation, gt_text: str, pred_text: str, show: int) -> list[str]:
+    """The human report: a header, the metrics table, the uncovered images."""
+    s = result.settings
+    overall = result.overall
+    lines = [
+        f"GT   {gt_text}: {result.images:,} images, {result.faces:,} faces, "
+        f"{overall.must_find:,} must-find (valid, >= {s['min_height']:g} px tall)",
+        f"PRED {pred_text}: {overall.detections:,} boxes"
+        + (f" scoring >= {s['min_score']:g}" if s["min_score"] is not None else ""),
+    ]
+    if result.missing_predictions:
+        lines.append(f"     {len(result.missing_predictions):,} GT images have no prediction "
+                     "(all their faces count as missed)")
+    if result.unknown_predictions:
+        lines.append(f"     {result.unknown_predictions:,} predicted images are not in GT "
+                     "(not evaluated)")
+    lines.append("")
+    header = (f"{'faces':<12}{'must-find':>10}{'recall@' + format(s['iou'], 'g'):>12}"
+              f"{'coverage':>10}{'precision':>11}{'AP':>8}{'boxes':>8}")
+    lines += [header, "-" * len(header)]
+    rows = [("all", overall)] + [(f"{name} px", m) for name, m in result.bins.items()]
+    for label, m in rows:
+        lines.append(f"{label:<12}{m.must_find:>10,}{_rate(m.recall):>12}"
+                     f"{_rate(m.coverage_recall):>10}{_rate(m.precision):>11}{_rate(m.ap):>8}"
+                     f"{m.detections:>8,}")
+    lines.append(f"(coverage: >= {s['coverage']:g} of the face under the boxes; faces under "
+                 f"{s['min_height']:g} px are not must-find, their row is for information)")
+    lines.append("")
+    uncovered = result.uncovered
+    if not uncovered:
+        lines.append("every must-find face is covered")
+        return lines
+    faces = sum(len(u.uncovered) for u in uncovered)
+    lines.append(f"{faces:,} must-find faces in {len(uncovered):,} of {result.images:,} images "
+                 f"are not covered" + (f"; the first {min(show, len(uncovered))}:" if show else ""))
+    for u in uncovered[:show]:
+        shares = ", ".join(f"{c:.0%}" for c in u.coverage[:5])
+        more = ", ..." if len(u.coverage) > 5 else ""
+        lines.append(f"  {u.key}  {len(u.uncovered)} of {u.must_find} (covered {shares}{more})")
+    return lines
+
+
+def _rate(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+def _existing(source: str, what: str) -> str:
+    path = Path(os.path.expanduser(source))
+    if not path.exists():
+        raise VeilError(f"{what}: no such file or store: {source}")
+    if path.is_dir():
+        raise VeilError(f"{what}: {source} is a folder; give a faces file or a face store")
+    return str(path)
+
+
+def _display(url: str) -> str:
+    if "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<store URL>"

@@ -1,0 +1,129 @@
+"""Merge the boxes that several views or detectors found into one box per face.
+
+Input everywhere is one ``(n, 5)`` array per *view* (a scale, a flip, a detector):
+``x0, y0, x1, y1, score`` in the same image's pixels. Two merges:
+
+- :func:`weighted_box_fusion` (WBF, Solovyev et al. 2021): boxes are taken by falling
+  score and each joins the cluster whose fused box it overlaps most (IoU >=
+  ``iou_threshold``), else starts one. A cluster's box is the score-weighted mean of
+  its members, so views that disagree by a few pixels average out instead of one
+  arbitrary view winning. Its score is the *mean over views* of each view's best
+  score in the cluster (0 for a view that missed it): a face that every view sees
+  keeps its score, a blip that one view of ten reports drops to a tenth. With
+  ``score="max"`` it is the best view's score instead: a union, where a face any
+  view found keeps its score (what an ensemble of different detectors wants).
+- :func:`nms_merge`: plain greedy NMS over all views' boxes, keeping the best box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from veil.detection.nms import nms
+
+FUSIONS = ("wbf", "nms")
+
+
+def _stack(views: Sequence[np.ndarray], skip_below: float) -> np.ndarray:
+    """All views' boxes as ``(n, 6)``: coordinates, score, view index; by falling score."""
+    parts = []
+    for index, view in enumerate(views):
+        boxes = np.asarray(view, dtype=np.float64).reshape(-1, 5)
+        boxes = boxes[boxes[:, 4] >= skip_below]
+        parts.append(np.hstack([boxes, np.full((len(boxes), 1), index, dtype=np.float64)]))
+    stacked = np.vstack(parts) if parts else np.empty((0, 6))
+    return stacked[np.argsort(-stacked[:, 4], kind="stable")]
+
+
+def weighted_box_fusion(
+    views: Sequence[np.ndarray],
+    iou_threshold: float = 0.55,
+    *,
+    skip_below: float = 0.0,
+    weights: Sequence[float] | None = None,
+    score: str = "mean",
+) -> np.ndarray:
+    """One fused ``(k, 5)`` box per cluster of overlapping boxes, best first.
+
+    ``weights`` (one per view, default all 1) scale each view's scores before
+    fusion and its vote in the mean; ``skip_below`` drops boxes scoring less first.
+    ``score`` is 'mean' (over views, missing views count 0) or 'max'.
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if score not in ("mean", "max"):
+        raise ValueError(f"score must be 'mean' or 'max', got {score!r}")
+    n_views = len(views)
+    if n_views == 0:
+        return np.empty((0, 5))
+    w = np.ones(n_views) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_views,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"need one non-negative weight per view ({n_views}), got {weights}")
+    weighted = [np.asarray(v, dtype=np.float64).reshape(-1, 5) * [1, 1, 1, 1, wi]
+                for v, wi in zip(views, w, strict=True)]
+    boxes = _stack(weighted, skip_below)
+    if len(boxes) == 0:
+        return np.empty((0, 5))
+
+    capacity = len(boxes)
+    sums = np.zeros((capacity, 4))  # score-weighted coordinate sums of each cluster
+    mass = np.zeros(capacity)  # summed scores of each cluster
+    fused = np.zeros((capacity, 4))  # current fused boxes
+    best = np.zeros((capacity, n_views))  # each view's best score in each cluster
+    k = 0
+    for x0, y0, x1, y1, box_score, view in boxes:
+        target = -1
+        if k:
+            f = fused[:k]
+            iw = np.minimum(f[:, 2], x1) - np.maximum(f[:, 0], x0)
+            ih = np.minimum(f[:, 3], y1) - np.maximum(f[:, 1], y0)
+            inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+            union = (f[:, 2] - f[:, 0]) * (f[:, 3] - f[:, 1]) + (x1 - x0) * (y1 - y0) - inter
+            with np.errstate(divide="ignore", invalid="ignore"):
+                iou = np.where(union > 0, inter / union, 0.0)
+            j = int(np.argmax(iou))
+            if iou[j] >= iou_threshold:
+                target = j
+        if target < 0:
+            target, k = k, k + 1
+        weight = max(box_score, 1e-12)  # a zero-score box still moves its own cluster
+        sums[target] += weight * np.array([x0, y0, x1, y1])
+        mass[target] += weight
+        fused[target] = sums[target] / mass[target]
+        v = int(view)
+        best[target, v] = max(best[target, v], box_score)
+    scores = best[:k].sum(axis=1) / w.sum() if score == "mean" else best[:k].max(axis=1)
+    out = np.hstack([fused[:k], scores[:, None]])
+    return out[np.argsort(-out[:, 4], kind="stable")]
+
+
+def nms_merge(
+    views: Sequence[np.ndarray],
+    iou_threshold: float = 0.3,
+    *,
+    skip_below: float = 0.0,
+) -> np.ndarray:
+    """Greedy NMS over every view's boxes: the best-scoring box of each cluster survives."""
+    boxes = _stack(views, skip_below)
+    keep = nms(boxes[:, :4], boxes[:, 4], iou_threshold)
+    return boxes[keep, :5]
+
+
+def fuse(
+    views: Sequence[np.ndarray],
+    method: str = "wbf",
+    iou_threshold: float = 0.55,
+    *,
+    skip_below: float = 0.0,
+    weights: Sequence[float] | None = None,
+    score: str = "mean",
+) -> np.ndarray:
+    """Dispatch to :func:`weighted_box_fusion` or :func:`nms_merge` by name."""
+    if method == "wbf":
+        return weighted_box_fusion(views, iou_threshold, skip_below=skip_below, weights=weights,
+                                   score=score)
+    if method == "nms":
+        return nms_merge(views, iou_threshold, skip_below=skip_below)
+    raise ValueError(f"unknown fusion {method!r}; use one of {', '.join(FUSIONS)}")
