@@ -13,6 +13,13 @@ Layouts (``layout="auto"`` picks one):
 - ``folder``: any folder of images, recursively, unlabelled.
 - ``list``: a text file with one image path per line (relative to ``--root`` or to the
   file's folder), optionally followed by whitespace/tab/comma and a label.
+- ``webdataset``: WebDataset tar shards: one ``.tar``, a folder of them, or a brace
+  pattern (``shards-{000000..000009}.tar``). Keys are ``<shard>.tar/<member name>``,
+  relative to the folder holding the shards (see ``veil.wds`` for the scheme);
+  labels come from each sample's ``cls`` or ``json``.
+
+Stages read an image's bytes through ``Dataset.reader()``, which works the same for
+files and for members of tar shards, in any process.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
+from veil import wds
 from veil.errors import DatasetError
 
 IMAGE_SUFFIXES = frozenset(
@@ -30,14 +39,30 @@ IMAGE_SUFFIXES = frozenset(
 )
 SPLIT_NAMES = ("train", "val", "test")
 LABEL_FILE_NAMES = ("val_labels.txt", "LOC_val_solution.csv", "labels.txt", "labels.csv")
-LAYOUTS = ("auto", "imagefolder", "folder", "list")
+LAYOUTS = ("auto", "imagefolder", "folder", "list", "webdataset")
 
 
 @dataclass(frozen=True, slots=True)
 class ImageEntry:
     key: str
-    path: Path
+    path: Path  # the image file; for a WebDataset, the tar shard holding it
     label: str | None = None
+
+
+class ImageReader(Protocol):
+    """Bytes of an image by key; picklable, so a worker on any node can hold one."""
+
+    def read(self, key: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class FileReader:
+    """Images stored as files under ``root``."""
+
+    root: Path
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
 
 
 @dataclass
@@ -73,6 +98,21 @@ class Dataset:
 
     def keys(self) -> list[str]:
         return [e.key for e in self.entries]
+
+    def reader(self) -> ImageReader:
+        """Reads an image's bytes by key (raises ``OSError`` when it cannot)."""
+        root = self.root.resolve()
+        return wds.TarReader(root) if self.layout == "webdataset" else FileReader(root)
+
+    def groups(self) -> list[list[str]]:
+        """The keys of each input file that holds several images (each tar shard of a
+        WebDataset), in key order; empty for datasets of one file per image."""
+        if self.layout != "webdataset":
+            return []
+        by_shard: dict[str, list[str]] = {}
+        for e in self.entries:
+            by_shard.setdefault(wds.split_key(e.key)[0], []).append(e.key)
+        return list(by_shard.values())
 
     @property
     def classes(self) -> list[str]:
@@ -235,6 +275,19 @@ def _read_list(list_file: Path, root: Path | None) -> tuple[Path, list[ImageEntr
     return base, entries
 
 
+def _read_webdataset(shards: list[Path], root: Path) -> list[ImageEntry]:
+    entries = []
+    for shard in shards:
+        for image in wds.scan_shard(shard, root, is_image_name):
+            entries.append(ImageEntry(image.key, shard, image.label))
+    return entries
+
+
+def _looks_like_webdataset(path: Path) -> bool:
+    """A folder holding .tar shards and no image files (checked lazily: one image ends it)."""
+    return not any(_walk_images(path)) and bool(wds.find_shards(path))
+
+
 def open_dataset(
     source: str | os.PathLike[str],
     *,
@@ -242,16 +295,40 @@ def open_dataset(
     root: str | os.PathLike[str] | None = None,
     labels_file: str | os.PathLike[str] | None = None,
 ) -> Dataset:
-    """Read a dataset from a folder or a file list.
+    """Read a dataset from a folder, a file list or WebDataset tar shards.
 
-    ``layout="auto"`` reads a file as a list, a folder with ``train/``/``val/``/``test/``
-    or with only class subfolders as an ImageFolder, and anything else as a plain folder.
+    ``layout="auto"`` reads a ``.tar`` file, a brace pattern or a folder holding only
+    ``.tar`` shards as a WebDataset, any other file as a list, a folder with
+    ``train/``/``val/``/``test/`` or with only class subfolders as an ImageFolder, and
+    anything else as a plain folder.
     """
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    path = Path(source).expanduser()
-    if not path.exists():
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if layout in ("auto", "webdataset") and wds.is_brace_pattern(text) and not path.exists():
+        layout = "webdataset"
+    elif not path.exists():
         raise DatasetError(f"dataset not found: {path}")
+    elif layout == "auto" and (
+        (path.is_file() and wds.is_shard_name(path.name))
+        or (path.is_dir() and _looks_like_webdataset(path))
+    ):
+        layout = "webdataset"
+    if layout == "webdataset":
+        shards = wds.expand_shards(text)
+        if not shards:
+            raise DatasetError(f"no .tar shards found in {path}")
+        # Keys are relative to --root, else to the folder given, else to the folder
+        # holding every shard of a file or pattern.
+        base = Path(root) if root is not None else path if path.is_dir() else (
+            wds.shards_root(shards))
+        entries = _read_webdataset(shards, base)
+        if not entries:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise DatasetError(f"no images found in the shards of {text} (looked for "
+                               f"members ending in {suffixes})")
+        return Dataset(base, "webdataset", entries, source=text)
     labels_path = Path(labels_file) if labels_file is not None else None
     if path.is_file() or layout == "list":
         if not path.is_file():

@@ -3,26 +3,27 @@
 A stage supplies a *shard task*: a picklable object whose ``setup()`` loads what a
 worker needs once (a detector session, say) and whose ``__call__(index, keys)`` turns
 a list of image keys into a :class:`ShardResult`. The runner plans the shards in the
-store, hands them to an in-process loop or a local process pool, and writes each
-result in one transaction as it arrives, so a killed run resumes at the first shard
-that was not recorded and never does a shard twice. Only the parent process talks to
-the store.
+store, hands them to a backend (``veil.backends``: this process, a local process pool,
+or a Ray cluster) and writes each result in one transaction as it arrives, so a killed
+run resumes at the first shard that was not recorded and never does a shard twice.
+Only the parent process talks to the store.
+
+A task may say ``wants_gpu = True``: the Ray backend then gives each of its workers a
+GPU when the cluster has some.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from veil.backends import Backend, available_cores, get_backend
 from veil.boxes import Box
 from veil.store import FaceStore, ImageRecord, RunItem
 
@@ -69,10 +70,7 @@ class RunSummary:
 
 def default_workers() -> int:
     """The cores this process may use (respects affinity masks and cgroup pinning)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def make_shards(keys: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> list[list[str]]:
@@ -84,39 +82,21 @@ def make_shards(keys: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> li
 def prepare_run(
     store: FaceStore, kind: str, config: dict[str, Any], keys: Sequence[str], *,
     shard_size: int = DEFAULT_SHARD_SIZE, resume: bool = True,
+    shards: Sequence[Sequence[str]] | None = None,
 ) -> tuple[int, int]:
     """Find the unfinished run with this exact config, or plan a new one.
 
-    Returns ``(run_id, shards_already_done)``.
+    ``shards`` plans the given groups of keys instead of ``keys`` cut into
+    ``shard_size`` pieces (a stage whose output is one file per input file, such as
+    a tar shard, makes each input file a shard). Returns ``(run_id, shards_already_done)``.
     """
+    planned = [list(s) for s in shards] if shards is not None else make_shards(keys, shard_size)
     if resume:
         run_id = store.find_resumable_run(kind, config)
         if run_id is not None:
             store.resume_run(run_id)
-            total = len(make_shards(keys, shard_size))
-            return run_id, total - len(store.pending_shards(run_id))
-    return store.start_run(kind, config, make_shards(keys, shard_size)), 0
-
-
-_worker_task: ShardTask | None = None
-
-
-def _init_worker(task: ShardTask) -> None:
-    global _worker_task
-    _worker_task = task
-    task.setup()
-
-
-def _run_in_worker(index: int, keys: list[str]) -> ShardResult:
-    assert _worker_task is not None, "worker used before its initializer ran"
-    return _timed(_worker_task, index, keys)
-
-
-def _timed(task: ShardTask, index: int, keys: Sequence[str]) -> ShardResult:
-    start = time.perf_counter()
-    result = task(index, keys)
-    result.seconds = time.perf_counter() - start
-    return result
+            return run_id, len(planned) - len(store.pending_shards(run_id))
+    return store.start_run(kind, config, planned), 0
 
 
 def _describe(exc: BaseException) -> str:
@@ -135,19 +115,24 @@ def execute(
     description: str = "images",
     resumed_shards: int = 0,
     postprocess: Callable[[ShardResult], None] | None = None,
+    backend: str | Backend | None = None,
 ) -> RunSummary:
     """Do every pending shard of ``run_id`` and record each result as it arrives.
 
-    ``postprocess`` runs in this (the parent) process on each result before it is
-    stored: the place for facts only the parent holds, such as the dataset's labels.
+    ``backend`` says where the shards run (default: this process for one worker, a
+    local process pool for more). ``postprocess`` runs in this (the parent) process on
+    each result before it is stored: the place for facts only the parent holds, such
+    as the dataset's labels.
     """
+    runner = get_backend(backend)
     pending = store.pending_shards(run_id)
     summary = RunSummary(run_id=run_id, resumed_shards=resumed_shards)
     total = sum(len(keys) for _, keys in pending)
     bar = tqdm(total=total, desc=description, unit="img", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
+    crashed = False
     try:
-        for index, keys, outcome in _results(task, pending, workers):
+        for index, keys, outcome in runner.results(task, pending, workers):
             if isinstance(outcome, BaseException):
                 message = _describe(outcome)
                 store.fail_shard(run_id, index, message)
@@ -168,48 +153,18 @@ def execute(
             bar.update(len(keys))
     except KeyboardInterrupt:
         summary.interrupted = True
+    except BaseException:
+        crashed = True  # recorded as failed, so the same command resumes it
+        raise
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - start
         status = "interrupted" if summary.interrupted else (
-            "failed" if summary.failed_shards else "done"
+            "failed" if summary.failed_shards or crashed else "done"
         )
         store.finish_run(run_id, status, timings={
             "seconds": round(summary.seconds, 3), "images": summary.images,
             "images_per_second": round(summary.images_per_second, 3), "workers": workers,
+            **runner.describe(),
         })
     return summary
-
-
-def _results(
-    task: ShardTask, pending: list[tuple[int, list[str]]], workers: int,
-) -> Iterator[tuple[int, list[str], ShardResult | BaseException]]:
-    if workers <= 1 or len(pending) <= 1:
-        task.setup()
-        for index, keys in pending:
-            try:
-                yield index, keys, _timed(task, index, keys)
-            except Exception as exc:  # a bug in one shard must not lose the others
-                yield index, keys, exc
-        return
-    context = multiprocessing.get_context("forkserver")
-    queue = list(pending)
-    in_flight: dict[Future[ShardResult], tuple[int, list[str]]] = {}
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(task,)
-    ) as pool:
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < 2 * workers:
-                    index, keys = queue.pop(0)
-                    in_flight[pool.submit(_run_in_worker, index, keys)] = (index, keys)
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=lambda f: in_flight[f][0]):
-                    index, keys = in_flight.pop(future)
-                    exc = future.exception()
-                    yield index, keys, exc if exc is not None else future.result()
-        except BaseException:
-            for future in in_flight:
-                future.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise

@@ -13,6 +13,7 @@ import click
 
 from veil import __version__
 from veil.cli.common import (
+    backend_options,
     dataset_options,
     echo_summary,
     fail_cleanly,
@@ -38,9 +39,9 @@ from veil.stages.audit import (
 from veil.store import FaceStore
 
 
-def _crop(root: Path, finding: Finding) -> str:
+def _crop(dataset: Any, finding: Finding) -> str:
     """The finding with some context around it, as an inline image."""
-    image = load_image(root / finding.key).image
+    image = load_image(dataset.reader().read(finding.key)).image
     x0, y0, x1, y1 = finding.box or (0, 0, *image.size)
     pad = 0.5 * max(x1 - x0, y1 - y0)
     box = (max(0, int(x0 - pad)), max(0, int(y0 - pad)),
@@ -66,6 +67,7 @@ def _crop(root: Path, finding: Finding) -> str:
               help="Record the audit as a run in this face store (then it resumes if "
                    "interrupted).")
 @workers_option
+@backend_options
 @shard_size_option
 @max_pixels_option
 @progress_option
@@ -73,7 +75,7 @@ def _crop(root: Path, finding: Finding) -> str:
 def audit_command(dataset: Any, faces_source: str | None, detector: str, min_score: float,
                   report: str, json_path: str | None, store_url: str | None,
                   workers: int | None, shard_size: int, max_pixels: int | None,
-                  progress: bool | None) -> None:
+                  progress: bool | None, backend: Any = None) -> None:
     """Re-detect faces in DATASET (an obfuscated output) and flag identifying metadata.
 
     A residual face is a detection that is not inside a region veil obfuscated. The exit
@@ -95,7 +97,7 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, min_sco
         summary, findings = audit(
             dataset, regions, detector=detector, min_score=min_score, store=store,
             workers=workers, shard_size=shard_size, max_pixels=max_pixels,
-            progress=want_progress(progress))
+            progress=want_progress(progress), backend=backend)
     finally:
         if store is not None:
             store.close()
@@ -103,7 +105,7 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, min_sco
     for f in findings:
         if f.kind == "metadata":
             metadata[f.key].append(f.detail)
-    faces = [{"key": f.key, "detail": f.detail, "crop": _crop(root, f),
+    faces = [{"key": f.key, "detail": f.detail, "crop": _crop(dataset, f),
               "box": [round(v, 1) for v in f.box or ()]} for f in findings if f.kind == "face"]
     clean = not findings and not summary.errors
     render("audit.html", Path(report), version=__version__, target=str(root),

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from veil.backends import BACKENDS, get_backend
 from veil.datasets import LAYOUTS, open_dataset
 from veil.errors import VeilError
 from veil.runner import RunSummary
@@ -23,13 +24,16 @@ EXIT_INTERRUPTED = 130
 def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """DATASET plus the flags that say how to read it; passes ``dataset`` to the verb."""
 
-    @click.argument("dataset_path", metavar="DATASET", type=click.Path(exists=True))
+    @click.argument("dataset_path", metavar="DATASET", type=click.Path())
     @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
                   help="How DATASET is organised: ImageFolder/ILSVRC (split/class/image), a plain "
-                       "folder, or a text file listing image paths.")
+                       "folder, a text file listing image paths, or WebDataset tar shards (a "
+                       ".tar, a folder of them, or a pattern such as 'shards-{000000..000009}.tar'"
+                       "; keys are <shard>.tar/<member>).")
     @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
                   help="For a file list: the folder its paths are relative to "
-                       "(default: the list's folder).")
+                       "(default: the list's folder); for WebDataset shards, the folder "
+                       "their keys are relative to.")
     @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
                   default=None, help="Labels for a flat val/ folder: '<file> <label>' lines or "
                                      "ILSVRC's LOC_val_solution.csv.")
@@ -62,7 +66,29 @@ def store_option(required: bool = False) -> Callable[..., Any]:
 
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
-    help="Worker processes (default: one per core this process may use).")
+    help="Worker processes (default: one per core this process may use; with --backend ray, "
+         "one per CPU of the cluster).")
+
+
+def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--backend and --address; passes ``backend`` (a backend object) to the verb."""
+
+    @click.option("--backend", "backend_name", type=click.Choice(BACKENDS), default="local",
+                  show_default=True,
+                  help="Where shards run: local processes, or a Ray cluster (one actor per "
+                       "worker; every node must see DATASET and the output at the same paths).")
+    @click.option("--address", default=None, metavar="HOST:PORT",
+                  help="The Ray cluster to join, e.g. 127.0.0.1:6379 or 'auto' (default: "
+                       "RAY_ADDRESS, else a new local Ray instance).")
+    @functools.wraps(func)
+    def wrapper(backend_name: str, address: str | None, **kwargs: Any) -> Any:
+        try:
+            backend = get_backend(backend_name, address=address)
+        except VeilError as exc:
+            raise click.UsageError(str(exc)) from exc
+        return func(backend=backend, **kwargs)
+
+    return wrapper
 shard_size_option = click.option(
     "--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
     help="Images per shard: the unit of work, progress and resumption.")

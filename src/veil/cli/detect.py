@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from veil.cli.common import (
+    backend_options,
     dataset_options,
     echo_summary,
     exit_code,
@@ -52,6 +53,7 @@ from veil.store import FaceStore
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per detector call.")
 @workers_option
+@backend_options
 @shard_size_option
 @max_pixels_option
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -62,7 +64,7 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
                    profile: str | None, scales: str | None, flip: bool | None,
                    tile_size: int | None, fusion: str | None,
                    batch_size: int, workers: int | None, shard_size: int, max_pixels: int | None,
-                   resume: bool, progress: bool | None) -> None:
+                   resume: bool, progress: bool | None, backend: Any = None) -> None:
     """Detect the faces in every image of DATASET and record them as a detection run.
 
     Each run is kept: the store's current boxes of an image are its latest review, or
@@ -75,7 +77,7 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
         summary = detect(
             dataset, store, detector=detector, options=options, workers=workers,
             batch_size=batch_size, shard_size=shard_size, max_pixels=max_pixels,
-            resume=resume, progress=want_progress(progress),
+            resume=resume, progress=want_progress(progress), backend=backend,
         )
         echo_summary(f"detect ({detector}) -> {store.display_url}", summary,
                      order=("images", "images with faces", "faces", "errors"))

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from veil.cli.common import (
+    backend_options,
     dataset_options,
     echo_summary,
     exit_code,
@@ -20,7 +21,7 @@ from veil.cli.common import (
 )
 from veil.faces import load_faces
 from veil.obfuscation import METHODS, parse_method_options
-from veil.stages.obfuscate import FORMATS, UNANNOTATED_POLICIES, obfuscate_dataset
+from veil.stages.obfuscate import FORMATS, OUT_FORMATS, UNANNOTATED_POLICIES, obfuscate_dataset
 
 
 def _methods_help() -> str:
@@ -37,6 +38,11 @@ METHODS_EPILOG = "\b\nMethods (options are given with -o KEY=VALUE):\n\n" + _met
                    "faces file (the paper's JSON, COCO JSON or Parquet).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: the dataset's layout, mirrored.")
+@click.option("--out-format", type=click.Choice(OUT_FORMATS), default="auto", show_default=True,
+              help="files: one file per image under OUT; webdataset: each input tar shard "
+                   "mirrored into OUT (images obfuscated, other members copied byte for byte, "
+                   "the boxes in each sample's json under 'faces'; one tar is one shard of the "
+                   "run). auto: webdataset for a WebDataset input, else files.")
 @click.option("--method", type=click.Choice(list(METHODS)), default="blur", show_default=True,
               help="How faces are obfuscated (see Methods below).")
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
@@ -57,6 +63,7 @@ METHODS_EPILOG = "\b\nMethods (options are given with -o KEY=VALUE):\n\n" + _met
               help="Images the faces source knows nothing about: count them as errors, copy them "
                    "unchanged, or leave them out.")
 @workers_option
+@backend_options
 @shard_size_option
 @max_pixels_option
 @click.option("--overwrite", is_flag=True,
@@ -67,7 +74,8 @@ def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
                       option_pairs: tuple[str, ...], fmt: str, jpeg_quality: int, link: bool,
                       keep_metadata: bool, unannotated: str, workers: int | None,
                       shard_size: int, max_pixels: int | None, overwrite: bool,
-                      progress: bool | None) -> None:
+                      progress: bool | None, out_format: str = "auto",
+                      backend: Any = None) -> None:
     """Write DATASET with every face obfuscated into OUT.
 
     Writes are atomic and the run is resumable: kill it, run the same command again,
@@ -89,6 +97,7 @@ def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
         jpeg_quality=jpeg_quality, link=link, strip_metadata=not keep_metadata,
         unannotated=unannotated, workers=workers, shard_size=shard_size,
         max_pixels=max_pixels, overwrite=overwrite, progress=want_progress(progress),
+        out_format=out_format, backend=backend,
     )
     echo_summary(f"obfuscate ({method}) -> {out}", summary,
                  order=("faces", "obfuscated", "copied", "errors"))

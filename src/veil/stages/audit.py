@@ -15,12 +15,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from veil.backends import Backend, get_backend
 from veil.boxes import Box
-from veil.datasets import Dataset
+from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
 from veil.images import load_image, probe
@@ -28,7 +29,6 @@ from veil.runner import (
     DEFAULT_SHARD_SIZE,
     RunSummary,
     ShardResult,
-    default_workers,
     execute,
     prepare_run,
 )
@@ -81,6 +81,8 @@ def covered_fraction(box: Rect, regions: Sequence[Rect]) -> float:
 class AuditTask:
     """Check a shard of output images: metadata first, then residual faces."""
 
+    wants_gpu: ClassVar[bool] = True  # a Ray cluster with GPUs gives each worker one
+
     root: str
     regions: dict[str, list[Rect]]
     detector: str = "centerface"
@@ -88,8 +90,11 @@ class AuditTask:
     min_score: float = DEFAULT_MIN_SCORE
     threads: int | None = None
     max_pixels: int | None = None
+    reader: ImageReader | None = None
 
     def setup(self) -> None:
+        if self.reader is None:
+            self.reader = FileReader(Path(self.root))
         self._detector = create_detector(self.detector, threads=self.threads, **self.options)
 
     def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
@@ -111,12 +116,12 @@ class AuditTask:
         return result
 
     def _check(self, key: str) -> list[Finding]:
-        path = Path(self.root) / key
+        data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
         findings = [
-            Finding(key, "metadata", kind) for kind in probe(path).metadata
+            Finding(key, "metadata", kind) for kind in probe(data).metadata
             if kind in LEAKING_METADATA
         ]
-        image = load_image(path, max_pixels=self.max_pixels)
+        image = load_image(data, max_pixels=self.max_pixels)
         regions = self.regions.get(key, [])
         for box in self._detector.detect([np.asarray(image.image)])[0]:
             if (box.score or 0.0) < self.min_score:
@@ -172,24 +177,27 @@ def audit(
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_pixels: int | None = None,
     progress: bool = True,
+    backend: str | Backend | None = None,
 ) -> tuple[RunSummary, list[Finding]]:
     """Re-detect faces in ``dataset`` (an obfuscated output) and list what leaks.
 
     With a ``store`` the audit is recorded as a run of kind ``audit`` and resumes when
     interrupted; otherwise it runs on a throwaway ledger.
     """
-    workers = workers or default_workers()
+    runner = get_backend(backend)
+    workers = workers or runner.default_workers()
     config = {"dataset": str(dataset.root.resolve()), "images": len(dataset),
               "detector": detector, "options": options or {}, "min_score": min_score}
-    task = AuditTask(str(dataset.root), regions, detector, dict(options or {}), min_score,
-                     threads=max(1, default_workers() // workers), max_pixels=max_pixels)
+    task = AuditTask(str(dataset.root.resolve()), regions, detector, dict(options or {}),
+                     min_score, threads=runner.threads_per_worker(workers),
+                     max_pixels=max_pixels, reader=dataset.reader())
     with tempfile.TemporaryDirectory(prefix="veil-audit-") as tmp:
         ledger = store if store is not None else FaceStore(Path(tmp) / "ledger.sqlite")
         try:
             run_id, done = prepare_run(ledger, "audit", config, dataset.keys(),
                                        shard_size=shard_size)
             summary = execute(ledger, run_id, task, workers=workers, progress=progress,
-                              description="audit", resumed_shards=done)
+                              description="audit", resumed_shards=done, backend=runner)
             items = ledger.run_items(run_id)
         finally:
             if store is None:

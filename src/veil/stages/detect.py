@@ -7,11 +7,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from veil.datasets import Dataset
+from veil.backends import Backend, get_backend
+from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
 from veil.images import load_image
@@ -19,7 +20,6 @@ from veil.runner import (
     DEFAULT_SHARD_SIZE,
     RunSummary,
     ShardResult,
-    default_workers,
     execute,
     prepare_run,
 )
@@ -28,7 +28,13 @@ from veil.store import FaceStore, ImageRecord, RunItem
 
 @dataclass
 class DetectTask:
-    """Decode a shard batch by batch, detect, and report boxes and image facts."""
+    """Decode a shard batch by batch, detect, and report boxes and image facts.
+
+    Images are read through ``reader`` (default: files under ``root``), so the same
+    task reads folders and WebDataset shards, in a local worker or on a Ray node.
+    """
+
+    wants_gpu: ClassVar[bool] = True  # a Ray cluster with GPUs gives each worker one
 
     root: str
     detector: str = "centerface"
@@ -36,8 +42,11 @@ class DetectTask:
     batch_size: int = 8
     threads: int | None = None
     max_pixels: int | None = None
+    reader: ImageReader | None = None
 
     def setup(self) -> None:
+        if self.reader is None:
+            self.reader = FileReader(Path(self.root))
         self._detector = create_detector(
             self.detector, batch_size=self.batch_size, threads=self.threads, **self.options
         )
@@ -52,7 +61,7 @@ class DetectTask:
         ready: list[tuple[str, np.ndarray]] = []
         for key in keys:
             try:
-                data = (Path(self.root) / key).read_bytes()
+                data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
             except OSError as exc:
                 self._error(result, key, f"cannot read file: {exc.strerror or exc}")
                 continue
@@ -94,13 +103,15 @@ def detect(
     max_pixels: int | None = None,
     resume: bool = True,
     progress: bool = True,
+    backend: str | Backend | None = None,
 ) -> RunSummary:
     """Detect faces in every image of ``dataset`` and record them as one detection run.
 
-    Rerunning with the same dataset and settings resumes an interrupted run; the images'
-    labels from the dataset are recorded in the store's catalogue.
+    Rerunning with the same dataset and settings resumes an interrupted run, on any
+    backend; the images' labels from the dataset are recorded in the store's catalogue.
     """
-    workers = workers or default_workers()
+    runner = get_backend(backend)
+    workers = workers or runner.default_workers()
     options = dict(options or {})
     config = {
         "dataset": str(dataset.root.resolve()), "layout": dataset.layout,
@@ -109,10 +120,10 @@ def detect(
     }
     keys = dataset.keys()
     run_id, done = prepare_run(store, "detect", config, keys, shard_size=shard_size, resume=resume)
-    cores = default_workers()
     task = DetectTask(
-        str(dataset.root), detector, options, batch_size=batch_size,
-        threads=max(1, cores // workers), max_pixels=max_pixels,
+        str(dataset.root.resolve()), detector, options, batch_size=batch_size,
+        threads=runner.threads_per_worker(workers), max_pixels=max_pixels,
+        reader=dataset.reader(),
     )
     labels = {e.key: e.label for e in dataset}
 
@@ -124,7 +135,7 @@ def detect(
 
     summary = execute(
         store, run_id, task, workers=workers, progress=progress, description="detect",
-        resumed_shards=done, postprocess=add_labels,
+        resumed_shards=done, postprocess=add_labels, backend=runner,
     )
     summary.counts = Counter({k: summary.counts[k] for k in
                               ("images", "images with faces", "faces", "errors")})

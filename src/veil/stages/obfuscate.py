@@ -5,22 +5,34 @@ decoded, obfuscated and re-encoded, JPEGs with their own quantisation tables. Ev
 file is written atomically, and the run is recorded shard by shard in a ledger inside
 the output folder (``OUT/.veil/ledger.sqlite``), so a killed run resumes and produces
 exactly the bytes an uninterrupted run would have.
+
+A WebDataset input is written as WebDataset shards (``out_format="webdataset"``): each
+input tar becomes the output tar of the same name, one shard of the run, written whole
+and atomically. Its images are treated as in a folder; every other member is copied
+byte for byte; each sample's ``json`` member (created if missing) gets a ``faces``
+field: ``{"method", "options", "boxes": {<image field>: [{x0, y0, x1, y1, score,
+source}, ...] or null}}``, boxes in the image's displayed pixels, ``null`` where the
+faces source knew nothing of the image (``--unannotated copy``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
+import tarfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from veil import wds
+from veil.backends import Backend, get_backend
 from veil.boxes import Box, usable_boxes
-from veil.datasets import Dataset
+from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
 from veil.encoding import (
     atomic_copy,
     atomic_write_bytes,
@@ -36,19 +48,29 @@ from veil.runner import (
     DEFAULT_SHARD_SIZE,
     RunSummary,
     ShardResult,
-    default_workers,
     execute,
     prepare_run,
 )
 from veil.store import FaceStore, RunItem
 
 FORMATS = ("keep", "png", "jpeg")
+OUT_FORMATS = ("auto", "files", "webdataset")
 UNANNOTATED_POLICIES = ("error", "copy", "skip")
 LEDGER = PurePosixPath(".veil") / "ledger.sqlite"
 UNANNOTATED_MESSAGE = (
     "no face record for this image (never detected or reviewed): run `veil detect` on it,"
     " or pass --unannotated copy to copy it unchanged"
 )
+
+
+@dataclass
+class Rendered:
+    """One image's output, before it is written anywhere."""
+
+    info: dict[str, Any]  # the ledger's record of the image
+    data: bytes | None = None  # the output bytes; None: the source bytes, unchanged
+    output: str | None = None  # the output key; None: nothing is written
+    boxes: list[Box] | None = None  # the boxes applied; None: the faces source had none
 
 
 @dataclass
@@ -66,6 +88,7 @@ class ObfuscateTask:
     strip_metadata: bool = True
     unannotated: str = "error"
     max_pixels: int | None = None
+    reader: ImageReader | None = None  # default: files under root
 
     def setup(self) -> None:
         pass
@@ -74,44 +97,49 @@ class ObfuscateTask:
         result = ShardResult(index)
         for key in keys:
             try:
-                info = self._one(key)
-            except ImageError as exc:
-                result.items.append(RunItem(key, status="error", error=str(exc)))
-                result.counts["errors"] += 1
-                continue
-            except OSError as exc:
-                message = f"{exc.strerror or exc} ({exc.filename or key})"
-                result.items.append(RunItem(key, status="error", error=message))
-                result.counts["errors"] += 1
-                continue
-            if info["action"] == "unannotated":
-                result.items.append(RunItem(key, status="error", error=UNANNOTATED_MESSAGE))
-                result.counts["errors"] += 1
-                continue
-            result.counts[info["action"]] += 1
-            result.counts["faces"] += info.get("faces", 0)
-            result.items.append(RunItem(key, info=info))
+                source = self._source(key)
+                rendered = self.render(key, source)
+                if rendered.output is not None:
+                    self._write(source, rendered)
+            except (ImageError, OSError) as exc:
+                _record_error(result, key, exc)
+            else:
+                _record(result, key, rendered)
         # One flush per shard instead of one fsync per file: the shard is recorded as done
         # only after its files are on disk, so a power cut cannot leave a 'done' shard torn.
         os.sync()
         return result
 
-    def _one(self, key: str) -> dict[str, Any]:
-        source = Path(self.root) / key
+    def _source(self, key: str) -> Path | bytes:
+        """A file's path (copied without reading it), or the bytes of a tar member."""
+        if self.reader is None or isinstance(self.reader, FileReader):
+            return Path(self.root) / key
+        return self.reader.read(key)
+
+    def _write(self, source: Path | bytes, rendered: Rendered) -> None:
+        target = Path(self.out) / (rendered.output or "")
+        if rendered.data is not None:
+            atomic_write_bytes(target, rendered.data, durable=False)
+        elif isinstance(source, Path):
+            atomic_copy(source, target, link=self.link, durable=False)
+        else:
+            atomic_write_bytes(target, source, durable=False)
+
+    def render(self, key: str, source: Path | bytes) -> Rendered:
+        """What ``key`` becomes: obfuscated, converted, copied, skipped or unannotated."""
         boxes = self.faces.get(key)
         if boxes is None:
             if self.unannotated == "error":
-                return {"action": "unannotated"}
+                return Rendered({"action": "unannotated"})
             if self.unannotated == "skip":
-                return {"action": "skipped"}
-            boxes = []
-        kept, warnings = usable_boxes(boxes)
+                return Rendered({"action": "skipped"})
+        kept, warnings = usable_boxes(boxes or [])
         info: dict[str, Any] = {"faces": len(kept)}
         if warnings:
             info["warnings"] = warnings
+        applied = kept if boxes is not None else None
         if not kept and self.fmt != "png":
-            info.update(self._copy(key, source))
-            return info
+            return self._copy(key, source, info, applied)
         loaded = load_image(source, max_pixels=self.max_pixels)
         outside = [b for b in kept if b.clipped(loaded.width, loaded.height).is_degenerate]
         if outside:
@@ -122,29 +150,162 @@ class ObfuscateTask:
         image = obfuscate(loaded.image, kept, self.method, **self.options) if kept else loaded.image
         data, suffix = encode_image(image, loaded, fmt=self.fmt, jpeg_quality=self.jpeg_quality)
         target = output_key(key, suffix)
-        atomic_write_bytes(Path(self.out) / target, data, durable=False)
         info.update(action="obfuscated" if kept else "converted", output=target)
         if kept:
             info["regions"] = [list(r) for r in affected_region(
                 (loaded.width, loaded.height), kept, self.method, **self.options)]
-        return info
+        return Rendered(info, data, target, applied)
 
-    def _copy(self, key: str, source: Path) -> dict[str, Any]:
+    def _copy(self, key: str, source: Path | bytes, info: dict[str, Any],
+              boxes: list[Box] | None) -> Rendered:
         """Faceless: the source bytes, minus identifying metadata (removed losslessly)."""
-        target = Path(self.out) / key
         if self.fmt == "jpeg" and probe(source).format != "JPEG":
             loaded = load_image(source, max_pixels=self.max_pixels)
             data, suffix = encode_image(loaded.image, loaded, fmt="jpeg",
                                         jpeg_quality=self.jpeg_quality)
-            target = Path(self.out) / output_key(key, suffix)
-            atomic_write_bytes(target, data, durable=False)
-            return {"action": "converted", "output": output_key(key, suffix)}
+            target = output_key(key, suffix)
+            return Rendered({**info, "action": "converted", "output": target}, data, target,
+                            boxes)
         if self.strip_metadata and probe(source).metadata:
-            atomic_write_bytes(target, strip_identifying_metadata(source.read_bytes()),
-                               durable=False)
-            return {"action": "copied", "output": key, "stripped": True}
-        atomic_copy(source, target, link=self.link, durable=False)
-        return {"action": "copied", "output": key}
+            raw = source.read_bytes() if isinstance(source, Path) else source
+            return Rendered({**info, "action": "copied", "output": key, "stripped": True},
+                            strip_identifying_metadata(raw), key, boxes)
+        return Rendered({**info, "action": "copied", "output": key}, None, key, boxes)
+
+
+@dataclass
+class ShardObfuscateTask(ObfuscateTask):
+    """Mirror one WebDataset tar shard: the shard's images obfuscated or copied as in a
+    folder, every other member copied byte for byte, the boxes added to each sample's
+    JSON, the whole shard written atomically (it is the unit of resumption)."""
+
+    def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
+        result = ShardResult(index)
+        if not keys:
+            return result
+        shard = wds.split_key(keys[0])[0]
+        wanted = set(keys)
+        source = Path(self.root) / shard
+        with wds.open_tar(source) as archive, wds.ShardWriter(Path(self.out) / shard) as out:
+            for _, members in wds.group_samples(archive.getmembers()):
+                self._sample(archive, shard, members, wanted, out, result)
+        return result
+
+    def _sample(self, archive: tarfile.TarFile, shard: str, members: list[tarfile.TarInfo],
+                wanted: set[str], out: wds.ShardWriter, result: ShardResult) -> None:
+        images = [m for m in members if m.isfile() and is_image_name(m.name)]
+        if not images:  # no pictures, nothing to hide: the sample as it is
+            for member in members:
+                out.add(copy.copy(member), _member_bytes(archive, member))
+            return
+        outcomes: list[tuple[str, Rendered | Exception]] = []
+        written: dict[str, Rendered] = {}  # member name -> its output
+        for member in images:
+            key = wds.member_key(shard, member.name)
+            if key not in wanted:
+                continue  # not part of this run's dataset (--split, --limit): left out
+            try:
+                data = _member_bytes(archive, member) or b""
+                rendered = self.render(key, data)
+            except (ImageError, OSError) as exc:
+                outcomes.append((key, exc))
+                continue
+            outcomes.append((key, rendered))
+            if rendered.output is not None:
+                rendered.data = data if rendered.data is None else rendered.data
+                written[member.name] = rendered
+        if written:
+            self._write_sample(archive, members, images, written, out)
+        for key, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                _record_error(result, key, outcome)
+            else:
+                _record(result, key, outcome)
+
+    def _write_sample(self, archive: tarfile.TarFile, members: list[tarfile.TarInfo],
+                      images: list[tarfile.TarInfo], written: dict[str, Rendered],
+                      out: wds.ShardWriter) -> None:
+        """The sample's members in their order: pictures as rendered (those left out,
+        skipped or failed are dropped), the JSON with the faces, the rest as they are."""
+        faces = self._faces_field(written)
+        json_member = next((m for m in members if wds.field_of(m) == "json"), None)
+        for member in members:
+            if member in images:
+                if member.name in written:
+                    done = written[member.name]
+                    out.add(_renamed(member, wds.split_key(done.output or "")[1]), done.data)
+            elif member is json_member:
+                out.add(copy.copy(member), self._with_faces(
+                    _member_bytes(archive, member), faces, written))
+            else:
+                out.add(copy.copy(member), _member_bytes(archive, member))
+        if json_member is None:
+            first = images[0]
+            split = wds.split_member(first.name)
+            name = f"{split[0] if split else first.name}.json"
+            out.add(_renamed(first, name), self._with_faces(None, faces, written))
+
+    def _faces_field(self, rendered: dict[str, Rendered]) -> dict[str, Any]:
+        boxes = {}
+        for done in rendered.values():
+            member = wds.split_key(done.output or "")[1]
+            split = wds.split_member(member)
+            name = split[1].lower() if split else member
+            boxes[name] = None if done.boxes is None else [b.to_dict() for b in done.boxes]
+        return {"method": self.method, "options": self.options, "boxes": boxes}
+
+    @staticmethod
+    def _with_faces(data: bytes | None, faces: dict[str, Any],
+                    rendered: dict[str, Rendered]) -> bytes | None:
+        """The sample's JSON with ``faces`` set; unchanged (with a warning on its images)
+        when it is not a JSON object."""
+        try:
+            meta = {} if data is None else json.loads(data)
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            for done in rendered.values():
+                done.info.setdefault("warnings", []).append(
+                    "the sample's json member is not a JSON object: its faces are not in it")
+            return data
+        meta["faces"] = faces
+        return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _record(result: ShardResult, key: str, rendered: Rendered) -> None:
+    info = rendered.info
+    if info["action"] == "unannotated":
+        result.items.append(RunItem(key, status="error", error=UNANNOTATED_MESSAGE))
+        result.counts["errors"] += 1
+        return
+    result.counts[info["action"]] += 1
+    result.counts["faces"] += info.get("faces", 0)
+    result.items.append(RunItem(key, info=info))
+
+
+def _record_error(result: ShardResult, key: str, exc: Exception) -> None:
+    if isinstance(exc, ImageError):
+        message = str(exc)
+    else:
+        reason = getattr(exc, "strerror", None) or exc
+        message = f"{reason} ({getattr(exc, 'filename', None) or key})"
+    result.items.append(RunItem(key, status="error", error=message))
+    result.counts["errors"] += 1
+
+
+def _member_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
+    if not member.isfile():
+        return None
+    handle = archive.extractfile(member)
+    return handle.read() if handle is not None else b""
+
+
+def _renamed(member: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
+    """A copy of ``member``'s header (mode, owner, time) for a member called ``name``."""
+    info = copy.copy(member)
+    info.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in ("path", "size")}
+    info.name = name
+    return info
 
 
 def output_key(key: str, suffix: str) -> str:
@@ -178,11 +339,16 @@ def obfuscate_dataset(
     max_pixels: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    out_format: str = "auto",
+    backend: str | Backend | None = None,
 ) -> RunSummary:
     """Write ``dataset`` with every face in ``faces`` obfuscated into ``out``.
 
-    Resumes an interrupted run into the same folder with the same settings; refuses
-    to mix the output of different settings in one folder unless ``overwrite``.
+    ``out_format``: ``files`` (a folder mirroring the keys), ``webdataset`` (tar shards
+    mirroring a WebDataset input, one run shard per tar; ``shard_size`` does not apply)
+    or ``auto`` (``webdataset`` for a WebDataset input, else ``files``). Resumes an
+    interrupted run into the same folder with the same settings, on any backend;
+    refuses to mix the output of different settings in one folder unless ``overwrite``.
     """
     if method not in METHODS:
         raise VeilError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -190,6 +356,7 @@ def obfuscate_dataset(
         raise VeilError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if unannotated not in UNANNOTATED_POLICIES:
         raise VeilError(f"--unannotated must be one of {', '.join(UNANNOTATED_POLICIES)}")
+    out_format = _resolve_out_format(out_format, dataset, link)
     out = Path(out)
     root = dataset.root.resolve()
     if out.resolve() == root or root in out.resolve().parents:
@@ -200,6 +367,8 @@ def obfuscate_dataset(
         "format": fmt, "jpeg_quality": jpeg_quality, "link": link,
         "strip_metadata": strip_metadata, "unannotated": unannotated, "max_pixels": max_pixels,
     }
+    if out_format == "webdataset":
+        config["out_format"] = out_format
     ledger_path = out / LEDGER
     if overwrite and out.exists():
         shutil.rmtree(out)
@@ -213,19 +382,40 @@ def obfuscate_dataset(
             )
         remove_stale_temps(out)
         keys = dataset.keys()
-        run_id, done = prepare_run(ledger, "obfuscate", config, keys, shard_size=shard_size)
-        task = ObfuscateTask(
-            str(dataset.root), str(out), {k: faces.boxes[k] for k in keys if k in faces.boxes},
+        tar_shards = dataset.groups() if out_format == "webdataset" else None
+        run_id, done = prepare_run(ledger, "obfuscate", config, keys, shard_size=shard_size,
+                                   shards=tar_shards)
+        task_type = ShardObfuscateTask if out_format == "webdataset" else ObfuscateTask
+        task = task_type(
+            str(root), str(out.resolve()),
+            {k: faces.boxes[k] for k in keys if k in faces.boxes},
             method, dict(options or {}), fmt, jpeg_quality, link, strip_metadata, unannotated,
-            max_pixels,
+            max_pixels, dataset.reader(),
         )
+        runner = get_backend(backend)
         summary = execute(
-            ledger, run_id, task, workers=workers or default_workers(), progress=progress,
-            description=f"obfuscate ({method})", resumed_shards=done,
+            ledger, run_id, task, workers=workers or runner.default_workers(),
+            progress=progress, description=f"obfuscate ({method})", resumed_shards=done,
+            backend=runner,
         )
         if done:
             _add_earlier_counts(ledger, run_id, summary)
     return summary
+
+
+def _resolve_out_format(out_format: str, dataset: Dataset, link: bool) -> str:
+    if out_format not in OUT_FORMATS:
+        raise VeilError(f"unknown output format {out_format!r}; choose one of "
+                        f"{', '.join(OUT_FORMATS)}")
+    if out_format == "auto":
+        out_format = "webdataset" if dataset.layout == "webdataset" else "files"
+    if out_format == "webdataset" and dataset.layout != "webdataset":
+        raise VeilError("--out-format webdataset mirrors WebDataset tar shards, but the "
+                        f"dataset is a {dataset.layout} dataset; use --out-format files")
+    if out_format == "webdataset" and link:
+        raise VeilError("--link hard-links files of a folder output; WebDataset shards are "
+                        "written whole")
+    return out_format
 
 
 def _add_earlier_counts(ledger: FaceStore, run_id: int, summary: RunSummary) -> None:
