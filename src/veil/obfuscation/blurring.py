@@ -1,38 +1,40 @@
 """The paper's mask-composite blur and minimalBlur, computed face region by face region.
 
 Both published methods blur the whole image and a whole-image mask, then blend. veil
-gets the same pixels from crops: a pixel can only change where the blurred mask is below
-255, i.e. within the blur's reach of a painted box, and the blurred values there depend
-only on pixels within that reach again (:mod:`.regions` derives both from Pillow's
-algorithm). Three things keep it cheap and bit-exact:
+gets the same pixels from pieces of the image: a pixel can only change where the blurred
+mask is below 255, i.e. within the blur's reach of a painted box, and the blurred values
+there depend only on pixels within that reach again (:mod:`.regions`, :mod:`.separable`
+derive both from Pillow's algorithm). What keeps it cheap and bit-exact:
 
-* the mask rides along as the alpha band of an RGBA crop: Pillow stores RGB in 4 bytes
-  a pixel and blurs the padding byte anyway, so the mask's blur costs nothing;
-* rows are blurred over the whole crop but columns only over the output's columns
-  (Pillow does rows then columns, rounding in between, so two calls are identical);
+* the mask rides along as the alpha band of the RGBA image being blurred: Pillow stores
+  RGB in 4 bytes a pixel and blurs the padding byte anyway, so the mask's blur is free;
+* the blur runs axis by axis on disjoint pieces (:mod:`.pieces`): rows once over what
+  the column passes read, columns only where pixels can change, every pass on just what
+  the next one reads (:mod:`.separable`);
 * composite(original, blurred, m) = blend(m, blurred, original) is the same integer
-  expression as pasting the blurred crop over the original through 255 - m, so the
+  expression as pasting the blurred piece over the original through 255 - m, so the
   result is pasted in place instead of copied around.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from PIL import Image
 
 from veil.boxes import Box
 from veil.obfuscation import regions as rg
 from veil.obfuscation._common import (
     ImageLike,
     Rect,
-    as_rects,
     check_fraction,
     image_size,
-    usable_array,
 )
+from veil.obfuscation.pieces import plan_pieces
+from veil.obfuscation.separable import Blur, column_piece, row_stage
 
 
 @dataclass(frozen=True)
@@ -44,20 +46,33 @@ class BlurPlan:
     *blurred* mask afterwards (minimalBlur's force-inside), or None.
     """
 
-    black: np.ndarray
+    black: list[Rect]
     sigma: float
-    inside: np.ndarray | None = None
+    inside: list[Rect] | None = None
 
-    def regions(self, width: int, height: int) -> np.ndarray:
+    def regions(self, width: int, height: int) -> list[Rect]:
         """Where the blurred mask can drop below 255 (one rect per box reaching the image):
         outside these rectangles the output equals the input exactly."""
-        black = rg.clip(self.black, width, height)
-        if self.sigma <= 0 or len(black) == 0:
-            return black[:0]
-        return rg.clip(rg.grow(black, rg.gaussian_support(self.sigma)), width, height)
+        if self.sigma <= 0:
+            return []
+        near = Blur.of(self.sigma).mask_reach
+        return rg.clip_rects(rg.grow_rects(rg.clip_rects(self.black, width, height), near),
+                             width, height)
 
 
-_NOTHING = BlurPlan(np.zeros((0, 4), dtype=np.int64), 0.0)
+_NOTHING = BlurPlan([], 0.0)
+
+
+def _usable(boxes: Sequence[Box]) -> list[tuple[float, float, float, float]]:
+    """Boxes with finite coordinates and sides, x0 < x1 and y0 < y1, as float tuples: the
+    rule of :func:`veil.boxes.usable_boxes`, silently (callers wanting messages call it)."""
+    usable = []
+    for box in boxes:
+        x0, y0, x1, y1 = float(box.x0), float(box.y0), float(box.x1), float(box.y1)
+        # Finite sides also rule out infinite and (overflowing) astronomically far corners.
+        if x0 < x1 and y0 < y1 and math.isfinite(x1 - x0) and math.isfinite(y1 - y0):
+            usable.append((x0, y0, x1, y1))
+    return usable
 
 
 def paper_plan(
@@ -67,15 +82,18 @@ def paper_plan(
     """The ICML 2022 blur: per-box enlargement by its longer side, sigma by the longest."""
     sigma_fraction = check_fraction("sigma_fraction", sigma_fraction)
     expand_fraction = check_fraction("expand_fraction", expand_fraction)
-    xyxy = usable_array(boxes)
-    if len(xyxy) == 0:
+    usable = _usable(boxes)
+    if not usable:
         return _NOTHING
     # The same float operations as the released code, so coordinates agree to the bit.
-    longer = np.maximum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
-    margin = (expand_fraction * longer)[:, None]
-    enlarged = np.concatenate([xyxy[:, :2] - margin, xyxy[:, 2:] + margin], axis=1)
-    sigma = sigma_fraction * float(longer.max())
-    return BlurPlan(rg.pillow_fill_rects(enlarged, *size), sigma)
+    black, longest = [], 0.0
+    for x0, y0, x1, y1 in usable:
+        longer = max(x1 - x0, y1 - y0)
+        longest = max(longest, longer)
+        margin = expand_fraction * longer
+        black.append(rg.pillow_fill_rect(x0 - margin, y0 - margin, x1 + margin, y1 + margin,
+                                         *size))
+    return BlurPlan(black, sigma_fraction * longest)
 
 
 def minimal_plan(
@@ -87,106 +105,81 @@ def minimal_plan(
     sigma_fraction = check_fraction("sigma_fraction", sigma_fraction)
     expand_fraction = check_fraction("expand_fraction", expand_fraction)
     min_diagonal_fraction = check_fraction("min_diagonal_fraction", min_diagonal_fraction)
-    xyxy = usable_array(boxes)
-    if len(xyxy) == 0:
+    usable = _usable(boxes)
+    if not usable:
         return _NOTHING
-    # np.hypot and this order of operations, as in minimalBlur, so the floats agree.
+    # np.hypot (C's hypot) and this order of operations, as in minimalBlur, so the floats
+    # agree to the bit.
+    xyxy = np.array(usable)
     max_diag = float(min_diagonal_fraction * np.hypot(*size))
     diagonals = np.hypot(xyxy[:, 3] - xyxy[:, 1], xyxy[:, 2] - xyxy[:, 0])
     max_diag = max(float(diagonals.max()), max_diag)
     margin = expand_fraction * max_diag
-    enlarged = np.concatenate([xyxy[:, :2] - margin, xyxy[:, 2:] + margin], axis=1)
-    inside = rg.pillow_fill_rects(xyxy, *size) if force_inside else None
-    return BlurPlan(rg.pillow_fill_rects(enlarged, *size), sigma_fraction * max_diag, inside)
+    black = [rg.pillow_fill_rect(x0 - margin, y0 - margin, x1 + margin, y1 + margin, *size)
+             for x0, y0, x1, y1 in usable]
+    inside = [rg.pillow_fill_rect(*box, *size) for box in usable] if force_inside else None
+    return BlurPlan(black, sigma_fraction * max_diag, inside)
 
 
-def _paint(image: Image.Image, rects: list[Rect], origin: tuple[int, int]) -> None:
-    """Paint image-coordinate half-open ``rects`` with 0 into ``image`` placed at origin."""
-    ox, oy = origin
-    width, height = image.size
-    draw = None
-    for x0, y0, x1, y1 in rects:
-        a, b = max(x0 - ox, 0), max(y0 - oy, 0)
-        c, d = min(x1 - ox, width), min(y1 - oy, height)
-        if a < c and b < d:
-            if draw is None:
-                draw = ImageDraw.Draw(image)
-            draw.rectangle((a, b, c - 1, d - 1), fill=0)
-
-
-def _blur_crop(
-    rgba: Image.Image, sigma: float, columns: tuple[int, int], rows: tuple[int, int]
-) -> Image.Image:
-    """GaussianBlur(sigma) of ``rgba`` where the caller needs it: the given columns and
-    rows (crop coordinates). Bit-identical to blurring the crop in one call."""
-    width, height = rgba.size
-    if columns == (0, width):
-        blurred = rgba.filter(ImageFilter.GaussianBlur(sigma))
-    else:
-        horizontal = rgba.filter(ImageFilter.GaussianBlur((sigma, 0)))
-        narrow = horizontal.crop((columns[0], 0, columns[1], height))
-        blurred = narrow.filter(ImageFilter.GaussianBlur((0, sigma)))
-    if rows == (0, height):
-        return blurred
-    return blurred.crop((0, rows[0], columns[1] - columns[0], rows[1]))
+def _rgba_source(rgb, box: Rect, black: list[Rect]):
+    """RGBA core image of ``box`` of the RGB core ``rgb``, with the paper's mask as alpha
+    (255, black rects 0). Pasting RGB into RGBA copies four bytes a pixel, and a shifted
+    paste clips to the target, so the input is not cropped first; putband sets the
+    alpha."""
+    x0, y0, x1, y1 = box
+    size = (x1 - x0, y1 - y0)
+    source = Image.core.new("RGBA", size)
+    width, height = rgb.size
+    source.paste(rgb, (-x0, -y0, width - x0, height - y0))
+    mask = Image.core.fill("L", size, 255)
+    _paint_black(mask, black, box)
+    source.putband(mask, 3)
+    return source
 
 
 def run_plan(image: ImageLike, plan: BlurPlan) -> ImageLike:
-    """Apply a blur plan crop by crop; pixel-identical to the whole-image computation.
+    """Apply a blur plan region by region; pixel-identical to the whole-image computation.
 
-    Each output rectangle is grown by the blur support to get the crop that determines it
-    exactly, clipped at the image border (where Pillow's edge clamping then agrees with
-    the whole-image blur). Crops are read from the input, never the output, so nearby
-    regions cannot feed one another.
+    Only pixels within :attr:`Blur.mask_reach` of a painted rect can change. They are
+    covered by disjoint column pieces; the row-blurred image (mask as alpha) is computed
+    on those pieces grown by the blur's reach vertically, in row pieces read the reach
+    wider (or up to the image border, where Pillow's edge clamping then agrees); each
+    column piece is then column-blurred from it and blended in through its blurred mask.
+    Pixels are read from the input, never from the output, so nearby regions cannot feed
+    one another.
     """
     width, height = image_size(image)
+    black = rg.clip_rects(plan.black, width, height)
+    if plan.sigma <= 0 or not black:
+        return image.copy()
+    if not isinstance(image, Image.Image):
+        return np.array(run_plan(Image.fromarray(np.ascontiguousarray(image)), plan))
+    image.load()
+    blur = Blur.of(plan.sigma)
+    pieces = plan_pieces(black, blur, width, height)
+    read = pieces.read
+    source = _rgba_source(image.im, read, black)
+    row_stage(source, read[:2], pieces.rows, blur, width)
+    inside = None if plan.inside is None else rg.clip_rects(plan.inside, width, height)
     out = image.copy()
-    outputs = plan.regions(width, height)
-    if len(outputs) == 0:
-        return out
-    is_pil = isinstance(image, Image.Image)
-    reach = rg.gaussian_support(plan.sigma) + rg.SAFETY_MARGIN
-    crops = rg.clip(rg.grow(outputs, reach), width, height)
-    black = as_rects(rg.clip(plan.black, width, height))
-    inside = None if plan.inside is None else as_rects(rg.clip(plan.inside, width, height))
-    written: list[Rect] = []
-    for crop, region in rg.merge_regions(crops, outputs):
-        cx0, cy0, cx1, cy1 = crop
-        rx0, ry0, rx1, ry1 = region
-        mask = Image.new("L", (cx1 - cx0, cy1 - cy0), 255)
-        _paint(mask, black, (cx0, cy0))
-        if is_pil:
-            rgba = image.crop(crop)
-            rgba.putalpha(mask)
-        else:
-            array = np.empty((cy1 - cy0, cx1 - cx0, 4), dtype=np.uint8)
-            array[..., :3] = image[cy0:cy1, cx0:cx1]
-            array[..., 3] = np.asarray(mask)
-            rgba = Image.fromarray(array)
-        blurred = _blur_crop(rgba, plan.sigma, (rx0 - cx0, rx1 - cx0), (ry0 - cy0, ry1 - cy0))
-        blurred_mask = blurred.getchannel("A")
-        if inside is not None:
-            _paint(blurred_mask, inside, (rx0, ry0))
-        weight = ImageChops.invert(blurred_mask)
+    target = out.im
+    for piece in pieces.columns:
+        blurred = column_piece(source, read[:2], piece, blur, height)
+        alpha = blurred.getband(3)
+        if inside:
+            _paint_black(alpha, inside, piece)
         # Pasting RGBA into RGB copies the colour bytes; the weight is the blurred share.
-        if is_pil and not any(_overlaps(region, done) for done in written):
-            out.paste(blurred, (rx0, ry0), weight)
-        else:
-            if is_pil:
-                base = image.crop(region)
-            else:
-                base = Image.fromarray(np.ascontiguousarray(image[ry0:ry1, rx0:rx1]))
-            base.paste(blurred, (0, 0), weight)
-            if is_pil:
-                out.paste(base, (rx0, ry0))
-            else:
-                out[ry0:ry1, rx0:rx1] = np.asarray(base)
-        written.append(region)
+        target.paste(blurred, piece, alpha.chop_invert())
     return out
 
 
-def _overlaps(a: Rect, b: Rect) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+def _paint_black(mask, rects: list[Rect], box: Rect) -> None:
+    """Paint the parts of ``rects`` inside ``box`` black in ``mask`` (which covers box)."""
+    x0, y0, x1, y1 = box
+    for a, b, c, d in rects:
+        a, b, c, d = max(a, x0) - x0, max(b, y0) - y0, min(c, x1) - x0, min(d, y1) - y0
+        if a < c and b < d:
+            mask.paste(0, (a, b, c, d))
 
 
 def blur(
@@ -233,7 +226,7 @@ def blur_regions(
     expand_fraction: float = 0.1,
 ) -> list[Rect]:
     """Rectangles outside which :func:`blur` leaves pixels unchanged."""
-    return as_rects(paper_plan(size, boxes, sigma_fraction, expand_fraction).regions(*size))
+    return paper_plan(size, boxes, sigma_fraction, expand_fraction).regions(*size)
 
 
 def minimal_blur_regions(
@@ -244,4 +237,4 @@ def minimal_blur_regions(
     """Rectangles outside which :func:`minimal_blur` leaves pixels unchanged."""
     plan = minimal_plan(size, boxes, sigma_fraction, expand_fraction, min_diagonal_fraction,
                         bool(force_inside))
-    return as_rects(plan.regions(*size))
+    return plan.regions(*size)

@@ -1,20 +1,19 @@
 """Integer rectangle arithmetic for region-only obfuscation.
 
-Rectangles are ``(x0, y0, x1, y1)`` integer pixel bounds, half-open, held as rows of an
-``int64`` array of shape ``(n, 4)`` so that hundreds of faces cost a few numpy calls,
-not Python loops.
+Rectangles are ``(x0, y0, x1, y1)`` integer pixel bounds, half-open. A face image has a
+handful of them, so plain Python tuples are cheaper than numpy here.
 
-Two facts about Pillow decide the exactness of blurring crops instead of whole images:
+Two facts about Pillow decide the exactness of blurring pieces instead of whole images:
 
 * ``ImageDraw.rectangle`` converts float coordinates with a C ``(int)`` cast, i.e.
   truncation toward zero, and fills the *inclusive* integer rectangle clipped to the
   image. Truncation is not shift-invariant for negative numbers, so we truncate once in
-  image coordinates (:func:`pillow_fill_rects`) and only ever shift integers.
+  image coordinates (:func:`pillow_fill_rect`) and only ever shift integers.
 * ``ImageFilter.GaussianBlur(sigma)`` is 3 passes of an extended box blur per axis whose
-  integer radius ``R`` comes from Gwosdek et al.'s formula; each pass reads ``R + 1``
+  integer radius ``r`` comes from Gwosdek et al.'s formula; each pass reads ``r + 1``
   pixels each side (the far pixel with a fractional weight) and clamps at the edges, so
-  an output pixel depends only on input within ``3 * (R + 1)`` pixels
-  (:func:`gaussian_support`). All arithmetic in it is integer, so a crop that reaches
+  an output pixel depends only on input within ``3 * (r + 1)`` pixels
+  (:func:`gaussian_support`). All arithmetic in it is integer, so a piece that reaches
   that far (or stops at the real image border) gives bit-identical pixels.
 """
 
@@ -25,17 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from veil.obfuscation._common import Rect
+
 GAUSSIAN_PASSES = 3
 """Pillow's GaussianBlur runs this many box-blur passes per axis."""
-
-SAFETY_MARGIN = 1
-"""Extra pixels read around every crop beyond the derived support. Reading more never
-changes the result, so this is cheap insurance; the tests show the support itself is
-tight (one pixel less breaks equality with the whole-image blur)."""
-
-CROP_OVERHEAD_PX = 1500
-"""Fixed cost of processing one crop, in pixel-equivalents (measured: ~50 us of Python and
-Pillow call overhead against ~36 ns per pixel of RGBA blur); it decides when crops merge."""
 
 
 def box_blur_radius(sigma: float, passes: int = GAUSSIAN_PASSES) -> float:
@@ -64,18 +56,33 @@ def gaussian_support(sigma: float, passes: int = GAUSSIAN_PASSES) -> int:
     return passes * (radius + 1)
 
 
-def pillow_fill_rects(xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Half-open integer rectangles that ``ImageDraw.rectangle(xyxy, fill=...)`` paints.
+def pillow_fill_rect(x0: float, y0: float, x1: float, y1: float, width: int,
+                     height: int) -> Rect:
+    """The half-open integer rectangle ``ImageDraw.rectangle((x0, y0, x1, y1))`` paints.
 
-    Pillow truncates each float toward zero and fills the inclusive rectangle; we return
+    Pillow truncates each float toward zero and fills the inclusive rectangle: we return
     ``(trunc(x0), trunc(y0), trunc(x1) + 1, trunc(y1) + 1)`` clamped to ``[-1, size + 1]``
-    (clamping first keeps huge coordinates away from int64 overflow without changing
-    which pixels of the image are painted). Not clipped to the image: see :func:`clip`.
+    (which changes no painted pixel of the image; clamping the floats first keeps
+    infinities out of ``int``). Not clipped: see :func:`clip_rects`.
     """
-    t = np.trunc(xyxy)
-    t[:, 2:] += 1
-    limit = np.array([width, height, width, height], dtype=np.float64) + 1
-    return np.clip(t, -1, limit).astype(np.int64)
+    return (int(min(max(x0, -1.0), width + 1.0)), int(min(max(y0, -1.0), height + 1.0)),
+            int(min(max(x1, -2.0), float(width))) + 1,
+            int(min(max(y1, -2.0), float(height))) + 1)
+
+
+def clip_rects(rects: Sequence[Rect], width: int, height: int) -> list[Rect]:
+    """Rectangles clipped to the image, empty ones dropped."""
+    clipped = []
+    for x0, y0, x1, y1 in rects:
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if x0 < x1 and y0 < y1:
+            clipped.append((x0, y0, x1, y1))
+    return clipped
+
+
+def grow_rects(rects: Sequence[Rect], margin: int) -> list[Rect]:
+    """Rectangles enlarged by ``margin`` pixels on every side (not clipped)."""
+    return [(x0 - margin, y0 - margin, x1 + margin, y1 + margin) for x0, y0, x1, y1 in rects]
 
 
 _FAR = float(2**40)
@@ -93,157 +100,140 @@ def covering_rects(xyxy: np.ndarray) -> np.ndarray:
     return np.clip(out, -_FAR, _FAR).astype(np.int64)
 
 
-def clip(rects: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Rectangles clipped to the image, empty ones dropped."""
-    if len(rects) == 0:
-        return rects.reshape(0, 4).astype(np.int64)
-    out = rects.copy()
-    out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
-    out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
-    keep = (out[:, 0] < out[:, 2]) & (out[:, 1] < out[:, 3])
-    return out[keep]
+def _runs(mask: int, xs: Sequence[int], bridge: float) -> list[tuple[int, int]]:
+    """Runs of set bits of ``mask`` as pixel ranges ``(xs[first], xs[past_last])``,
+    lowest first, with gaps narrower than ``bridge`` pixels filled."""
+    runs: list[tuple[int, int]] = []
+    while mask:
+        low = (mask & -mask).bit_length() - 1
+        shifted = mask >> low
+        length = (~shifted & (shifted + 1)).bit_length() - 1
+        mask = (shifted >> length) << (low + length)
+        if runs and xs[low] - runs[-1][1] < bridge:
+            runs[-1] = (runs[-1][0], xs[low + length])
+        else:
+            runs.append((xs[low], xs[low + length]))
+    return runs
 
 
-def grow(rects: np.ndarray, margin: int) -> np.ndarray:
-    """Rectangles enlarged by ``margin`` pixels on every side (not clipped)."""
-    return rects + np.array([-margin, -margin, margin, margin], dtype=np.int64)
+def _row_masks(rects: Sequence[Rect], xs: list[int], ys: list[int]) -> list[int]:
+    """Per row of the compressed grid, the covered cells as bits of an int."""
+    column = {v: i for i, v in enumerate(xs)}
+    row = {v: i for i, v in enumerate(ys)}
+    if len(rects) <= 32:
+        masks = [0] * (len(ys) - 1)
+        for x0, y0, x1, y1 in rects:
+            bits = (1 << column[x1]) - (1 << column[x0])
+            for i in range(row[y0], row[y1]):
+                masks[i] |= bits
+        return masks
+    # Crowds: coverage counts by a 2D difference array, then one int per row.
+    corners = np.array([(row[y0], column[x0], row[y1], column[x1])
+                        for x0, y0, x1, y1 in rects], dtype=np.intp)
+    counts = np.zeros((len(ys), len(xs)), dtype=np.int32)
+    for (r, c), sign in (((0, 1), 1), ((0, 3), -1), ((2, 1), -1), ((2, 3), 1)):
+        np.add.at(counts, (corners[:, r], corners[:, c]), sign)
+    covered = counts.cumsum(axis=0).cumsum(axis=1)[:-1] > 0
+    packed = np.packbits(covered, axis=1, bitorder="little")
+    return [int.from_bytes(line.tobytes(), "little") for line in packed]
 
 
-def area(rects: np.ndarray) -> np.ndarray:
-    return (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1])
+def _join(runs: list[tuple[int, int]], limit: float) -> list[tuple[int, int]]:
+    """Runs (sorted, disjoint) with the gaps narrower than ``limit`` filled."""
+    joined = [runs[0]] if runs else []
+    for start, stop in runs[1:]:
+        if start - joined[-1][1] < limit:
+            joined[-1] = (joined[-1][0], stop)
+        else:
+            joined.append((start, stop))
+    return joined
 
 
-def _rect(values: Sequence[int] | np.ndarray) -> tuple[int, int, int, int]:
-    a, b, c, d = (int(v) for v in values)
-    return a, b, c, d
+def _merge(first: list[tuple[int, int]], second: list[tuple[int, int]], limit: float
+           ) -> list[tuple[int, int]]:
+    """The union of two sorted lists of disjoint runs, with gaps under ``limit`` filled."""
+    merged: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(first) or j < len(second):
+        if j == len(second) or (i < len(first) and first[i][0] <= second[j][0]):
+            start, stop = first[i]
+            i += 1
+        else:
+            start, stop = second[j]
+            j += 1
+        if merged and start - merged[-1][1] < limit:
+            if stop > merged[-1][1]:
+                merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((start, stop))
+    return merged
 
 
-_LOWER = np.array([True, True, False, False] * 2)
-"""Which of the 8 values of a (crop, output) row are lower corners (min on merge)."""
+def band_cover(rects: Sequence[Rect], bridge: int, joint: float = 0.0) -> list[Rect]:
+    """Disjoint rectangles covering the union of ``rects``: bands of consecutive rows,
+    each cut into runs of columns.
 
-
-def _bucket(groups: np.ndarray, tile: int) -> np.ndarray:
-    """Merge (crop, output) rows whose crop centres share a ``tile`` x ``tile`` cell: a
-    linear-time thinning before the pairwise search (see :func:`merge_regions`)."""
-    x0, y0 = groups[:, 0].min(), groups[:, 1].min()
-    extent = max(groups[:, 2].max() - x0, groups[:, 3].max() - y0, 1)
-    per_side = -(-int(extent) // tile)
-    cx = ((groups[:, 0] + groups[:, 2]) // 2 - x0) // tile
-    cy = ((groups[:, 1] + groups[:, 3]) // 2 - y0) // tile
-    return _merge_by_key(groups, cy * (per_side + 1) + cx)
-
-
-BUCKET_ABOVE = 8
-"""With more crops than this, crops whose centres are close are merged up front."""
-
-PREMERGE_ABOVE = 4
-"""With more crops than this, near-free merges are done in one vectorised step first."""
-
-PREMERGE_SLACK = 1.5
-"""A pair is near-free to merge when the merged crop costs at most this times the dearer
-of the two (tuned on WIDER: same total cost as pure best-first, 2-3x less search time)."""
-
-AGGLOMERATE_MAX = 64
-"""The pairwise search never sees more crops than this (coarser tiles until it fits)."""
-
-
-def merge_regions(
-    crops: np.ndarray, outputs: np.ndarray
-) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
-    """Group (crop, output) rectangle pairs so that the total blurring cost is low.
-
-    ``crops[i]`` is what must be read to compute ``outputs[i]`` exactly. Merging i and j
-    gives crop = bbox(crop_i, crop_j), output = bbox(output_i, output_j); that stays exact
-    because growing the merged output by the blur support still lands inside the merged
-    crop. Merging pays when crops overlap (shared pixels would be blurred twice) or are
-    small and close (each crop has a fixed overhead). Pairs merge best-first while a merge
-    lowers the cost; crowds are first thinned by tiles so the pairwise search stays small.
+    Made for work that runs along rows (a row blur), which costs per pixel of a run plus
+    ``bridge`` pixels per run and row for its ends, plus a fixed cost per rectangle worth
+    ``joint`` pixels of one row. Runs of a band closer than ``bridge + joint / height``
+    are joined (blurring the gap is cheaper than another pair of ends and another call),
+    so runs of a band are at least ``bridge`` apart; neighbouring bands are merged into
+    one (runs united) when that costs less than keeping them apart. With ``joint = 0``
+    the cover is exact up to the bridged gaps. Pure Python on a compressed grid: a
+    handful of faces costs microseconds.
     """
-    groups = np.concatenate([crops, outputs], axis=1).astype(np.int64)
-    if len(groups) > BUCKET_ABOVE:
-        # A crop is wider than its output by twice the blur reach; crops whose centres
-        # share a reach-sized tile overlap at least by their outputs, so merging pays.
-        reach = int(((crops[:, 2:] - crops[:, :2]) - (outputs[:, 2:] - outputs[:, :2])).max())
-        tile = max(reach, 8)
-        groups = _bucket(groups, tile)
-        while len(groups) > AGGLOMERATE_MAX:
-            tile *= 2
-            groups = _bucket(groups, tile)
-    if len(groups) > PREMERGE_ABOVE:
-        groups = _premerge(groups)
-    if len(groups) > 1:
-        groups = _agglomerate(groups)
-    return [(_rect(g[:4]), _rect(g[4:])) for g in groups.tolist()]
+    if len(rects) <= 1:
+        return list(rects)
+    xs = sorted({v for r in rects for v in (r[0], r[2])})
+    ys = sorted({v for r in rects for v in (r[1], r[3])})
+    tops: list[int] = []
+    rows: list[list[tuple[int, int]]] = []
+    last_mask = -1
+    for i, mask in enumerate(_row_masks(rects, xs, ys)):
+        if mask == last_mask:
+            continue
+        last_mask = mask
+        runs = _runs(mask, xs, bridge)
+        if not rows or runs != rows[-1]:
+            tops.append(ys[i])
+            rows.append(runs)
+    tops.append(ys[-1])
+    # Bands as [top, bottom, runs, cost of one row of them]; merged while cheaper.
+    bands: list[list] = []
+    for top, bottom, runs in zip(tops, tops[1:], rows, strict=False):
+        if joint and len(runs) > 1:
+            runs = _join(runs, bridge + joint / (bottom - top))
+        cost = bridge * len(runs)
+        for start, stop in runs:
+            cost += stop - start
+        if bands:
+            band = bands[-1]
+            if runs == band[2]:
+                band[1] = bottom
+                continue
+            if joint and runs:
+                above, kept, kept_cost = band[0], band[2], band[3]
+                if len(runs) == 1 and len(kept) == 1:  # the common case, quickly
+                    (a, b), (c, d) = runs[0], kept[0]
+                    if max(a, c) - min(b, d) < bridge + joint / (bottom - above):
+                        merged = [(min(a, c), max(b, d))]
+                    else:
+                        merged = sorted((runs[0], kept[0]))
+                else:
+                    merged = _merge(kept, runs, bridge + joint / (bottom - above))
+                merged_cost = bridge * len(merged)
+                for start, stop in merged:
+                    merged_cost += stop - start
+                if ((bottom - above) * merged_cost + joint * len(merged)
+                        <= (top - above) * kept_cost + (bottom - top) * cost
+                        + joint * (len(kept) + len(runs))):
+                    band[1:] = [bottom, merged, merged_cost]
+                    continue
+        bands.append([top, bottom, runs, cost])
+    return [(start, top, stop, bottom) for top, bottom, runs, _ in bands
+            for start, stop in runs]
 
 
-def _premerge(groups: np.ndarray) -> np.ndarray:
-    """Merge connected groups of near-free pairs (see PREMERGE_SLACK) in one step."""
-    lo = groups[:, [0, 1, 4, 5]]
-    hi = groups[:, [2, 3, 6, 7]]
-    cost = _cost(lo, hi)
-    merged = _cost(np.minimum(lo[:, None], lo[None, :]), np.maximum(hi[:, None], hi[None, :]))
-    linked = merged <= PREMERGE_SLACK * np.maximum(cost[:, None], cost[None, :])
-    n = len(groups)
-    labels = np.arange(n)
-    while True:  # connected components by min-label propagation
-        spread = np.where(linked, labels[None, :], n).min(axis=1)
-        spread = spread[spread]
-        if np.array_equal(spread, labels):
-            break
-        labels = spread
-    return _merge_by_key(groups, labels)
-
-
-def _merge_by_key(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """One bounding (crop, output) row per distinct key."""
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    ordered = groups[order]
-    lower = np.minimum.reduceat(ordered, starts, axis=0)
-    upper = np.maximum.reduceat(ordered, starts, axis=0)
-    return np.where(_LOWER, lower, upper)
-
-
-def _cost(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Estimated cost, in pixel-equivalents, of blurring a crop for its output rectangle.
-
-    Rows come split into lower (cx0, cy0, ox0, oy0) and upper (cx1, cy1, ox1, oy1)
-    corners. The engine blurs rows over the whole crop, then columns over the output's
-    columns only (at the crop's height); Pillow spends about 42% / 58% of a blur on the
-    two axes. Plus a fixed overhead per crop.
-    """
-    crop_h = hi[..., 1] - lo[..., 1]
-    rows = (hi[..., 0] - lo[..., 0]) * crop_h
-    columns = (hi[..., 2] - lo[..., 2]) * crop_h
-    return 0.42 * rows + 0.58 * columns + CROP_OVERHEAD_PX
-
-
-def _agglomerate(groups: np.ndarray) -> np.ndarray:
-    """Best-first pairwise merging; the gain matrix is updated one row per merge."""
-    lo = groups[:, [0, 1, 4, 5]].astype(np.float64)
-    hi = groups[:, [2, 3, 6, 7]].astype(np.float64)
-    n = len(groups)
-    cost = _cost(lo, hi)
-    gain = cost[:, None] + cost[None, :] - _cost(
-        np.minimum(lo[:, None], lo[None, :]), np.maximum(hi[:, None], hi[None, :])
-    )
-    np.fill_diagonal(gain, -np.inf)
-    alive = np.ones(n, dtype=bool)
-    while True:
-        i, j = divmod(int(np.argmax(gain)), n)
-        if not gain[i, j] > 0:
-            break
-        lo[i] = np.minimum(lo[i], lo[j])
-        hi[i] = np.maximum(hi[i], hi[j])
-        cost[i] -= gain[i, j] - cost[j]
-        alive[j] = False
-        row = cost[i] + cost - _cost(np.minimum(lo[i], lo), np.maximum(hi[i], hi))
-        row[~alive] = -np.inf
-        row[i] = -np.inf
-        gain[j, :] = -np.inf
-        gain[:, j] = -np.inf
-        gain[i, :] = row
-        gain[:, i] = row
-    lo, hi = lo[alive].astype(np.int64), hi[alive].astype(np.int64)
-    return np.concatenate([lo[:, :2], hi[:, :2], lo[:, 2:], hi[:, 2:]], axis=1)
+def transposed(rects: Sequence[Rect]) -> list[Rect]:
+    """Rectangles with x and y swapped, to run a row function along columns."""
+    return [(y0, x0, y1, x1) for x0, y0, x1, y1 in rects]
