@@ -122,6 +122,11 @@ def _group_processes(pgid: int) -> dict[int, str]:
 def cluster() -> Iterator[Cluster]:
     temp = Path(tempfile.mkdtemp(prefix="veil-ray-", dir="/tmp"))  # short: socket paths
     gcs, client, dashboard, head_agent, worker_agent = map(str, _free_ports(5))
+    # A private HOME: a ~/.ray/auth_token left by another cluster must not leak in.
+    home = temp / "home"
+    home.mkdir()
+    real_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_USAGE_STATS_ENABLED="0",
                # Notice a dead node in about two seconds, not the default thirty.
@@ -151,6 +156,10 @@ def cluster() -> Iterator[Cluster]:
             ray.shutdown()
         for group in reversed(groups):
             _stop_group(group)
+        if real_home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = real_home
         shutil.rmtree(temp, ignore_errors=True)
 
 
