@@ -71,6 +71,7 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
     else its latest detection. Unreadable images become error rows; the run goes on and
     the exit code is 1 when any input failed.
     """
+    label = f"{detector}, profile {profile}" if profile else detector
     detector, options = detector_settings(detector, threshold, profile, scales, flip,
                                           tile_size, fusion)
     with FaceStore(store_url) as store:
@@ -79,7 +80,8 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
             batch_size=batch_size, shard_size=shard_size, max_pixels=max_pixels,
             resume=resume, progress=want_progress(progress), backend=backend,
         )
-        echo_summary(f"detect ({detector}) -> {store.display_url}", summary,
+        where = store_url if "://" not in store_url else store.display_url
+        echo_summary(f"detect ({label}) -> {where}", summary,
                      order=("images", "images with faces", "faces", "errors"))
     sys.exit(exit_code(summary))
 
