@@ -17,10 +17,15 @@ from veil import __version__
 VERBS: dict[str, str] = {
     "demo": "veil.cli.demo:demo_command",
     "detect": "veil.cli.detect:detect_command",
+    "review": "veil.cli.review:review",
     "obfuscate": "veil.cli.obfuscate:obfuscate_command",
     "audit": "veil.cli.audit:audit_command",
+    "eval-faces": "veil.cli.eval_faces:eval_faces",
     "import-faces": "veil.cli.faces:import_faces",
     "export-faces": "veil.cli.faces:export_faces",
+    "study": "veil.cli.study:study_command",
+    "analyze": "veil.cli.analyze:analyze_command",
+    "report": "veil.cli.report:report_command",
 }
 
 

@@ -1,0 +1,525 @@
+"""The study's data path: labelled splits, face obfuscation, and batches for training.
+
+Every image a model sees goes through one function, :func:`load_condition_image`:
+veil's loader (RGB, EXIF orientation applied, so boxes line up), then, for an
+obfuscated condition, the method applied at *full resolution* through
+:func:`veil.obfuscation.obfuscate`. The original and obfuscated inputs therefore
+differ only inside the method's affected region of each face.
+
+Two ways to feed a model (``Recipe.loader``):
+
+- ``"cache"``: every image is decoded once into a uint8 square of side
+  ``eval_resize`` (torchvision's ``Resize`` + ``CenterCrop``), one array per split and
+  condition, saved as ``.npy`` so a resumed study does not decode again. Training
+  takes whole batches out of it and does RandomResizedCrop + flip as one
+  ``affine_grid``/``grid_sample`` call on the batch (:func:`random_resized_crop_flip`);
+  evaluation is a center crop. No per-sample Python runs in the hot loop, and the
+  same code runs on the GPU. An obfuscated cache copies the original's faceless
+  images and decodes only the images with faces.
+- ``"stream"``: the paper's recipe, a ``DataLoader`` whose workers decode each image
+  and apply torchvision's PIL transforms every epoch (for datasets too big to cache).
+
+Arrays are NHWC uint8, which viewed as NCHW is exactly the ``channels_last`` layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from veil.boxes import Box, usable_boxes
+from veil.datasets import Dataset, open_dataset
+from veil.errors import DatasetError, VeilError
+from veil.faces import FacesSnapshot
+from veil.images import load_image, probe
+from veil.interchange.common import atomic_path
+from veil.obfuscation import METHODS, obfuscate
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ORIGINAL = "original"
+SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "classes.txt")
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Split:
+    """One split in key order: keys, files and integer labels."""
+
+    name: str
+    keys: list[str]
+    paths: list[Path]
+    labels: np.ndarray  # int64, one per key
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for key, label in zip(self.keys, self.labels.tolist(), strict=True):
+            digest.update(f"{key}\t{label}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class StudyData:
+    """A labelled dataset with a train and a val split, classes indexed in sorted order
+    (ILSVRC's order for wnids)."""
+
+    root: Path
+    classes: list[str]
+    train: Split
+    val: Split
+    names: dict[str, str] = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val}[name]
+
+    def class_records(self) -> list[dict[str, Any]]:
+        return [{"index": i, "wnid": c, "name": self.names.get(c, c)}
+                for i, c in enumerate(self.classes)]
+
+
+def open_study_data(
+    source: str | os.PathLike[str], *, layout: str = "auto",
+    labels_file: str | os.PathLike[str] | None = None, limit: int | None = None,
+) -> StudyData:
+    """Read a labelled dataset with ``train/`` and ``val/`` splits.
+
+    ``limit`` keeps the first ``limit`` images of each split, spread over the classes.
+    """
+    dataset = open_dataset(source, layout=layout, labels_file=labels_file)
+    where = dataset.source or str(dataset.root)
+    missing = [s for s in ("train", "val") if s not in dataset.splits]
+    if missing:
+        raise DatasetError(
+            f"{where}: a study needs a train/ and a val/ split (ImageFolder layout:"
+            f" train/<class>/<image>, val/<class>/<image>); missing: {', '.join(missing)}"
+        )
+    unlabelled = [e.key for e in dataset if e.label is None
+                  and e.key.split("/", 1)[0] in ("train", "val")]
+    if unlabelled:
+        raise DatasetError(
+            f"{where}: {len(unlabelled)} image(s) have no label (e.g. {unlabelled[0]});"
+            " a study needs a class for every train and val image (class folders, or"
+            " --labels for a flat val/ folder)"
+        )
+    train = dataset.subset(split="train", limit=limit)
+    val = dataset.subset(split="val", limit=limit)
+    classes = sorted(set(train.classes) | set(val.classes))
+    if len(classes) < 2:
+        raise DatasetError(f"{where}: a study needs at least 2 classes, found {len(classes)}")
+    index = {c: i for i, c in enumerate(classes)}
+    return StudyData(
+        root=Path(dataset.root), classes=classes,
+        train=_split("train", train, index), val=_split("val", val, index),
+        names=class_names(Path(dataset.root), classes),
+    )
+
+
+def _split(name: str, dataset: Dataset, index: Mapping[str, int]) -> Split:
+    entries = list(dataset)
+    return Split(
+        name=name, keys=[e.key for e in entries], paths=[e.path for e in entries],
+        labels=np.array([index[e.label] for e in entries if e.label is not None],
+                        dtype=np.int64),
+    )
+
+
+def class_names(root: Path, classes: Sequence[str]) -> dict[str, str]:
+    """Readable class names: from a synset file in the dataset root (ILSVRC's
+    ``LOC_synset_mapping.txt``: ``<wnid> <name>, <synonym>...``), else torchvision's
+    Imagenette table, else none (the label is its own name)."""
+    names: dict[str, str] = {}
+    for file_name in SYNSET_FILES:
+        path = root / file_name
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                wnid, _, rest = line.strip().partition(" ")
+                if wnid and rest:
+                    names[wnid] = rest.split(",")[0].strip()
+            break
+    try:
+        from torchvision.datasets import Imagenette
+
+        table = getattr(Imagenette, "_WNID_TO_CLASS", {})
+        for wnid, synonyms in table.items():
+            names.setdefault(wnid, synonyms[0])
+    except ImportError:  # pragma: no cover - torchvision is a study dependency
+        pass
+    return {c: names[c] for c in classes if c in names}
+
+
+# --------------------------------------------------------------------------- faces
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What the model sees: the original images or one obfuscation method."""
+
+    name: str  # "original" or the method name
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def method(self) -> str | None:
+        return None if self.name == ORIGINAL else self.name
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "options": {k: _jsonable(v) for k, v in self.options}}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def make_condition(name: str, options: Mapping[str, Any] | None = None) -> Condition:
+    if name != ORIGINAL and name not in METHODS:
+        raise VeilError(f"unknown obfuscation method {name!r}; choose from {', '.join(METHODS)}")
+    return Condition(name, tuple(sorted((options or {}).items())))
+
+
+def face_boxes(snapshot: FacesSnapshot) -> dict[str, list[Box]]:
+    """Key -> usable boxes (degenerate boxes dropped, as every method does)."""
+    return {key: usable_boxes(boxes)[0] for key, boxes in snapshot.boxes.items()}
+
+
+def load_condition_image(path: str | os.PathLike[str], key: str,
+                         boxes: Mapping[str, Sequence[Box]], condition: Condition
+                         ) -> Image.Image:
+    """The image as the model's input starts: decoded, faces obfuscated at full size."""
+    try:
+        image = load_image(path).image
+    except VeilError as exc:
+        raise VeilError(f"{key}: {exc} (a study needs every image; remove or replace it)"
+                        ) from None
+    found = boxes.get(key)
+    if condition.method is None or not found:
+        return image
+    result = obfuscate(image, list(found), condition.method, **dict(condition.options))
+    assert isinstance(result, Image.Image)
+    return result
+
+
+def union_area(boxes: Sequence[Box], width: int, height: int) -> float:
+    """Area covered by the union of the boxes, clipped to the image (exact, by
+    coordinate compression)."""
+    rects = [b.clipped(width, height) for b in boxes]
+    rects = [r for r in rects if r.x1 > r.x0 and r.y1 > r.y0]
+    if not rects:
+        return 0.0
+    xs = sorted({v for r in rects for v in (r.x0, r.x1)})
+    total = 0.0
+    for left, right in itertools.pairwise(xs):
+        spans = sorted((r.y0, r.y1) for r in rects if r.x0 <= left and r.x1 >= right)
+        covered, end = 0.0, -math.inf
+        for y0, y1 in spans:
+            if y1 > end:
+                covered += y1 - max(y0, end)
+                end = y1
+        total += covered * (right - left)
+    return total
+
+
+def _probe_size(path: Path) -> tuple[int, int]:
+    try:
+        info = probe(path)
+        return info.width, info.height
+    except VeilError:
+        return 0, 0
+
+
+def face_rows(data: StudyData, boxes: Mapping[str, Sequence[Box]], workers: int = 1
+              ) -> list[dict[str, Any]]:
+    """One row per train and val image for ``faces.parquet`` (sizes from the headers)."""
+    rows: list[dict[str, Any]] = []
+    for split in (data.train, data.val):
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                sizes = list(pool.map(_probe_size, split.paths, chunksize=256))
+        else:
+            sizes = [_probe_size(p) for p in split.paths]
+        for key, label, (width, height) in zip(split.keys, split.labels.tolist(), sizes,
+                                               strict=True):
+            found = list(boxes.get(key, ()))
+            area = width * height
+            rows.append({
+                "key": key, "split": split.name, "label": int(label), "n_faces": len(found),
+                "face_area": union_area(found, width, height) / area if area else 0.0,
+                "width": width, "height": height,
+            })
+    return rows
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _cache_one(path: str, key: str, boxes: Mapping[str, Sequence[Box]],
+               condition: Condition, size: int) -> np.ndarray:
+    image = load_condition_image(path, key, boxes, condition)
+    image = T.functional.center_crop(T.functional.resize(image, size), [size, size])
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _cache_chunk(args: tuple[list[str], list[str], dict[str, list[Box]], Condition, int]
+                 ) -> np.ndarray:
+    paths, keys, boxes, condition, size = args
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
+        out[i] = _cache_one(path, key, boxes, condition, size)
+    return out
+
+
+def decode_images(split: Split, indices: Sequence[int], boxes: Mapping[str, Sequence[Box]],
+                  condition: Condition, size: int, *, workers: int = 1,
+                  progress: bool = False) -> np.ndarray:
+    """Images ``indices`` of ``split`` as uint8 NHWC squares of side ``size``."""
+    from tqdm import tqdm
+
+    out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    chunk = 64
+    jobs = []
+    for start in range(0, len(indices), chunk):
+        part = indices[start:start + chunk]
+        keys = [split.keys[i] for i in part]
+        jobs.append(([str(split.paths[i]) for i in part], keys,
+                     {k: list(boxes[k]) for k in keys if boxes.get(k)}, condition, size))
+    bar = tqdm(total=len(indices), desc=f"decode {split.name}/{condition.name}", unit="img",
+               disable=not progress, dynamic_ncols=True, leave=False)
+    position = 0
+    with bar:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for part in pool.map(_cache_chunk, jobs):
+                    out[position:position + len(part)] = part
+                    position += len(part)
+                    bar.update(len(part))
+        else:
+            for job in jobs:
+                part = _cache_chunk(job)
+                out[position:position + len(part)] = part
+                position += len(part)
+                bar.update(len(part))
+    return out
+
+
+def cache_path(cache_dir: Path, split: Split, condition: Condition, size: int,
+               faces_fingerprint: str) -> Path:
+    """A file name that changes whenever the cached pixels would."""
+    ident = json.dumps([split.fingerprint(), condition.describe(), size,
+                        faces_fingerprint if condition.method else ""], sort_keys=True)
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return cache_dir / f"{split.name}-{condition.name}-{size}px-{digest}.npy"
+
+
+def load_or_build_cache(
+    cache_dir: Path, split: Split, condition: Condition, size: int,
+    boxes: Mapping[str, Sequence[Box]], faces_fingerprint: str, *,
+    base: np.ndarray | None = None, workers: int = 1, progress: bool = False,
+) -> np.ndarray:
+    """The split's cache for ``condition``, from disk when it is there.
+
+    ``base`` (the original condition's cache) lets an obfuscated cache decode only the
+    images with faces and copy the rest. The file is written atomically; the result
+    is a read-only memory map (ranks of one machine share its pages).
+    """
+    path = cache_path(cache_dir, split, condition, size, faces_fingerprint)
+    if not path.exists():
+        if base is not None and condition.method is not None:
+            images = np.array(base, copy=True)
+            todo = [i for i, key in enumerate(split.keys) if boxes.get(key)]
+            if todo:
+                images[todo] = decode_images(split, todo, boxes, condition, size,
+                                             workers=workers, progress=progress)
+        else:
+            images = decode_images(split, list(range(len(split))), boxes, condition, size,
+                                   workers=workers, progress=progress)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, images)
+    return np.load(path, mmap_mode="r")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 or float 0..255 NCHW -> float32 normalised with ImageNet's mean and std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255
+    return (x.float() - mean) / std
+
+
+def crop_params(n: int, height: int, width: int, scale: tuple[float, float],
+                ratio: tuple[float, float], generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RandomResizedCrop's (top, left, h, w) for ``n`` images at once.
+
+    The same distribution as ``torchvision.transforms.RandomResizedCrop.get_params``:
+    ten tries per image of an area share in ``scale`` and a log-uniform aspect ratio
+    in ``ratio``, the first that fits wins, else the center crop of clamped ratio.
+    """
+    tries = 10
+    area = height * width
+    target = area * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                               generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.argmax(fits.int(), dim=1)
+    any_fit = fits.any(dim=1)
+    rows = torch.arange(n)
+    w, h = w[rows, first], h[rows, first]
+    # Fallback: the whole image at a ratio clamped into range, centered.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fh, fw = height, round(height * ratio[1])
+    else:
+        fw, fh = width, height
+    w = torch.where(any_fit, w, torch.full_like(w, fw))
+    h = torch.where(any_fit, h, torch.full_like(h, fh))
+    u = torch.rand(n, 2, generator=generator)
+    top = torch.where(any_fit, torch.floor(u[:, 0] * (height - h + 1)), (height - h) // 2)
+    left = torch.where(any_fit, torch.floor(u[:, 1] * (width - w + 1)), (width - w) // 2)
+    return top, left, h, w
+
+
+def random_resized_crop_flip(x: torch.Tensor, size: int, *, scale: tuple[float, float],
+                             generator: torch.Generator,
+                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """RandomResizedCrop(size) + RandomHorizontalFlip on a whole NCHW batch, bilinear,
+    as one ``grid_sample``; returns float32 0..255 (normalise afterwards)."""
+    n, _, height, width = x.shape
+    top, left, h, w = crop_params(n, height, width, scale, ratio, generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = (w / width) * torch.where(flip, -1.0, 1.0)
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    theta = theta.to(x.device)
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """torchvision's CenterCrop offsets on an NCHW batch."""
+    _, _, height, width = x.shape
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
+    return x[:, :, top:top + size, left:left + size]
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # indices, uint8 NCHW, labels
+
+
+class CacheSource:
+    """Batches gathered from a uint8 NHWC cache; augmentation runs on the device."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, img_size: int,
+                 min_crop_scale: float) -> None:
+        self.images = images
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.img_size = img_size
+        self.scale = (min_crop_scale, 1.0)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batches: Sequence[Sequence[int]], *, train: bool, seed: int
+                ) -> Iterator[Batch]:
+        for batch in batches:
+            index = np.asarray(batch, dtype=np.int64)
+            pixels = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+            yield torch.from_numpy(index), pixels.permute(0, 3, 1, 2), self.labels[index]
+
+    def to_model_input(self, x: torch.Tensor, *, train: bool,
+                       generator: torch.Generator | None) -> torch.Tensor:
+        if train:
+            assert generator is not None
+            x = random_resized_crop_flip(x, self.img_size, scale=self.scale,
+                                         generator=generator)
+        else:
+            x = center_crop(x, self.img_size)
+        return normalize(x).contiguous(memory_format=torch.channels_last)
+
+
+class _StreamDataset(torch.utils.data.Dataset):
+    def __init__(self, split: Split, boxes: dict[str, list[Box]], condition: Condition,
+                 transform: Any) -> None:
+        self.split = split
+        self.boxes = boxes
+        self.condition = condition
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
+        image = load_condition_image(self.split.paths[index], self.split.keys[index],
+                                     self.boxes, self.condition)
+        return index, self.transform(image), int(self.split.labels[index])
+
+
+class StreamSource:
+    """The paper's data path: a DataLoader decodes and transforms every image each epoch
+    (RandomResizedCrop + flip for training, Resize + CenterCrop for evaluation)."""
+
+    def __init__(self, split: Split, boxes: Mapping[str, Sequence[Box]], condition: Condition,
+                 *, img_size: int, eval_resize: int, min_crop_scale: float,
+                 workers: int) -> None:
+        keys = set(split.keys)
+        faces = {k: list(v) for k, v in boxes.items() if v and k in keys}
+        train_tf = T.Compose([
+            T.RandomResizedCrop(img_size, scale=(min_crop_scale, 1.0), antialias=True),
+            T.RandomHorizontalFlip(), T.PILToTensor(),
+        ])
+        eval_tf = T.Compose([T.Resize(eval_resize, antialias=True), T.CenterCrop(img_size),
+                             T.PILToTensor()])
+        self.train_set = _StreamDataset(split, faces, condition, train_tf)
+        self.eval_set = _StreamDataset(split, faces, condition, eval_tf)
+        self.labels = torch.from_numpy(split.labels)
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batches: Sequence[Sequence[int]], *, train: bool, seed: int
+                ) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(seed)
+        # Fork where there is fork: a parallel training job is a spawned process, whose
+        # default would be to spawn (and re-import torch in) every loader worker.
+        fork = "fork" in multiprocessing.get_all_start_methods() and self.workers > 0
+        loader = torch.utils.data.DataLoader(
+            self.train_set if train else self.eval_set, batch_sampler=[list(b) for b in batches],
+            num_workers=self.workers, generator=generator, pin_memory=torch.cuda.is_available(),
+            multiprocessing_context="fork" if fork else None,
+        )
+        yield from loader
+
+    def to_model_input(self, x: torch.Tensor, *, train: bool,
+                       generator: torch.Generator | None) -> torch.Tensor:
+        return normalize(x).contiguous(memory_format=torch.channels_last)
+
+
+Source = CacheSource | StreamSource
