@@ -13,17 +13,6 @@ from PIL import Image
 
 from veil.cli import main
 from veil.gallery import write_gallery
-from veil.stages.audit import covered_fraction
-
-
-def test_covered_fraction_is_exact_under_overlapping_regions() -> None:
-    box = (0.0, 0.0, 10.0, 10.0)
-    assert covered_fraction(box, []) == 0.0
-    assert covered_fraction(box, [(0, 0, 5, 10)]) == pytest.approx(0.5)
-    # two overlapping halves cover 75%, not 100% (no double counting)
-    assert covered_fraction(box, [(0, 0, 5, 10), (2.5, 0, 7.5, 10)]) == pytest.approx(0.75)
-    assert covered_fraction(box, [(-5, -5, 20, 20)]) == pytest.approx(1.0)
-    assert covered_fraction(box, [(20, 20, 30, 30)]) == 0.0
 
 
 @pytest.fixture(scope="module")

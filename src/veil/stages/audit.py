@@ -24,6 +24,7 @@ from veil.boxes import Box
 from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
+from veil.evaluation.faces import covered_fraction
 from veil.images import load_image, probe
 from veil.runner import (
     DEFAULT_SHARD_SIZE,
@@ -54,27 +55,6 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "kind": self.kind, "detail": self.detail,
                 "box": list(self.box) if self.box else None, "score": self.score}
-
-
-def covered_fraction(box: Rect, regions: Sequence[Rect]) -> float:
-    """The share of ``box``'s area under the union of ``regions`` (exact, by coordinate
-    compression: regions overlap, so summing intersections would overcount)."""
-    x0, y0, x1, y1 = box
-    area = (x1 - x0) * (y1 - y0)
-    clipped = [
-        (max(x0, a), max(y0, b), min(x1, c), min(y1, d)) for a, b, c, d in regions
-        if min(x1, c) > max(x0, a) and min(y1, d) > max(y0, b)
-    ]
-    if area <= 0 or not clipped:
-        return 0.0
-    xs = sorted({v for r in clipped for v in (r[0], r[2])})
-    ys = sorted({v for r in clipped for v in (r[1], r[3])})
-    covered = np.zeros((len(ys) - 1, len(xs) - 1), dtype=bool)
-    for a, b, c, d in clipped:
-        covered[ys.index(b):ys.index(d), xs.index(a):xs.index(c)] = True
-    widths = np.diff(xs)
-    heights = np.diff(ys)
-    return float((covered * heights[:, None] * widths[None, :]).sum() / area)
 
 
 @dataclass
@@ -127,7 +107,7 @@ class AuditTask:
             if (box.score or 0.0) < self.min_score:
                 continue
             rect = box.as_xyxy()
-            share = covered_fraction(rect, regions)
+            share = covered_fraction(rect, np.asarray(regions, dtype=np.float64))
             if share < COVERED_FRACTION:
                 findings.append(Finding(
                     key, "face", f"face (score {box.score:.2f}) {100 * share:.0f}% inside "
