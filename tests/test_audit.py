@@ -46,6 +46,8 @@ def test_clean_output_passes_and_leaks_are_caught(photos: Path, tmp_path: Path) 
                      str(tmp_path / "clean.json"))
     assert code == 0, out
     assert "CLEAN" in out and "NOT CLEAN" not in out
+    code, out = _run("audit", str(blurred), "--profile", "fast", "--report", str(report))
+    assert code == 0 and "profile fast" in out, out
     assert json.loads((tmp_path / "clean.json").read_text())["clean"] is True
 
     # A face the boxes missed: the astronaut is copied unobfuscated.

@@ -23,7 +23,9 @@ from veil.cli.common import (
     want_progress,
     workers_option,
 )
+from veil.cli.detect import detector_settings
 from veil.detection import available_detectors
+from veil.detection.profiles import available_profiles
 from veil.encoding import atomic_write_bytes
 from veil.faces import load_faces
 from veil.images import load_image
@@ -57,6 +59,9 @@ def _crop(dataset: Any, finding: Finding) -> str:
                    "`veil obfuscate` (its own output records the regions in OUT/.veil).")
 @click.option("--detector", type=click.Choice(available_detectors()), default="centerface",
               show_default=True, help="The detector that looks for residual faces.")
+@click.option("--profile", type=click.Choice(available_profiles()), default=None,
+              help="Multi-scale settings for the detector: 'fast', or 'thorough' (slow, finds "
+                   "the most faces: the check to run before a release).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=DEFAULT_MIN_SCORE,
               show_default=True, help="Detections below this score are not reported.")
 @click.option("--report", type=click.Path(dir_okay=False), default="audit-report.html",
@@ -72,7 +77,8 @@ def _crop(dataset: Any, finding: Finding) -> str:
 @max_pixels_option
 @progress_option
 @fail_cleanly
-def audit_command(dataset: Any, faces_source: str | None, detector: str, min_score: float,
+def audit_command(dataset: Any, faces_source: str | None, detector: str, profile: str | None,
+                  min_score: float,
                   report: str, json_path: str | None, store_url: str | None,
                   workers: int | None, shard_size: int, max_pixels: int | None,
                   progress: bool | None, backend: Any = None) -> None:
@@ -92,10 +98,12 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, min_sco
         regions, source = {}, "none (no ledger and no --faces): every detection is reported"
         click.echo(f"warning: {root} has no veil ledger and --faces was not given; "
                    "every detected face will be reported", err=True)
+    name, options = detector_settings(detector, None, profile, None, None, None, None)
+    label = f"{detector}, profile {profile}" if profile else detector
     store = FaceStore(store_url) if store_url else None
     try:
         summary, findings = audit(
-            dataset, regions, detector=detector, min_score=min_score, store=store,
+            dataset, regions, detector=name, options=options, min_score=min_score, store=store,
             workers=workers, shard_size=shard_size, max_pixels=max_pixels,
             progress=want_progress(progress), backend=backend)
     finally:
@@ -109,7 +117,7 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, min_sco
               "box": [round(v, 1) for v in f.box or ()]} for f in findings if f.kind == "face"]
     clean = not findings and not summary.errors
     render("audit.html", Path(report), version=__version__, target=str(root),
-           created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), detector=detector,
+           created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), detector=label,
            min_score=min_score, counts=dict(summary.counts), clean=clean, faces=faces,
            metadata=sorted(metadata.items()), errors=summary.errors,
            regions_source=source, covered=COVERED_FRACTION)
@@ -118,7 +126,7 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, min_sco
                    "findings": [f.to_dict() for f in findings],
                    "errors": [{"key": k, "error": e} for k, e in summary.errors]}
         atomic_write_bytes(Path(json_path), json.dumps(payload, indent=2).encode())
-    echo_summary(f"audit ({detector}) of {root}", summary,
+    echo_summary(f"audit ({label}) of {root}", summary,
                  order=("images", "clean images", "residual faces", "metadata findings",
                         "errors"))
     for f in findings[:10]:
