@@ -62,14 +62,14 @@ def test_download_is_cached_and_used_by_the_demo(tmp_path: Path, monkeypatch) ->
 
     monkeypatch.setattr(download.urllib.request, "urlopen", fake_urlopen)
     result = CliRunner().invoke(main, ["demo", "--download", "--out", str(tmp_path / "demo"),
-                                       "--no-progress"])
+                                       "--no-study", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert calls == [download.IMAGENETTE_URL]
     assert "Imagenette val: 2 images" in result.output
     assert download.cached_imagenette() == tmp_path / "cache" / "imagenette2-320"
     # a second run finds the cache and does not download again
     again = CliRunner().invoke(main, ["demo", "--download", "--out", str(tmp_path / "demo2"),
-                                      "--no-progress"])
+                                      "--no-study", "--no-progress"])
     assert again.exit_code == 0 and calls == [download.IMAGENETTE_URL]
 
 
@@ -85,3 +85,27 @@ def test_hostile_archives_are_refused(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(download.VeilError, match="outside the cache"):
         download.download_imagenette(progress=False)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_demo_study_on_an_imagenette_style_folder(tmp_path: Path, monkeypatch) -> None:
+    """With a labelled train/val dataset the demo also trains and links a study report."""
+    from veil import demo
+    from veil.gallery import write_gallery
+
+    gallery = tmp_path / "gallery"
+    write_gallery(gallery)
+    data = tmp_path / "imagenette"
+    for split, count in (("train", 8), ("val", 4)):
+        for label, source in (("n00000001", "astronaut.png"), ("n00000002", "coffee.png")):
+            folder = data / split / label
+            folder.mkdir(parents=True)
+            with Image.open(gallery / source) as image:
+                base = image.convert("RGB").resize((96, 96))
+            for i in range(count):
+                base.rotate(i * 7).save(folder / f"{label}_{i}.JPEG", quality=90)
+    monkeypatch.setattr(demo, "DEMO_STUDY_IMAGES", 16)
+    monkeypatch.setattr(demo, "DEMO_STUDY_EPOCHS", 1)
+    result = demo.run_demo(tmp_path / "out", data=data, workers=1, progress=False,
+                           log=lambda message: None)
+    assert result.study_report is not None and result.study_report.is_file()
+    assert "study/report.html" in result.report.read_text()

@@ -31,11 +31,16 @@ from veil.store import FaceStore
 DETECTOR = "centerface"
 
 
+DEMO_STUDY_IMAGES = 2000  # per split, spread over the classes
+DEMO_STUDY_EPOCHS = 4
+
+
 @dataclass
 class DemoResult:
     report: Path
     sections: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    study_report: Path | None = None
 
 
 def find_imagenette(data: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
@@ -110,20 +115,44 @@ def _examples(dataset: Dataset, boxes: dict[str, list[Any]], work: Path,
     return rows
 
 
+def _demo_study(imagenette: Path, store_path: Path, out: Path, *, workers: int | None,
+                progress: bool, log: Any) -> Path:
+    """A demo-sized study (original vs blur, one seed, a subset, a few epochs) and its
+    report: the whole experiment in minutes; `veil study` runs the real one."""
+    from veil.report.study import build_report
+    from veil.study import StudyConfig, run_study
+
+    train = open_dataset(imagenette).subset(split="train", limit=DEMO_STUDY_IMAGES)
+    with FaceStore(store_path) as store:
+        log(f"study: detecting faces in {len(train)} training images")
+        detect(train, store, detector=DETECTOR, workers=workers, progress=progress)
+    log(f"study: training original and blurred ResNet-18s ({DEMO_STUDY_EPOCHS} epochs, "
+        f"{DEMO_STUDY_IMAGES} images per split)")
+    run_study(StudyConfig(
+        data=imagenette, faces=store_path, out=out, methods=("blur",), seeds=(0,),
+        profile="quick", overrides={"epochs": DEMO_STUDY_EPOCHS}, limit=DEMO_STUDY_IMAGES,
+        progress=progress, log=log))
+    return build_report(out)
+
+
 def run_demo(
     out: str | os.PathLike[str] = "demo-output",
     *,
     data: str | os.PathLike[str] | None = None,
     download: bool = False,
     limit: int | None = None,
+    study: bool = True,
     workers: int | None = None,
     progress: bool = True,
     log: Any = print,
 ) -> DemoResult:
-    """Run the demo into ``out`` (replacing an earlier demo there) and write its report."""
+    """Run the demo into ``out`` (replacing an earlier demo there) and write its report.
+
+    With Imagenette available it also runs a demo-sized study (``study=False`` skips it).
+    """
     start = time.perf_counter()
     out = Path(out)
-    for name in ("gallery", "imagenette", "report.html"):
+    for name in ("gallery", "imagenette", "study", "report.html"):
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -154,10 +183,19 @@ def run_demo(
             "ImageNet classes). In ILSVRC 17% of images contain faces.", dataset,
             out / "imagenette", workers=workers, progress=progress, examples=8,
             per_class=True, log=log))
+        if study:
+            result.study_report = _demo_study(
+                imagenette, out / "imagenette" / "faces.sqlite", out / "study",
+                workers=workers, progress=progress, log=log)
+        else:
+            result.skipped.append("the demo-sized study (--no-study)")
     else:
         result.skipped.append(why)
     render("demo.html", result.report, version=__version__, detector=DETECTOR,
            created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
            seconds=time.perf_counter() - start, sections=result.sections,
-           skipped=result.skipped)
+           skipped=result.skipped,
+           study_report=(os.path.relpath(result.study_report, out)
+                         if result.study_report else None),
+           study_images=DEMO_STUDY_IMAGES, study_epochs=DEMO_STUDY_EPOCHS)
     return result
