@@ -365,7 +365,7 @@
   }
 
   // -- panel and messages ----------------------------------------------------------------
-  function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+  function plural(n, word, many) { return n + " " + (n === 1 ? word : (many || word + "s")); }
 
   function updatePanel() {
     const item = state.item;
@@ -381,7 +381,7 @@
         (item.mine ? ", one of them yours." : ".");
     }
     $("origin").textContent = origin;
-    $("count").innerHTML = item ? "<b>" + plural(state.boxes.length, "box") + "</b>" +
+    $("count").innerHTML = item ? "<b>" + plural(state.boxes.length, "box", "boxes") + "</b>" +
       (state.selected >= 0 ? " · one selected" : "") : "";
     $("prev").disabled = state.pos <= 0 || state.busy || state.locked;
     for (const id of ["next", "noface", "submit"]) $(id).disabled = !item || state.busy || state.locked;
