@@ -36,7 +36,7 @@ class Detector(Protocol):
 
 
 _REGISTRY: dict[str, str | Callable[..., Detector]] = {
-    "centerface": "veil.detection.centerface:CenterFaceDetector",
+    "centerface": "veil.detection.centerface:centerface",
     "mtcnn": "veil.detection.mtcnn:MTCNNDetector",
     "multiscale": "veil.detection.multiscale:MultiScaleDetector",
     "ensemble": "veil.detection.ensemble:EnsembleDetector",

