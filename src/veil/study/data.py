@@ -20,6 +20,13 @@ Two ways to feed a model (``Recipe.loader``):
   and apply torchvision's PIL transforms every epoch (for datasets too big to cache).
 
 Arrays are NHWC uint8, which viewed as NCHW is exactly the ``channels_last`` layout.
+
+On a CUDA device a :class:`CacheSource` keeps the accelerator fed without the host in
+the loop: a cache that fits in :data:`RESIDENT_FRACTION` of the free device memory
+is uploaded once and batches are gathered on the device (``index_select``); a larger
+one is gathered by a background thread into pinned buffers and copied on a side
+stream, :data:`PREFETCH_DEPTH` batches ahead. Either way batches cross as uint8 and
+the crop, flip and normalisation run on the device.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import json
 import math
 import multiprocessing
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,11 +366,30 @@ def load_or_build_cache(
 # --------------------------------------------------------------------------- batches
 
 
+_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std x 255, made once per device (a fresh host-to-device copy
+    every step would make the host wait for the GPU)."""
+    if device not in _STATS:
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        _STATS[device] = (mean.to(device), std.to(device))
+    return _STATS[device]
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 or float 0..255 NCHW -> float32 normalised with ImageNet's mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(x.device)
     return (x.float() - mean) / std
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: pinned, non-blocking."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 def crop_params(n: int, height: int, width: int, scale: tuple[float, float],
@@ -415,7 +443,7 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, *, scale: tuple[float, 
     theta[:, 0, 2] = (2 * left + w) / width - 1
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
-    theta = theta.to(x.device)
+    theta = to_device(theta, x.device)
     grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
                         align_corners=False)
@@ -433,25 +461,156 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # indices, uint8 NCHW, labels
 
 
+#: Share of the device's free memory a cache may take to be uploaded whole.
+RESIDENT_FRACTION = 0.4
+#: Batches a loader thread prepares ahead of the training step.
+PREFETCH_DEPTH = 3
+
+
+def prefetch(produce: Callable[[], Iterator[Any]], depth: int = PREFETCH_DEPTH
+             ) -> Iterator[Any]:
+    """The items of ``produce()``, made by a background thread up to ``depth`` ahead, in
+    order. An error in the thread is raised here; closing this iterator stops it."""
+    items: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        made = produce()
+        try:
+            for item in made:
+                if not offer(item):
+                    return
+            offer(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            offer(error)
+        finally:
+            close = getattr(made, "close", None)
+            if close is not None:
+                close()  # here, in the thread whose CUDA stream context it entered
+
+    thread = threading.Thread(target=work, name="veil-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 class CacheSource:
-    """Batches gathered from a uint8 NHWC cache; augmentation runs on the device."""
+    """Batches gathered from a uint8 NHWC cache; augmentation runs on the device.
+
+    ``device`` is where batches are wanted. On a CUDA device the batches arrive there
+    (see the module docstring); ``resident`` forces (True) or forbids (False) the
+    upload of the whole cache, None decides by :data:`RESIDENT_FRACTION`.
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, img_size: int,
-                 min_crop_scale: float) -> None:
+                 min_crop_scale: float, *, device: torch.device | str | None = None,
+                 resident: bool | None = None) -> None:
         self.images = images
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.img_size = img_size
         self.scale = (min_crop_scale, 1.0)
+        self.device = torch.device(device or "cpu")
+        self.resident = resident
+        self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def batches(self, batches: Sequence[Sequence[int]], *, train: bool, seed: int
                 ) -> Iterator[Batch]:
+        if self.device.type == "cuda":
+            yield from self._device_batches(batches)
+            return
         for batch in batches:
             index = np.asarray(batch, dtype=np.int64)
             pixels = torch.from_numpy(np.ascontiguousarray(self.images[index]))
             yield torch.from_numpy(index), pixels.permute(0, 3, 1, 2), self.labels[index]
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the whole cache has been uploaded to the device."""
+        return self._on_device is not None
+
+    def fits_on_device(self) -> bool:
+        """Whether the whole cache lives on the device (decided once, at first use)."""
+        if self.resident is not None:
+            return self.resident
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return self.images.nbytes <= RESIDENT_FRACTION * free
+
+    def _device_batches(self, batches: Sequence[Sequence[int]]) -> Iterator[Batch]:
+        if self._on_device is None and self.fits_on_device():
+            self._on_device = (self._upload(), self.labels.to(self.device))
+        if self._on_device is not None:
+            images, labels = self._on_device
+            for batch in batches:
+                index = torch.as_tensor(batch, dtype=torch.int64)
+                where = to_device(index, self.device)
+                yield (index, images.index_select(0, where).permute(0, 3, 1, 2),
+                       labels.index_select(0, where))
+            return
+        stream = torch.cuda.current_stream(self.device)
+        for index, pixels, labels, ready in prefetch(lambda: self._copied(batches)):
+            stream.wait_event(ready)  # the side stream's copy precedes this step's use
+            pixels.record_stream(stream)
+            labels.record_stream(stream)
+            yield index, pixels.permute(0, 3, 1, 2), labels
+
+    def _upload(self, chunk_bytes: int = 1 << 28) -> torch.Tensor:
+        """The whole cache as a uint8 NHWC tensor on the device, copied in chunks."""
+        out = torch.empty(self.images.shape, dtype=torch.uint8, device=self.device)
+        per_chunk = max(1, chunk_bytes // max(1, int(np.prod(self.images.shape[1:]))))
+        for start in range(0, len(self.images), per_chunk):
+            part = torch.from_numpy(np.ascontiguousarray(self.images[start:start + per_chunk]))
+            out[start:start + len(part)].copy_(part.pin_memory(), non_blocking=True)
+        torch.cuda.synchronize(self.device)
+        return out
+
+    def _copied(self, batches: Sequence[Sequence[int]]
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.cuda.Event]]:
+        """(Loader thread.) Gather each batch into a pinned buffer, copy it to the device
+        on a side stream; a buffer is reused only after its last copy finished."""
+        side = torch.cuda.Stream(self.device)
+        ring: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        with torch.cuda.device(self.device), torch.cuda.stream(side):
+            for step, batch in enumerate(batches):
+                index = np.asarray(batch, dtype=np.int64)
+                shape = (len(index), *self.images.shape[1:])
+                slot = step % (PREFETCH_DEPTH + 2)
+                if slot == len(ring):
+                    ring.append((torch.empty(shape, dtype=torch.uint8).pin_memory(), None))
+                buffer, last_copy = ring[slot]
+                if last_copy is not None:
+                    last_copy.synchronize()
+                if buffer.shape != shape:
+                    buffer = torch.empty(shape, dtype=torch.uint8).pin_memory()
+                np.take(self.images, index, axis=0, out=buffer.numpy(), mode="clip")  # unbuffered
+                labels = self.labels[torch.from_numpy(index)].pin_memory()
+                pixels = buffer.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record(side)
+                ring[slot] = (buffer, ready)
+                yield torch.from_numpy(index), pixels, labels, ready
 
     def to_model_input(self, x: torch.Tensor, *, train: bool,
                        generator: torch.Generator | None) -> torch.Tensor:

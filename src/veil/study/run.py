@@ -353,7 +353,8 @@ class Study:
                 workers=self.workers)
         else:
             images = self._cache(split, condition)
-            source = CacheSource(images, split.labels, recipe.img_size, recipe.min_crop_scale)
+            source = CacheSource(images, split.labels, recipe.img_size, recipe.min_crop_scale,
+                                 device=self.env.device)
         self.sources[key] = source
         return source
 
