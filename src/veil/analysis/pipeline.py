@@ -3,8 +3,9 @@
 Writes ``overall.{md,csv}`` (Table 3 / Table B with SEM, bootstrap CI and McNemar),
 ``per_category_<m>.{md,csv}`` and ``lookalikes_<m>.csv`` (Table 4), ``faces.md``,
 ``faces_per_category.csv`` and ``supercategories.csv`` (Fig. 2, Table 2),
-``correlation.{md,csv}``, the PNG plots, Grad-CAM grids, and ``summary.json`` with the
-key numbers for `veil report`. Each part that the run cannot support (no faces.parquet,
+``correlation.{md,csv}``, the PNG plots, Grad-CAM grids, ``transfer.{md,csv,png}`` when
+the run has `veil transfer` outputs (:mod:`veil.analysis.transfer`), and ``summary.json``
+with the key numbers for `veil report`. Each part that the run cannot support (no faces.parquet,
 no probabilities, no model.pt) is skipped with a note in summary.json, never an error.
 """
 
@@ -53,6 +54,7 @@ class AnalyzeOptions:
     gradcam_images: int = 6
     gradcam_archs: list[str] | None = None
     faces: str | None = None  # overrides study.json's faces source (Grad-CAM images)
+    transfer: list[str] | None = None  # `veil transfer` outputs beyond RUN/transfer/*/
 
 
 @dataclass
@@ -181,6 +183,9 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
     else:
         gradcam_summary = {"status": "skipped", "note": "Grad-CAM not requested", "files": []}
 
+    # -- transfer (`veil transfer` outputs: RUN/transfer/*/ and --transfer DIR) -------------
+    transfer_summary = _transfer_section(run, out, options, files, notes)
+
     summary = _clean({
         "veil_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -202,11 +207,28 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
         "per_category": per_cat_summary,
         "correlation": corr_records,
         "gradcam": gradcam_summary,
+        "transfer": transfer_summary,
         "notes": notes,
         "files": files,
     })
     atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode("utf-8"))
     return Analysis(out, summary, [*files, SUMMARY])
+
+
+def _transfer_section(run: StudyRun, out: Path, options: AnalyzeOptions, files: list[str],
+                      notes: list[str]) -> dict[str, Any] | None:
+    """transfer.{md,csv,png} from the transfer outputs of this run, or None without any."""
+    from veil.analysis.transfer import find_transfer_dirs, write_transfer_tables
+
+    dirs = find_transfer_dirs(run.root) + [Path(d) for d in options.transfer or []]
+    dirs = list(dict.fromkeys(d.resolve() for d in dirs))
+    if not dirs:
+        return None
+    rows, tables = write_transfer_tables(dirs, out, resamples=options.resamples,
+                                         seed=options.bootstrap_seed, level=options.level)
+    files += tables.files
+    notes += tables.notes
+    return {"rows": rows, "sources": [str(d) for d in dirs], "notes": tables.notes}
 
 
 def _study_facts(run: StudyRun) -> dict[str, Any]:

@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "import-faces": "veil.cli.faces:import_faces",
     "export-faces": "veil.cli.faces:export_faces",
     "study": "veil.cli.study:study_command",
+    "transfer": "veil.cli.transfer:transfer_command",
     "analyze": "veil.cli.analyze:analyze_command",
     "report": "veil.cli.report:report_command",
 }

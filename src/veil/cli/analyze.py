@@ -37,6 +37,10 @@ from veil.cli.common import fail_cleanly
 @click.option("--faces", default=None, metavar="STORE_OR_FILE",
               help="The faces the study used (for Grad-CAM images), when study.json's record "
                    "cannot be opened (a moved file, a store URL without its password).")
+@click.option("--transfer", "transfer_dirs", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False),
+              help="A `veil transfer` output to add to the transfer table (repeatable); those "
+                   "in RUN/transfer/ are always included.")
 @click.option("--sem-ddof", type=click.IntRange(min=0), default=2, show_default=True,
               help="--paper-pickles only: ddof of the SEM. 2 reproduces the authors' "
                    "scripts (and the paper's numbers); 1 is the textbook SEM.")
@@ -44,11 +48,12 @@ from veil.cli.common import fail_cleanly
 def analyze_command(run_dir: str | None, pickles_dir: str | None, out_dir: str | None,
                     resamples: int, bootstrap_seed: int, top_k: int, swing: float,
                     ap_tolerance: float, gradcam: bool, gradcam_images: int,
-                    faces: str | None, sem_ddof: int) -> None:
+                    faces: str | None, transfer_dirs: tuple[str, ...], sem_ddof: int) -> None:
     """Analyse a study RUN folder: overall accuracy per arch and method with SEM over
     seeds, a paired bootstrap 95% CI and McNemar's test (the paper's Table 3 / Table B),
     per-category top-1/top-5/AP with look-alike pairs (Table 4), face statistics (Fig. 2,
-    Table 2), the drop-vs-faces correlation and Grad-CAM grids, into RUN/analysis/.
+    Table 2), the drop-vs-faces correlation, Grad-CAM grids and, when `veil transfer`
+    ran on the run's backbones, the transfer table, into RUN/analysis/.
 
     \b
     veil analyze runs/imagenette
@@ -79,7 +84,8 @@ def analyze_command(run_dir: str | None, pickles_dir: str | None, out_dir: str |
 
     options = AnalyzeOptions(resamples=resamples, bootstrap_seed=bootstrap_seed, top_k=top_k,
                              swing=swing, ap_tolerance=ap_tolerance, gradcam=gradcam,
-                             gradcam_images=gradcam_images, faces=faces)
+                             gradcam_images=gradcam_images, faces=faces,
+                             transfer=list(transfer_dirs) or None)
     result = analyze(run_dir, out_dir, options)
     for sentence in result.summary["sentences"]:
         click.echo(sentence["text"])

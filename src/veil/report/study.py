@@ -51,6 +51,25 @@ def _overall_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
+def _transfer_groups(section: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The transfer table by task and mode, numbers formatted (see veil.analysis.transfer)."""
+    from veil.analysis.transfer import METRIC_LABELS
+
+    groups: dict[str, dict[str, Any]] = {}
+    for r in (section or {}).get("rows") or []:
+        group = groups.setdefault(f"{r['task']}|{r['mode']}", {
+            "task": r["task"], "mode": r["mode"], "rows": []})
+        group["rows"].append({
+            "arch": r["arch"], "method": r["method"], "seeds": len(r["seeds"]),
+            "metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+            "original": fmt_mean_sem(_num(r["original"]), _num(r["original_sem"]), 2),
+            "obfuscated": fmt_mean_sem(_num(r["obfuscated"]), _num(r["obfuscated_sem"]), 2),
+            "drop": fmt(_num(r["drop"]), 2),
+            "ci": fmt_ci(_num(r["ci_low"]), _num(r["ci_high"]), 2) if r["primary"] else "n/a",
+            "verdict": r["verdict"]})
+    return list(groups.values())
+
+
 def _examples(run: Any, count: int, faces: str | None
               ) -> tuple[list[dict[str, Any]], str | None]:
     """A few validation images with faces, original and per method; or why not."""
@@ -136,5 +155,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         gradcam={**summary["gradcam"],
                  "images": [u for u in (plot(f) for f in summary["gradcam"]["files"]) if u]},
         examples=example_rows, notes=notes,
+        transfer=_transfer_groups(summary.get("transfer")), transfer_plot=plot("transfer.png"),
         pct=lambda v: "n/a" if v is None else f"{100 * v:.1f}%",
     )

@@ -1,0 +1,365 @@
+"""The transfer table: do backbones trained on obfuscated images transfer as well?
+
+Reads the folders ``veil transfer`` wrote (``transfer.json``, ``results.json``, and each
+backbone's ``predictions.parquet``) and compares, per task, mode, architecture and
+method, the backbones trained on original images with those trained on obfuscated ones:
+
+- the metric per seed, then mean ± SEM over seeds (ddof=1), in percentage points;
+- the difference original - obfuscated (positive: the obfuscated backbone transfers
+  worse) with a 95% bootstrap CI over *test images*. Every backbone of a transfer folder
+  is tested on the same images, so the resampling is paired: the same image indices for
+  both sides. For accuracy-type metrics the per-image correctness (CelebA: the share of
+  the 40 attributes right) is averaged over seeds and resampled with
+  :func:`veil.analysis.stats.paired_bootstrap`; for VOC mAP each resample reweights the
+  test images and recomputes mAP (detections are matched once; see
+  :mod:`veil.transfer.metrics`). Secondary metrics (CelebA's mean AP) get mean ± SEM only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from veil.analysis.stats import BootstrapCI, mean_sem, paired_bootstrap, verdict
+from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, markdown_table
+from veil.encoding import atomic_write_bytes
+from veil.errors import VeilError
+
+ORIGINAL = "original"
+MANIFEST = "transfer.json"
+METRIC_LABELS = {"top1": "top-1 accuracy", "mean_accuracy": "mean attribute accuracy",
+                 "mean_ap": "mean attribute AP", "map50": "mAP@0.5"}
+DETECTION_CHUNK = 32  # bootstrap resamples of mAP computed at once
+
+
+@dataclass
+class TransferOutput:
+    """One ``veil transfer`` output folder."""
+
+    root: Path
+    manifest: dict[str, Any]
+    rows: list[dict[str, Any]]
+    _tables: dict[Path, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest["task"]["name"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["task"].get("kind", "multiclass"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.manifest["mode"])
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.manifest.get("metrics") or [self.primary])
+
+    @property
+    def primary(self) -> str:
+        return str(self.manifest["task"].get("primary_metric", "top1"))
+
+    def predictions_path(self, arch: str, seed: int, condition: str) -> Path:
+        return (self.root / "models" / arch / f"seed{seed}" / f"train-{condition}"
+                / "predictions.parquet")
+
+    def table(self, arch: str, seed: int, condition: str) -> Any:
+        path = self.predictions_path(arch, seed, condition)
+        if path not in self._tables:
+            self._tables[path] = pq.read_table(path)
+        return self._tables[path]
+
+
+def load_transfer(path: str | Path) -> TransferOutput:
+    root = Path(path)
+    manifest_file = root / MANIFEST
+    if not manifest_file.is_file():
+        raise VeilError(f"{root} is not a `veil transfer` output (no {MANIFEST})")
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    results = root / "results.json"
+    rows = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else []
+    return TransferOutput(root, manifest, rows)
+
+
+def find_transfer_dirs(run_root: str | Path) -> list[Path]:
+    """The transfer outputs kept inside a study run (``RUN/transfer/*/``)."""
+    return sorted(p.parent for p in Path(run_root).glob(f"transfer/*/{MANIFEST}"))
+
+
+@dataclass
+class TransferRow:
+    """One comparison: original vs ``method`` backbones of ``arch`` on a task, in points."""
+
+    task: str
+    mode: str
+    metric: str
+    primary: bool
+    arch: str
+    method: str
+    seeds: list[int]
+    n_test: int
+    original: float
+    original_sem: float
+    obfuscated: float
+    obfuscated_sem: float
+    drop: float
+    ci_low: float
+    ci_high: float
+    verdict: str
+    paired: bool
+    original_per_seed: list[float] = field(default_factory=list)
+    obfuscated_per_seed: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(self).items()}
+
+
+def _keys(table: Any) -> np.ndarray:
+    return np.asarray(table.column("key").to_pylist(), dtype=object)
+
+
+def _per_image(output: TransferOutput, arch: str, seeds: list[int], condition: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, per-image correctness averaged over seeds), sorted by key."""
+    keys: np.ndarray | None = None
+    total: np.ndarray | None = None
+    for seed in seeds:
+        table = output.table(arch, seed, condition)
+        k = _keys(table)
+        order = np.argsort(k, kind="stable")
+        values = table.column("correct").to_numpy().astype(float)[order]
+        if keys is None:
+            keys, total = k[order], values
+        elif not np.array_equal(keys, k[order]):
+            raise VeilError(f"{output.root}: {arch} seeds were tested on different images")
+        else:
+            total = total + values  # type: ignore[operator]
+    assert keys is not None and total is not None
+    return keys, total / len(seeds)
+
+
+def unpaired_bootstrap(first: np.ndarray, second: np.ndarray, *, resamples: int, seed: int,
+                       level: float) -> BootstrapCI:
+    """CI of mean(first) - mean(second) when the two were tested on different images."""
+    rng = np.random.default_rng(seed)
+    a = rng.choice(first, size=(resamples, len(first))).mean(axis=1)
+    b = rng.choice(second, size=(resamples, len(second))).mean(axis=1)
+    low, high = np.quantile(a - b, [(1 - level) / 2, (1 + level) / 2])
+    return BootstrapCI(float(first.mean() - second.mean()), float(low), float(high), level,
+                       resamples)
+
+
+def detection_bootstrap(original: list[Any], obfuscated: list[Any], method: str, *,
+                        resamples: int, seed: int, level: float) -> BootstrapCI:
+    """CI of (mean mAP over original seeds) - (mean over obfuscated seeds), resampling
+    test images with the same draw for every model."""
+    from veil.transfer.metrics import mean_ap
+
+    n = original[0].positives.shape[0]
+    rng = np.random.default_rng(seed)
+    drops = []
+    for start in range(0, resamples, DETECTION_CHUNK):
+        size = min(DETECTION_CHUNK, resamples - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(float)
+        a = np.mean([mean_ap(m, method, weights) for m in original], axis=0)
+        b = np.mean([mean_ap(m, method, weights) for m in obfuscated], axis=0)
+        drops.append(a - b)
+    values = np.concatenate(drops)
+    estimate = (float(np.mean([mean_ap(m, method) for m in original]))
+                - float(np.mean([mean_ap(m, method) for m in obfuscated])))
+    low, high = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return BootstrapCI(estimate, float(low), float(high), level, resamples)
+
+
+def _matched(output: TransferOutput, arch: str, seed: int, condition: str) -> Any:
+    from veil.transfer.metrics import match_detections
+    from veil.transfer.run import read_detections
+
+    table = output.table(arch, seed, condition)
+    order = np.argsort(_keys(table), kind="stable")
+    detections = read_detections(table.take(order))
+    classes = len(output.manifest["task"].get("classes") or []) or 20
+    return match_detections(detections, classes)
+
+
+def compare(output: TransferOutput, *, resamples: int = 2000, seed: int = 0,
+            level: float = 0.95) -> tuple[list[TransferRow], list[str]]:
+    """Every (arch, method, metric) comparison of one transfer output."""
+    notes: list[str] = []
+    by: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for row in output.rows:
+        by.setdefault((row["arch"], row["condition"]), {})[int(row["seed"])] = row
+    archs = list(dict.fromkeys(r["arch"] for r in output.rows))
+    methods = list(dict.fromkeys(r["condition"] for r in output.rows if r["condition"]
+                                 != ORIGINAL))
+    rows: list[TransferRow] = []
+    for arch in archs:
+        base = by.get((arch, ORIGINAL), {})
+        for method in methods:
+            other = by.get((arch, method), {})
+            if not other:
+                continue
+            seeds = sorted(set(base) & set(other))
+            if not seeds:
+                notes.append(f"{output.task}/{output.mode} {arch}: no seed has both an original"
+                             f" and a {method} backbone result")
+                continue
+            for metric in output.metrics:
+                a = [100 * float(base[s][metric]) for s in seeds]
+                b = [100 * float(other[s][metric]) for s in seeds]
+                mean_a, sem_a = mean_sem(a)
+                mean_b, sem_b = mean_sem(b)
+                ci, paired = None, True
+                if metric == output.primary:
+                    ci, paired = _ci(output, arch, method, seeds, resamples, seed, level)
+                nan = math.nan
+                low = 100 * ci.low if ci else nan
+                high = 100 * ci.high if ci else nan
+                rows.append(TransferRow(
+                    task=output.task, mode=output.mode, metric=metric,
+                    primary=metric == output.primary, arch=arch, method=method, seeds=seeds,
+                    n_test=int(base[seeds[0]].get("n_test", 0)), original=mean_a,
+                    original_sem=sem_a, obfuscated=mean_b, obfuscated_sem=sem_b,
+                    drop=mean_a - mean_b, ci_low=low, ci_high=high,
+                    verdict=verdict(ci) if ci else "n/a", paired=paired,
+                    original_per_seed=a, obfuscated_per_seed=b))
+    return rows, notes
+
+
+def _ci(output: TransferOutput, arch: str, method: str, seeds: list[int], resamples: int,
+        seed: int, level: float) -> tuple[BootstrapCI, bool]:
+    if output.kind == "detection":
+        ap_method = str(output.manifest["task"].get("ap_method", "area"))
+        original = [_matched(output, arch, s, ORIGINAL) for s in seeds]
+        obfuscated = [_matched(output, arch, s, method) for s in seeds]
+        return detection_bootstrap(original, obfuscated, ap_method, resamples=resamples,
+                                   seed=seed, level=level), True
+    keys_a, a = _per_image(output, arch, seeds, ORIGINAL)
+    keys_b, b = _per_image(output, arch, seeds, method)
+    if np.array_equal(keys_a, keys_b):
+        return paired_bootstrap(a, b, resamples=resamples, level=level, seed=seed)[0], True
+    return unpaired_bootstrap(a, b, resamples=resamples, seed=seed, level=level), False
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def transfer_frame(rows: list[TransferRow]) -> Any:
+    import pandas as pd
+
+    columns = ["task", "mode", "metric", "arch", "method", "seeds", "n_test", "original",
+               "original_sem", "obfuscated", "obfuscated_sem", "drop", "ci_low", "ci_high",
+               "verdict", "paired"]
+    records = []
+    for r in rows:
+        record = {c: getattr(r, c) for c in columns}
+        record["seeds"] = " ".join(str(s) for s in r.seeds)
+        records.append(record)
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def transfer_markdown(rows: list[TransferRow], notes: list[str]) -> str:
+    parts = ["# Transfer: original vs obfuscated backbones\n",
+             "Metrics in %: mean ± SEM over seeds. Drop = original - obfuscated (points; "
+             "positive = the obfuscated backbone transfers worse), with a paired bootstrap 95%"
+             " CI over test images (primary metric only).\n"]
+    groups: dict[tuple[str, str], list[TransferRow]] = {}
+    for r in rows:
+        groups.setdefault((r.task, r.mode), []).append(r)
+    for (task, mode), group in groups.items():
+        parts.append(f"\n## {task}, {mode}\n")
+        table = [[r.arch, r.method, METRIC_LABELS.get(r.metric, r.metric), len(r.seeds),
+                  fmt_mean_sem(r.original, r.original_sem, 2),
+                  fmt_mean_sem(r.obfuscated, r.obfuscated_sem, 2), fmt(r.drop, 2),
+                  fmt_ci(r.ci_low, r.ci_high, 2) if r.primary else "n/a", r.verdict]
+                 for r in group]
+        parts.append(markdown_table(["arch", "method", "metric", "seeds", "original",
+                                     "obfuscated", "drop", "95% CI", "verdict"], table,
+                                    "lllrrrrrl"))
+    if notes:
+        parts.append("\nNotes:\n\n" + "".join(f"- {n}\n" for n in notes))
+    return "".join(parts)
+
+
+def plot_transfer(rows: list[TransferRow], path: Path) -> Path:
+    """Per task and mode: original vs obfuscated (mean ± SEM) with the drop and its CI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    primary = [r for r in rows if r.primary]
+    groups: dict[tuple[str, str], list[TransferRow]] = {}
+    for r in primary:
+        groups.setdefault((r.task, r.mode), []).append(r)
+    width = max(1, len(groups))
+    fig = Figure(figsize=(max(4.5, 3.2 * width), 3.8))
+    axes = fig.subplots(1, width, squeeze=False)[0]
+    for ax, ((task, mode), group) in zip(axes, groups.items(), strict=False):
+        x = np.arange(len(group))
+        for offset, side, color in ((-0.2, "original", "#0a64d6"),
+                                    (0.2, "obfuscated", "#ff9f0a")):
+            values = np.array([getattr(r, side) for r in group])
+            errors = np.nan_to_num(np.array([getattr(r, f"{side}_sem") for r in group]))
+            ax.bar(x + offset, values, width=0.4, color=color,
+                   label="original" if side == "original" else "obfuscated",
+                   yerr=errors, capsize=3)
+        for i, r in enumerate(group):
+            ci = f"\n[{r.ci_low:.1f}, {r.ci_high:.1f}]" if not math.isnan(r.ci_low) else ""
+            ax.annotate(f"drop {r.drop:.2f}{ci}", (i, max(r.original, r.obfuscated)),
+                        xytext=(0, 4), textcoords="offset points", ha="center", fontsize=7)
+        ax.set_xticks(x, [f"{r.arch}\n{r.method}" for r in group], fontsize=8)
+        ax.set_ylabel(f"{METRIC_LABELS.get(group[0].metric, group[0].metric)} (%)")
+        top = max(max(r.original, r.obfuscated) for r in group)
+        ax.set_ylim(0, min(100.0, top * 1.25 + 1))
+        ax.set_title(f"{task}, {mode}", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+@dataclass
+class TransferTables:
+    rows: list[dict[str, Any]]
+    notes: list[str]
+    files: list[str]
+
+
+def write_transfer_tables(dirs: list[Path], out: Path, *, prefix: str = "transfer",
+                          resamples: int = 2000, seed: int = 0, level: float = 0.95
+                          ) -> tuple[list[dict[str, Any]], TransferTables]:
+    """Compare every transfer output in ``dirs``; write ``<prefix>.md``, ``.csv`` and
+    ``.png`` into ``out``. Returns the rows as dicts, and what was written."""
+    rows: list[TransferRow] = []
+    notes: list[str] = []
+    for d in dirs:
+        output = load_transfer(d)
+        if output.manifest.get("status") != "done":
+            notes.append(f"{d}: the transfer run is not finished; its results so far are used")
+        found, more = compare(output, resamples=resamples, seed=seed, level=level)
+        rows += found
+        notes += more
+        if not found:
+            notes.append(f"{d}: no original/obfuscated pair of backbones to compare")
+    files: list[str] = []
+    if rows:
+        out.mkdir(parents=True, exist_ok=True)
+        md = out / f"{prefix}.md"
+        atomic_write_bytes(md, transfer_markdown(rows, notes).encode("utf-8"))
+        csv_path = out / f"{prefix}.csv"
+        atomic_write_bytes(csv_path, transfer_frame(rows).to_csv(index=False).encode("utf-8"))
+        files += [md.name, csv_path.name, plot_transfer(rows, out / f"{prefix}.png").name]
+    dicts = [r.to_dict() for r in rows]
+    return dicts, TransferTables(dicts, notes, files)
