@@ -12,7 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import CASE_NAMES, MARKED_PIXELS, CorpusCase, marked_image, png_bytes, write_corpus
+from corpus import (
+    CASE_NAMES,
+    MARKED_PIXELS,
+    CorpusCase,
+    identifying_exif,
+    insert_jpeg_segment,
+    iptc_app13,
+    jpeg_bytes,
+    marked_image,
+    orientation_exif,
+    photo,
+    png_bytes,
+    srgb_icc,
+    write_corpus,
+)
 from PIL import Image, ImageFile, ImageOps
 
 from veil.errors import ImageError, VeilError
@@ -23,6 +37,7 @@ from veil.images import (
     file_sha256,
     load_image,
     max_pixels_limit,
+    plain_jpeg,
     probe,
 )
 
@@ -381,3 +396,41 @@ def test_file_sha256_streams_and_reports_missing(tmp_path: Path) -> None:
         file_sha256(tmp_path / "gone.jpg")
     with pytest.raises(ImageError, match="is a directory"):
         file_sha256(tmp_path)
+
+
+# --------------------------------------------------------------------------- plain_jpeg
+
+
+def test_plain_jpeg_only_where_probe_finds_a_clean_jpeg(corpus: dict[str, CorpusCase]) -> None:
+    """The quick header walk never says 'plain' where probe would disagree."""
+    for case in corpus.values():
+        if not case.path.is_file() or case.path.stat().st_size == 0:
+            continue
+        data = case.path.read_bytes()
+        for limit in (None, 10_000):
+            if not plain_jpeg(data, limit):
+                continue
+            found = probe(data, max_pixels=limit)  # raises if over the limit
+            assert (found.format, found.orientation, found.metadata) == ("JPEG", 1, ()), case
+
+
+def test_plain_jpeg_examples() -> None:
+    image = Image.fromarray(photo(64, 48))
+    plain = jpeg_bytes(image, quality=90)
+    assert plain_jpeg(plain)
+    assert plain_jpeg(jpeg_bytes(image, progressive=True))
+    assert plain_jpeg(jpeg_bytes(image, icc_profile=srgb_icc()))
+    assert plain_jpeg(jpeg_bytes(image.convert("L")))
+    assert not plain_jpeg(plain, max_pixels=64 * 48 - 1)
+    assert plain_jpeg(plain, max_pixels=64 * 48)
+    assert not plain_jpeg(jpeg_bytes(image, exif=identifying_exif()))
+    assert not plain_jpeg(jpeg_bytes(image, exif=orientation_exif(6)))
+    assert not plain_jpeg(jpeg_bytes(image, comment=b"taken by someone"))
+    assert not plain_jpeg(insert_jpeg_segment(plain, 0xED, iptc_app13(b"someone")))
+    assert not plain_jpeg(insert_jpeg_segment(plain, 0xE1, b"http://ns.adobe.com/xap/1.0/\0x"))
+    assert not plain_jpeg(jpeg_bytes(image.convert("CMYK")))
+    sos = plain.index(b"\xff\xda")
+    assert not plain_jpeg(plain[:sos])  # cut before the scan: probe decides
+    assert not plain_jpeg(plain[:sos + 3])
+    assert not plain_jpeg(b"")
+    assert not plain_jpeg(png_bytes(image))

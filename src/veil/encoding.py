@@ -308,12 +308,20 @@ def strip_identifying_metadata(data: bytes) -> bytes:
 
 _TEMP_MARK = ".veil-tmp-"
 _TEMP_NAME = re.compile(r"^\..*\.veil-tmp-[0-9a-f]{12}$", re.DOTALL)
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 def _temp_path(target: Path) -> Path:
     """``.<name>.veil-tmp-<random>`` beside ``target``; long names are cut to fit."""
-    stem = target.name.encode("utf-8", "surrogateescape")[:120].decode("utf-8", "ignore")
-    return target.with_name(f".{stem}{_TEMP_MARK}{secrets.token_hex(6)}")
+    return Path(_temp_name(os.fspath(target)))
+
+
+def _temp_name(target: str) -> str:
+    """:func:`_temp_path` on a plain string path (no pathlib objects on the per-file
+    path of a stage)."""
+    head, name = os.path.split(target)
+    stem = name.encode("utf-8", "surrogateescape")[:120].decode("utf-8", "ignore")
+    return os.path.join(head, f".{stem}{_TEMP_MARK}{secrets.token_hex(6)}")
 
 
 def _discard(path: Path) -> None:
@@ -331,12 +339,14 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     disk: a stage writing many small files may pass ``durable=False`` and call
     ``os.sync()`` once per shard before recording the shard as done.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    path = os.fspath(path)
+    tmp = _temp_name(path)
     try:
-        fd = os.open(tmp, flags, 0o666)  # the umask decides, as for any new file
+        fd = os.open(tmp, _WRITE_FLAGS, 0o666)  # the umask decides, as for any new file
+    except FileNotFoundError:  # the first file of its folder: make the folder, once
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(tmp, _WRITE_FLAGS, 0o666)
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:

@@ -51,6 +51,7 @@ __all__ = [
     "file_sha256",
     "load_image",
     "max_pixels_limit",
+    "plain_jpeg",
     "probe",
 ]
 
@@ -511,6 +512,65 @@ def _opened(
     stack.callback(im.close)
     _check_pixels(im.size, limit)
     return im, fp, limit
+
+
+_PLAIN_SOF = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended, progressive Huffman
+_PLAIN_SKIPPED = frozenset({0xC4, 0xDD})  # DHT, DRI
+
+
+def plain_jpeg(data: bytes, max_pixels: int | None = None) -> bool:
+    """Whether ``data`` begins like a plain 8-bit JPEG with no identifying metadata.
+
+    A quick walk over the marker segments before the first scan, without Pillow, for
+    stages that copy many faceless files. True only where :func:`probe` would find a
+    JPEG of 1 or 3 components within the pixel limit, orientation 1 and no metadata:
+    JFIF APP0, ICC APP2 and Adobe APP14 besides the tables and one SOF0/1/2 frame, all
+    well formed. Anything else (EXIF, XMP, IPTC, comments, other APPn, MPO, fill bytes,
+    odd tables, ``data`` cut before the scan) gives False: ask :func:`probe`. The entropy
+    coded data is not read, as probe does not read it either.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[2] != 0xFF:
+        return False
+    pos, frame, tables = 2, None, False
+    while True:
+        if pos + 4 > n or data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        start, end = pos + 4, pos + 2 + length
+        if length < 2 or end > n:
+            return False
+        if marker == 0xDA:  # SOS: the header is over
+            break
+        if marker == 0xDB:
+            while start < end:  # 8-bit tables 0-3 only (Pillow takes 16-bit ones too)
+                if data[start] > 3 or start + 65 > end:
+                    return False
+                start += 65
+            tables = True
+        elif marker in _PLAIN_SOF:
+            layers = data[start + 5] if start + 6 <= end else 0
+            if frame is not None or data[start] != 8 or layers not in (1, 3) \
+                    or length != 8 + 3 * layers:
+                return False
+            frame = ((data[start + 1] << 8) | data[start + 2],
+                     (data[start + 3] << 8) | data[start + 4])
+        elif marker == 0xE0:
+            if length < 16 or data[start:start + 5] != b"JFIF\0":
+                return False
+        elif marker == 0xE2:
+            if length < 16 or data[start:start + 12] != b"ICC_PROFILE\0":
+                return False
+        elif marker == 0xEE:
+            if length < 14 or data[start:start + 5] != b"Adobe":
+                return False
+        elif marker not in _PLAIN_SKIPPED:
+            return False
+        pos = end
+    if frame is None or not tables or frame[0] == 0 or frame[1] == 0:
+        return False
+    return frame[0] * frame[1] <= max_pixels_limit(max_pixels)
 
 
 def probe(

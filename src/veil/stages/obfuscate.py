@@ -42,7 +42,7 @@ from veil.encoding import (
 )
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
-from veil.images import load_image, probe
+from veil.images import load_image, plain_jpeg, probe
 from veil.obfuscation import METHODS, affected_region, obfuscate
 from veil.runner import (
     DEFAULT_SHARD_SIZE,
@@ -71,6 +71,7 @@ class Rendered:
     data: bytes | None = None  # the output bytes; None: the source bytes, unchanged
     output: str | None = None  # the output key; None: nothing is written
     boxes: list[Box] | None = None  # the boxes applied; None: the faces source had none
+    raw: bytes | None = None  # the source's bytes, when deciding to copy already read them
 
 
 @dataclass
@@ -117,13 +118,14 @@ class ObfuscateTask:
         return self.reader.read(key)
 
     def _write(self, source: Path | bytes, rendered: Rendered) -> None:
-        target = Path(self.out) / (rendered.output or "")
+        target = os.path.join(self.out, rendered.output or "")
         if rendered.data is not None:
             atomic_write_bytes(target, rendered.data, durable=False)
-        elif isinstance(source, Path):
-            atomic_copy(source, target, link=self.link, durable=False)
-        else:
-            atomic_write_bytes(target, source, durable=False)
+        elif isinstance(source, Path) and (self.link or rendered.raw is None):
+            atomic_copy(source, Path(target), link=self.link, durable=False)
+        else:  # the bytes read already: written, not read a second time
+            atomic_write_bytes(target, source if rendered.raw is None else rendered.raw,
+                               durable=False)
 
     def render(self, key: str, source: Path | bytes) -> Rendered:
         """What ``key`` becomes: obfuscated, converted, copied, skipped or unannotated."""
@@ -159,6 +161,14 @@ class ObfuscateTask:
     def _copy(self, key: str, source: Path | bytes, info: dict[str, Any],
               boxes: list[Box] | None) -> Rendered:
         """Faceless: the source bytes, minus identifying metadata (removed losslessly)."""
+        if self.fmt != "jpeg" and not self.strip_metadata:
+            return Rendered({**info, "action": "copied", "output": key}, None, key, boxes)
+        # Most faceless files are plain JPEGs: a look at their marker segments settles it
+        # without Pillow, and the bytes read are the bytes written.
+        raw = source if isinstance(source, bytes) else _read_quietly(source, self.link)
+        if raw is not None and plain_jpeg(raw, self.max_pixels):
+            return Rendered({**info, "action": "copied", "output": key}, None, key, boxes,
+                            None if self.link else raw)
         if self.fmt == "jpeg" and probe(source).format != "JPEG":
             loaded = load_image(source, max_pixels=self.max_pixels)
             data, suffix = encode_image(loaded.image, loaded, fmt="jpeg",
@@ -167,7 +177,8 @@ class ObfuscateTask:
             return Rendered({**info, "action": "converted", "output": target}, data, target,
                             boxes)
         if self.strip_metadata and probe(source).metadata:
-            raw = source.read_bytes() if isinstance(source, Path) else source
+            if raw is None or self.link:
+                raw = source.read_bytes() if isinstance(source, Path) else source
             return Rendered({**info, "action": "copied", "output": key, "stripped": True},
                             strip_identifying_metadata(raw), key, boxes)
         return Rendered({**info, "action": "copied", "output": key}, None, key, boxes)
@@ -270,6 +281,20 @@ class ShardObfuscateTask(ObfuscateTask):
             return data
         meta["faces"] = faces
         return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_HEAD = 1 << 16
+"""Bytes read to look at a file's header when it is hard-linked, not written."""
+
+
+def _read_quietly(path: Path, head_only: bool) -> bytes | None:
+    """The file's bytes (its first :data:`_HEAD` with ``head_only``), or None if it
+    cannot be read: :func:`veil.images.probe` then reports why, in its words."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            return f.read(_HEAD) if head_only else f.readall()
+    except OSError:
+        return None
 
 
 def _record(result: ShardResult, key: str, rendered: Rendered) -> None:
