@@ -1,11 +1,65 @@
 """veil: make image datasets face-private and measure what that costs.
 
-The public Python API mirrors the CLI verbs: read a dataset, detect faces, keep
-them in a face store, obfuscate them, and check the result.
+The Python API mirrors the CLI verbs, one function each::
+
+    import veil
+
+    data = veil.open_dataset("imagenette")
+    with veil.FaceStore("faces.sqlite") as store:
+        veil.detect(data, store)                                  # veil detect
+    faces = veil.load_faces("faces.sqlite")
+    veil.obfuscate_dataset(data, faces, "imagenette-blurred")     # veil obfuscate
+    veil.audit(veil.open_dataset("imagenette-blurred"))          # veil audit
+    blurred = veil.obfuscate(image, boxes, "blur")                # one image
+
+Names load on first use, so ``import veil`` stays cheap (torch, onnxruntime and the web
+stack are imported only by the parts that need them).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from veil.boxes import Box
 
 __version__ = "0.1.0"
 
-__all__ = ["Box", "__version__"]
+#: public name -> "module:attribute"
+_API: dict[str, str] = {
+    "open_dataset": "veil.datasets:open_dataset",
+    "Dataset": "veil.datasets:Dataset",
+    "FaceStore": "veil.store:FaceStore",
+    "load_faces": "veil.faces:load_faces",
+    "load_image": "veil.images:load_image",
+    "detect": "veil.stages.detect:detect",
+    "create_detector": "veil.detection:create_detector",
+    "obfuscate": "veil.obfuscation:obfuscate",
+    "obfuscate_dataset": "veil.stages.obfuscate:obfuscate_dataset",
+    "audit": "veil.stages.audit:audit",
+    "evaluate_faces": "veil.evaluation.faces:evaluate_faces",
+    "Obfuscate": "veil.transforms:Obfuscate",
+    "StudyConfig": "veil.study:StudyConfig",
+    "run_study": "veil.study:run_study",
+    "TransferConfig": "veil.transfer:TransferConfig",
+    "run_transfer": "veil.transfer:run_transfer",
+    "analyze": "veil.analysis.pipeline:analyze",
+    "build_report": "veil.report.study:build_report",
+    "run_demo": "veil.demo:run_demo",
+}
+
+__all__ = ["Box", "__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    target = _API.get(name)
+    if target is None:
+        raise AttributeError(f"module 'veil' has no attribute {name!r}")
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
