@@ -220,11 +220,6 @@ def _existing(source: str, what: str) -> str:
 
 
 def _display(url: str) -> str:
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
+    from veil.store.sql import redacted_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<store URL>"
+    return redacted_url(url)

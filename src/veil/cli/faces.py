@@ -15,6 +15,7 @@ from veil.errors import VeilError
 from veil.interchange import export_faces as export_to_file
 from veil.interchange import import_faces as import_from_file
 from veil.store import FaceStore
+from veil.store.sql import redacted_url
 
 T = TypeVar("T")
 
@@ -42,23 +43,12 @@ def _user_errors(store_text: str) -> Iterator[None]:
 
 
 def _run(store_url: str, create: bool, work: Callable[[FaceStore], T]) -> T:
-    with _user_errors(_redacted(store_url)):
+    with _user_errors(redacted_url(store_url)):
         store = FaceStore(store_url, create=create)
         try:
             return work(store)
         finally:
             store.close()
-
-
-def _redacted(url: str) -> str:
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<store URL>"
 
 
 @click.command("import-faces")

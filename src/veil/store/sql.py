@@ -51,6 +51,20 @@ def resolve_url(url: str | os.PathLike[str], *, create: bool) -> str:
     return "sqlite:///" + path.as_posix()
 
 
+def redacted_url(url: str) -> str:
+    """``url`` fit to print: a store URL's password hidden, a plain path as it is.
+
+    Shown in messages and reports, which must never leak credentials; an unparsable
+    URL becomes a placeholder rather than being echoed back.
+    """
+    if "://" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<store URL>"
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     try:
         parsed = make_url(url)
