@@ -251,13 +251,18 @@ class CenterFaceDetector:
         threads: int | None = None,
         device: str | None = None,
     ) -> None:
+        self._set_options(threshold, nms_iou, batch_size, threads)
+        self.device = device
+        self._session = load_session(threads, device)
+
+    def _set_options(self, threshold: float, nms_iou: float, batch_size: int,
+                     threads: int | None) -> None:
+        """Check and keep the settings every engine shares, so the engines agree on them."""
         check_options(threshold, nms_iou, batch_size, threads)
         self.threshold = float(threshold)
         self.nms_iou = float(nms_iou)
         self.batch_size = batch_size
         self.threads = threads
-        self.device = device
-        self._session = load_session(threads, device)
 
     @property
     def options(self) -> dict[str, object]:

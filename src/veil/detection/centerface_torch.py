@@ -38,7 +38,6 @@ from veil.detection.centerface import (
     _OUTPUTS,
     CenterFaceDetector,
     _dynamic_model,
-    check_options,
 )
 from veil.errors import VeilError
 
@@ -197,14 +196,10 @@ class TorchCenterFaceDetector(CenterFaceDetector):
         device: str | None = None,
         precision: str = "fp32",
     ) -> None:
-        check_options(threshold, nms_iou, batch_size, threads)
+        self._set_options(threshold, nms_iou, batch_size, threads)
         if precision not in PRECISIONS:
             raise VeilError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                             f"{precision!r}")
-        self.threshold = float(threshold)
-        self.nms_iou = float(nms_iou)
-        self.batch_size = batch_size
-        self.threads = threads
         self.precision = precision
         self._device = pick_device(device)
         self.device = str(self._device)
