@@ -39,7 +39,7 @@ import multiprocessing
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +294,29 @@ def _cache_chunk(args: tuple[list[str], list[str], dict[str, list[Box]], Conditi
     return out
 
 
+def fill_in_order(out: np.ndarray, jobs: Sequence[Any],
+                  work: Callable[[Any], np.ndarray], workers: int, bar: Any) -> None:
+    """Write ``work(job)`` for each job into consecutive rows of ``out``, advancing ``bar``.
+
+    Decoding is the slow part of building a pixel cache: with ``workers`` > 1 the jobs
+    run in that many processes, their results still written in job order.
+    """
+    position = 0
+
+    def write(parts: Iterable[np.ndarray]) -> None:
+        nonlocal position
+        for part in parts:
+            out[position:position + len(part)] = part
+            position += len(part)
+            bar.update(len(part))
+
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            write(pool.map(work, jobs))
+    else:
+        write(map(work, jobs))
+
+
 def decode_images(split: Split, indices: Sequence[int], boxes: Mapping[str, Sequence[Box]],
                   condition: Condition, size: int, *, workers: int = 1,
                   progress: bool = False) -> np.ndarray:
@@ -310,20 +333,8 @@ def decode_images(split: Split, indices: Sequence[int], boxes: Mapping[str, Sequ
                      {k: list(boxes[k]) for k in keys if boxes.get(k)}, condition, size))
     bar = tqdm(total=len(indices), desc=f"decode {split.name}/{condition.name}", unit="img",
                disable=not progress, dynamic_ncols=True, leave=False)
-    position = 0
     with bar:
-        if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                for part in pool.map(_cache_chunk, jobs):
-                    out[position:position + len(part)] = part
-                    position += len(part)
-                    bar.update(len(part))
-        else:
-            for job in jobs:
-                part = _cache_chunk(job)
-                out[position:position + len(part)] = part
-                position += len(part)
-                bar.update(len(part))
+        fill_in_order(out, jobs, _cache_chunk, workers, bar)
     return out
 
 

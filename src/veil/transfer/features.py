@@ -20,7 +20,6 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from veil.interchange.common import atomic_path
-from veil.study.data import center_crop
+from veil.study.data import center_crop, fill_in_order
 from veil.study.evaluate import autocast
 from veil.transfer.backbone import Backbone, strip_head
 from veil.transfer.tasks.base import ImageSource, TaskSplit
@@ -107,20 +106,7 @@ def load_pixels(cache_dir: Path, task: str, split: TaskSplit, size: int, *, work
         with atomic_path(path) as tmp, bar:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                               shape=(n, size, size, 3))
-            position = 0
-            if workers > 1 and len(jobs) > 1:
-                with ProcessPoolExecutor(workers) as pool:
-                    parts = pool.map(_decode_chunk, jobs)
-                    for part in parts:
-                        array[position:position + len(part)] = part
-                        position += len(part)
-                        bar.update(len(part))
-            else:
-                for job in jobs:
-                    part = _decode_chunk(job)
-                    array[position:position + len(part)] = part
-                    position += len(part)
-                    bar.update(len(part))
+            fill_in_order(array, jobs, _decode_chunk, workers, bar)
             array.flush()
             del array
     return np.load(path, mmap_mode="r")
