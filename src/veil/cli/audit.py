@@ -13,15 +13,12 @@ import click
 
 from veil import __version__
 from veil.cli.common import (
-    backend_options,
     dataset_options,
     echo_summary,
     fail_cleanly,
-    max_pixels_option,
     progress_option,
-    shard_size_option,
+    sharded_run_options,
     want_progress,
-    workers_option,
 )
 from veil.cli.detect import detector_settings
 from veil.detection import available_detectors
@@ -71,10 +68,7 @@ def _crop(dataset: Any, finding: Finding) -> str:
 @click.option("--store", "store_url", default=None,
               help="Record the audit as a run in this face store (then it resumes if "
                    "interrupted).")
-@workers_option
-@backend_options
-@shard_size_option
-@max_pixels_option
+@sharded_run_options
 @progress_option
 @fail_cleanly
 def audit_command(dataset: Any, faces_source: str | None, detector: str, profile: str | None,

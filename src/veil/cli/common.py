@@ -101,6 +101,12 @@ progress_option = click.option(
     help="Show a progress bar (default: when writing to a terminal).")
 
 
+def sharded_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers, --backend/--address, --shard-size and --max-pixels, in that order: how
+    every verb that runs shards (detect, obfuscate, audit) is spread out and guarded."""
+    return workers_option(backend_options(shard_size_option(max_pixels_option(func))))
+
+
 def want_progress(flag: bool | None) -> bool:
     return sys.stderr.isatty() if flag is None else flag
 

@@ -8,17 +8,14 @@ from typing import Any
 import click
 
 from veil.cli.common import (
-    backend_options,
     dataset_options,
     echo_summary,
     exit_code,
     fail_cleanly,
-    max_pixels_option,
     progress_option,
-    shard_size_option,
+    sharded_run_options,
     store_option,
     want_progress,
-    workers_option,
 )
 from veil.detection import available_detectors
 from veil.detection.fusion import FUSIONS
@@ -56,10 +53,7 @@ from veil.store import FaceStore
               help="Where the detector runs: 'cuda' runs CenterFace's torch port batched on "
                    "the GPU (boxes within 1 px of the CPU's), 'cpu' onnxruntime on the CPU. "
                    "Default: onnxruntime, on the GPU when onnxruntime-gpu is installed.")
-@workers_option
-@backend_options
-@shard_size_option
-@max_pixels_option
+@sharded_run_options
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run with the same settings instead of starting over.")
 @progress_option

@@ -8,16 +8,13 @@ from typing import Any
 import click
 
 from veil.cli.common import (
-    backend_options,
     dataset_options,
     echo_summary,
     exit_code,
     fail_cleanly,
-    max_pixels_option,
     progress_option,
-    shard_size_option,
+    sharded_run_options,
     want_progress,
-    workers_option,
 )
 from veil.faces import load_faces
 from veil.obfuscation import METHODS, parse_method_options
@@ -62,10 +59,7 @@ METHODS_EPILOG = "\b\nMethods (options are given with -o KEY=VALUE):\n\n" + _met
               show_default=True,
               help="Images the faces source knows nothing about: count them as errors, copy them "
                    "unchanged, or leave them out.")
-@workers_option
-@backend_options
-@shard_size_option
-@max_pixels_option
+@sharded_run_options
 @click.option("--overwrite", is_flag=True,
               help="Delete OUT first if it holds output made with other settings.")
 @progress_option
