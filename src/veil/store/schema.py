@@ -163,7 +163,20 @@ class RunItemRow(Base):
     info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class DetectionRow(Base):
+class BoxColumns:
+    """A box's columns: corners in pixels, score (None for a person's box) and where it
+    came from. Detections and review boxes are the same kind of box; declared once, they
+    stay so. As a mixin they come after the table's own columns."""
+
+    x0: Mapped[float] = mapped_column(Double)
+    y0: Mapped[float] = mapped_column(Double)
+    x1: Mapped[float] = mapped_column(Double)
+    y1: Mapped[float] = mapped_column(Double)
+    score: Mapped[float | None] = mapped_column(Double)
+    source: Mapped[str | None] = mapped_column(Text)
+
+
+class DetectionRow(BoxColumns, Base):
     """One box proposed by a run for an image."""
 
     __tablename__ = "detections"
@@ -172,12 +185,6 @@ class DetectionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
-    x0: Mapped[float] = mapped_column(Double)
-    y0: Mapped[float] = mapped_column(Double)
-    x1: Mapped[float] = mapped_column(Double)
-    y1: Mapped[float] = mapped_column(Double)
-    score: Mapped[float | None] = mapped_column(Double)
-    source: Mapped[str | None] = mapped_column(Text)
 
 
 class ReviewRow(Base):
@@ -200,7 +207,7 @@ class ReviewRow(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
 
 
-class ReviewBoxRow(Base):
+class ReviewBoxRow(BoxColumns, Base):
     """One box of a review; a review without boxes means "no faces here"."""
 
     __tablename__ = "review_boxes"
@@ -209,12 +216,6 @@ class ReviewBoxRow(Base):
     review_id: Mapped[int] = mapped_column(
         ForeignKey("reviews.id", ondelete="CASCADE"), index=True
     )
-    x0: Mapped[float] = mapped_column(Double)
-    y0: Mapped[float] = mapped_column(Double)
-    x1: Mapped[float] = mapped_column(Double)
-    y1: Mapped[float] = mapped_column(Double)
-    score: Mapped[float | None] = mapped_column(Double)
-    source: Mapped[str | None] = mapped_column(Text)
 
 
 meta_t = MetaRow.__table__
