@@ -626,8 +626,10 @@ def _decode(
             out = finish(im)
             if orientation != 1:
                 out = out.transpose(_TRANSPOSE[orientation])
+            elif out is im and (getattr(im, "map", None) is not None or im.readonly):
+                out = im.copy()  # a plain image that holds no file (nor a file's mapping)
             elif out is im:
-                out = im.copy()  # a plain image that holds no file
+                out = im._new(im.im)  # decoded into its own memory: detached without a copy
         except ImageError:
             raise
         except Image.DecompressionBombError as e:
