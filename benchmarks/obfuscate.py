@@ -22,7 +22,9 @@ Both on one core, from the same files (in the page cache), writing every output 
 fresh folder. The runs take turns for ``--repeat`` rounds and each keeps its fastest;
 before each run the page cache is flushed (outside the timing), so neither side pays
 for writing back the other's files. The paper script's loop is timed as it stands: it
-never syncs, veil's time includes its syncs.
+never syncs, veil's time includes its syncs. The all-cores run includes starting the
+process pool (forkserver workers importing veil: about 1.4 s on a loaded 2-core machine),
+which a dataset of a few hundred images cannot win back; it is no per-core number.
 
     python benchmarks/obfuscate.py --repeat 5
 """
