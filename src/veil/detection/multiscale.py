@@ -7,6 +7,9 @@ alone 82%). :class:`MultiScaleDetector` runs its *base* detector on
 
 - each scale of ``scales`` (> 1 upsamples: small images and small faces get more
   pixels; upsampling stops when the longer side would pass ``max_side``),
+- each aspect of ``aspects`` (1: none; a > 1 stretches the width a-fold, a < 1 the
+  height 1/a-fold): the network sees faces at other proportions, and faces narrower
+  or wider than it learned from are found in the view that restores them,
 - optionally the mirror image of each,
 - tiles of ``tile_size`` px overlapping by ``tile_overlap`` px when a scaled image is
   larger than a tile, plus an overview of the whole image shrunk to one tile (for
@@ -78,6 +81,7 @@ def plan_views(
     tile_overlap: int,
     max_side: int,
     size_multiple: int = 1,
+    aspects: Sequence[float] = (1.0,),
 ) -> list[View]:
     """Every view of a ``width`` x ``height`` image, in a fixed order.
 
@@ -87,13 +91,21 @@ def plan_views(
     longer = max(width, height)
     sizes: list[tuple[int, int]] = []
     for scale in scales:
-        if scale > 1:
-            scale = max(1.0, min(scale, max_side / longer))
-        size = (width, height) if scale == 1 else (
-            _rounded(width * scale, size_multiple), _rounded(height * scale, size_multiple)
-        )
-        if size not in sizes:
-            sizes.append(size)
+        for aspect in aspects:
+            # An aspect stretches one side (never shrinks the other): a > 1 widens, a < 1
+            # heightens. Upsampling stops where a side would pass max_side.
+            sx, sy = (scale * aspect, scale) if aspect >= 1 else (scale, scale / aspect)
+            if sx > 1:
+                sx = max(1.0, min(sx, max_side / width))
+            if sy > 1:
+                sy = max(1.0, min(sy, max_side / height))
+            if aspect == 1 and scale > 1:
+                sx = sy = max(1.0, min(scale, max_side / longer))
+            size = (width, height) if sx == sy == 1 else (
+                _rounded(width * sx, size_multiple), _rounded(height * sy, size_multiple)
+            )
+            if size not in sizes:
+                sizes.append(size)
     views: list[View] = []
     tiled = False
     flips = (False, True) if flip else (False,)
@@ -190,6 +202,7 @@ def reshape_boxes(boxes: np.ndarray, box_scale: tuple[float, float]) -> np.ndarr
 class MultiScaleDetector:
     """``base`` over a pyramid of ``scales``, flips and tiles, merged to one box per face.
 
+    ``aspects`` stretch each scale's view in width (> 1) or height (< 1).
     ``threshold`` applies to the merged score; ``candidate_threshold`` is what the base
     detector reports per view (lower: a face seen weakly by several views still adds
     up). ``fusion`` is 'wbf' or 'nms' at ``fusion_iou``. ``base_options`` go to the
@@ -203,6 +216,7 @@ class MultiScaleDetector:
         base: str = "centerface",
         base_options: dict[str, object] | None = None,
         scales: Sequence[float] = (1.0,),
+        aspects: Sequence[float] = (1.0,),
         flip: bool = False,
         threshold: float = 0.2,
         candidate_threshold: float = 0.05,
@@ -219,6 +233,9 @@ class MultiScaleDetector:
         scales = tuple(float(s) for s in scales)
         if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
             raise VeilError(f"scales must be positive numbers, got {scales}")
+        aspects = tuple(float(a) for a in aspects)
+        if not aspects or any(not math.isfinite(a) or not 0.25 <= a <= 4 for a in aspects):
+            raise VeilError(f"aspects must be numbers in [0.25, 4], got {aspects}")
         if fusion not in FUSIONS:
             raise VeilError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if not 0.0 < fusion_iou <= 1.0:
@@ -240,6 +257,7 @@ class MultiScaleDetector:
         self.name = source
         self.base_name = base
         self.scales = scales
+        self.aspects = aspects
         self.flip = bool(flip)
         self.threshold = float(threshold)
         self.candidate_threshold = float(candidate_threshold)
@@ -260,7 +278,8 @@ class MultiScaleDetector:
         """The settings that shape the boxes, for run records."""
         return {
             "base": self.base_name, "base_options": self.base_options,
-            "scales": list(self.scales), "flip": self.flip, "threshold": self.threshold,
+            "scales": list(self.scales), "aspects": list(self.aspects), "flip": self.flip,
+            "threshold": self.threshold,
             "candidate_threshold": self.candidate_threshold, "fusion": self.fusion,
             "fusion_iou": self.fusion_iou, "box_scale": list(self.box_scale),
             "tile_size": self.tile_size, "tile_overlap": self.tile_overlap,
@@ -270,7 +289,8 @@ class MultiScaleDetector:
     def views(self, width: int, height: int) -> list[View]:
         return plan_views(width, height, self.scales, flip=self.flip, tile_size=self.tile_size,
                           tile_overlap=self.tile_overlap, max_side=self.max_side,
-                          size_multiple=getattr(self.base, "size_multiple", 1))
+                          size_multiple=getattr(self.base, "size_multiple", 1),
+                          aspects=self.aspects)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         """One list of merged boxes per image, best first."""
