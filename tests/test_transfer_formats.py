@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -219,12 +220,12 @@ def test_cifar_pickles_are_read_in_the_official_layout(tmp_path: Path) -> None:
 def test_cifar_pickles_that_would_run_code_are_refused(tmp_path: Path) -> None:
     class Evil:
         def __reduce__(self) -> tuple[object, tuple[str]]:
-            return (print, ("pwned",))
+            return (os.system, ("echo pwned",))
 
     folder = write_cifar_batches(tmp_path)
     with open(folder / "data_batch_3", "wb") as f:
         pickle.dump({b"data": Evil(), b"labels": []}, f)
-    with pytest.raises(DatasetError, match=r"refusing to load builtins\.print"):
+    with pytest.raises(DatasetError, match=r"refusing to load (posix|nt)\.system"):
         open_task("cifar10", folder)
 
 
