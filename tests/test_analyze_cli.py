@@ -177,7 +177,7 @@ def test_analyze_writes_table_3_with_known_numbers(tmp_path: Path) -> None:
     assert other["top1_verdict"] == "within noise"
     assert other["top1_mcnemar_p_max"] == 1.0
     assert "top-1 dropped 5.00 points, 95% CI [" in result.output
-    assert "top-1 changed by +0.00 points" in result.output and "within noise" in result.output
+    assert "top-1 drop +0.00 points" in result.output and "within noise" in result.output
     markdown = (run / "analysis" / "overall.md").read_text()
     assert "the paper's Table 3" in markdown
     assert "77.500 ± 2.500" in markdown and "72.500 ± 2.500" in markdown

@@ -94,11 +94,11 @@ def describe_drop(metric: str, result: MetricResult) -> str:
     if math.isnan(result.drop):
         return f"{name}: no paired predictions"
     if result.verdict == "within noise":
-        change = -result.drop + 0.0  # no "-0.00"
-        return f"{name} changed by {change:+.2f} points ({ci}): within noise"
+        drop = result.drop + 0.0  # no "-0.00"
+        return f"{name} drop {drop:+.2f} points ({ci} of the drop): within noise"
     if result.drop > 0:
         return f"{name} dropped {result.drop:.2f} points, {ci}"
-    return f"{name} rose {-result.drop:.2f} points, {ci}"
+    return f"{name} rose {-result.drop:.2f} points, {ci} of the drop"
 
 
 def _per_image(run: StudyRun, arch: str, seeds: list[int], cond: Condition
