@@ -46,3 +46,24 @@ def test_the_docstring_pipeline_runs(tmp_path):
     assert (written != source).any()  # the face was blurred
     assert (written[50:, 50:] == source[50:, 50:]).all()  # far from it nothing changed
     assert np.array_equal(written, veil.obfuscate(source, faces["0.png"], "blur"))
+
+
+def test_audit_finds_the_obfuscated_regions_in_the_outputs_ledger(tmp_path):
+    """A face left visible is found; the same face once blurred is not, with no regions
+    passed: the audit reads them from the ledger `obfuscate_dataset` wrote."""
+    from skimage import data as samples
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(samples.astronaut()).save(tmp_path / "photos" / "astronaut.png")
+    data = veil.open_dataset(tmp_path / "photos")
+    face = veil.Box(170, 30, 300, 200)
+    veil.obfuscate_dataset(data, veil.load_faces({"astronaut.png": [face]}),
+                           tmp_path / "blurred", progress=False, workers=1)
+    veil.obfuscate_dataset(data, veil.load_faces({"astronaut.png": []}),
+                           tmp_path / "copied", progress=False, workers=1)
+    clean, _ = veil.audit(veil.open_dataset(tmp_path / "blurred"), progress=False, workers=1)
+    leaky, findings = veil.audit(veil.open_dataset(tmp_path / "copied"), progress=False,
+                                 workers=1)
+    assert clean.counts["residual faces"] == 0
+    assert leaky.counts["residual faces"] >= 1
+    assert findings[0].key == "astronaut.png"

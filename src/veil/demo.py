@@ -134,7 +134,8 @@ def _demo_study(imagenette: Path, store_path: Path, out: Path, *, workers: int |
         f"{DEMO_STUDY_IMAGES} images per split)")
     run_study(StudyConfig(
         data=imagenette, faces=store_path, out=out, methods=("blur",), seeds=(0,),
-        profile="quick", overrides={"epochs": DEMO_STUDY_EPOCHS, "batch_size": DEMO_STUDY_BATCH}, limit=DEMO_STUDY_IMAGES,
+        profile="quick", overrides={"epochs": DEMO_STUDY_EPOCHS, "batch_size": DEMO_STUDY_BATCH},
+        limit=DEMO_STUDY_IMAGES,
         progress=progress, log=log))
     return build_report(out)
 

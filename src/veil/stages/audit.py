@@ -147,7 +147,7 @@ def regions_from_faces(faces: Mapping[str, Sequence[Box]], keys: Sequence[str]
 
 def audit(
     dataset: Dataset,
-    regions: dict[str, list[Rect]],
+    regions: dict[str, list[Rect]] | None = None,
     *,
     detector: str = "centerface",
     options: dict[str, Any] | None = None,
@@ -161,9 +161,13 @@ def audit(
 ) -> tuple[RunSummary, list[Finding]]:
     """Re-detect faces in ``dataset`` (an obfuscated output) and list what leaks.
 
+    ``regions`` are the obfuscated rectangles per key; None reads them from the ledger
+    `veil obfuscate` left in the output folder, or, without one, reports every detection.
     With a ``store`` the audit is recorded as a run of kind ``audit`` and resumes when
     interrupted; otherwise it runs on a throwaway ledger.
     """
+    if regions is None:
+        regions = regions_from_ledger(Path(dataset.root)) or {}
     runner = get_backend(backend)
     workers = workers or runner.default_workers()
     config = {"dataset": str(dataset.root.resolve()), "images": len(dataset),
