@@ -429,6 +429,14 @@ def test_plain_jpeg_examples() -> None:
     assert not plain_jpeg(insert_jpeg_segment(plain, 0xED, iptc_app13(b"someone")))
     assert not plain_jpeg(insert_jpeg_segment(plain, 0xE1, b"http://ns.adobe.com/xap/1.0/\0x"))
     assert not plain_jpeg(jpeg_bytes(image.convert("CMYK")))
+    # A JFIF APP0 that carries a 2x2 RGB thumbnail (length 16 + 12): probe decides.
+    app0 = plain.index(b"\xff\xe0")
+    jfif = bytearray(plain[app0 + 4:app0 + 18])
+    jfif[12:14] = b"\x02\x02"
+    thumbnailed = (plain[:app0] + b"\xff\xe0" + (28).to_bytes(2, "big") + bytes(jfif)
+                   + bytes(12) + plain[app0 + 18:])
+    assert Image.open(io.BytesIO(thumbnailed)).size == (64, 48)
+    assert not plain_jpeg(thumbnailed)
     sos = plain.index(b"\xff\xda")
     assert not plain_jpeg(plain[:sos])  # cut before the scan: probe decides
     assert not plain_jpeg(plain[:sos + 3])
