@@ -271,6 +271,20 @@ def test_obfuscate_on_ray_equals_local(cluster: Cluster, photos: Path, local_fac
     assert sum(local[k] != originals[k] for k in local) >= 90  # faces were blurred
 
 
+def test_audit_on_ray_equals_local(cluster: Cluster, photos: Path, tmp_path: Path) -> None:
+    """The unobfuscated photos leak ~100 faces; Ray's audit lists the same findings."""
+    reports = {}
+    for name, where in (("local", ("--workers", "1")),
+                        ("ray", ("--backend", "ray", "--address", cluster.address))):
+        done = _veil("audit", photos, "--json", tmp_path / f"{name}.json", "--report",
+                     tmp_path / f"{name}.html", "--shard-size", SHARD_SIZE, *where, check=False)
+        assert done.returncode == 1, done.stdout + done.stderr  # findings: not clean
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    local, on_ray = (sorted(map(json.dumps, r["findings"])) for r in reports.values())
+    assert len(local) >= 90
+    assert on_ray == local
+
+
 def test_webdataset_shards_on_ray_equal_local(cluster: Cluster, photos: Path,
                                               local_faces: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
