@@ -351,3 +351,15 @@ def test_twenty_thousand_images_stay_fast_and_use_few_queries(store):
         assert store.current_boxes(subset) == {k: current[k] for k in subset}
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(images_t)).scalar_one() == n
+
+
+def test_a_database_error_reaches_the_user_as_one_line_naming_the_store():
+    from sqlalchemy.exc import OperationalError
+
+    from veil.cli.common import store_failure
+
+    driver = RuntimeError("database is locked\nDETAIL: held by pid 42")
+    error = OperationalError("UPDATE images SET ...", {}, driver)
+    named = store_failure(error, "faces.sqlite").message
+    assert named == "face store faces.sqlite: database is locked"
+    assert store_failure(error).message == "face store: database is locked"

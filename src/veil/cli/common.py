@@ -124,6 +124,14 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def store_failure(exc: Exception, store_text: str | None = None) -> click.ClickException:
+    """A database error as one line naming the store: the driver's own first line (what
+    was refused, unreachable or missing), without SQLAlchemy's statement dump."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    where = f"face store {store_text}" if store_text else "face store"
+    return click.ClickException(f"{where}: {reason}")
+
+
 def echo_summary(title: str, summary: RunSummary, *, order: tuple[str, ...] = (),
                  max_errors: int = 10) -> None:
     """The end-of-run report: counts, speed, and the first errors with their messages."""

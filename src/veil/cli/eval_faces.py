@@ -13,6 +13,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from veil.boxes import Box
+from veil.cli.common import store_failure
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -146,8 +147,7 @@ def eval_faces(gt_source: str, pred_source: str, min_score: float | None, iou: f
     except VeilError as exc:
         raise click.ClickException(str(exc)) from exc
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise click.ClickException(f"face store: {reason}") from exc
+        raise store_failure(exc) from exc
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     if not gt.boxes:

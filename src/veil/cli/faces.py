@@ -10,6 +10,7 @@ from typing import TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from veil.cli.common import store_failure
 from veil.datasets import open_dataset
 from veil.errors import VeilError
 from veil.interchange import export_faces as export_to_file
@@ -35,8 +36,7 @@ def _user_errors(store_text: str) -> Iterator[None]:
     except VeilError as exc:
         raise click.ClickException(str(exc)) from exc
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise click.ClickException(f"face store {store_text}: {reason}") from exc
+        raise store_failure(exc, store_text) from exc
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise click.ClickException(f"{where}{exc.strerror or exc}") from exc

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from veil.cli.common import dataset_options, fail_cleanly, store_option
+from veil.cli.common import dataset_options, fail_cleanly, store_failure, store_option
 from veil.errors import VeilError
 
 T = TypeVar("T")
@@ -69,8 +69,7 @@ def _opened(store_url: str, *, create: bool) -> Iterator[Any]:
     try:
         yield ReviewLedger(store)
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise click.ClickException(f"face store {store.display_url}: {reason}") from exc
+        raise store_failure(exc, store.display_url) from exc
     finally:
         store.close()
 
