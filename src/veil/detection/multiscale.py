@@ -17,12 +17,16 @@ alone 82%). :class:`MultiScaleDetector` runs its *base* detector on
   inner edges are dropped, the overlapping neighbour sees that face whole,
 
 maps every box back to the image, and merges them (weighted box fusion by default,
-see :mod:`veil.detection.fusion`) so each face gets one box whose score is the mean of
-the views' scores. Views are cut straight from the source image, so memory is bounded
-by the tile size whatever the image size.
+see :mod:`veil.detection.fusion`) so each face gets one box whose score is the mean
+(or, with ``fusion_score="rms"``, the root mean square) of the views' scores. Views are
+cut straight from the source image, so memory is bounded by the tile size whatever the
+image size.
 
 ``box_scale`` (width, height factors about the box centre) converts the base
 detector's box shape into the annotation convention, applied after merging.
+``dedupe_iou`` then keeps one box per face where views disagreed enough on a face's
+shape that fusion made two clusters of it: of two merged boxes overlapping that much,
+the weaker goes (greedy NMS over the merged boxes).
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ import numpy as np
 
 from veil.boxes import Box
 from veil.detection.base import Detector, check_image, create_detector
-from veil.detection.fusion import FUSIONS, fuse
-from veil.detection.nms import pairwise_iou
+from veil.detection.fusion import FUSIONS, SCORES, fuse
+from veil.detection.nms import nms, pairwise_iou
 from veil.errors import VeilError
 
 #: Boxes within this many view pixels of a tile's inner edge were cut by it.
@@ -205,9 +209,10 @@ class MultiScaleDetector:
     ``aspects`` stretch each scale's view in width (> 1) or height (< 1).
     ``threshold`` applies to the merged score; ``candidate_threshold`` is what the base
     detector reports per view (lower: a face seen weakly by several views still adds
-    up). ``fusion`` is 'wbf' or 'nms' at ``fusion_iou``. ``base_options`` go to the
-    base detector; ``batch_size`` and ``threads`` to it as well. ``source`` is the
-    name its boxes carry.
+    up). ``fusion`` is 'wbf' or 'nms' at ``fusion_iou``; ``fusion_score`` how WBF scores
+    a face from its views ('mean', 'rms' or 'max'); ``dedupe_iou`` (None: off) a last
+    NMS over the merged boxes. ``base_options`` go to the base detector;
+    ``batch_size`` and ``threads`` to it as well. ``source`` is the name its boxes carry.
     """
 
     def __init__(
@@ -222,6 +227,8 @@ class MultiScaleDetector:
         candidate_threshold: float = 0.05,
         fusion: str = "wbf",
         fusion_iou: float = 0.55,
+        fusion_score: str = "mean",
+        dedupe_iou: float | None = None,
         box_scale: Sequence[float] = (1.0, 1.0),
         tile_size: int = 2048,
         tile_overlap: int = 256,
@@ -240,6 +247,11 @@ class MultiScaleDetector:
             raise VeilError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if not 0.0 < fusion_iou <= 1.0:
             raise VeilError(f"fusion_iou must be in (0, 1], got {fusion_iou}")
+        if dedupe_iou is not None and not 0.0 < dedupe_iou <= 1.0:
+            raise VeilError(f"dedupe_iou must be in (0, 1] or None, got {dedupe_iou}")
+        if fusion_score not in SCORES:
+            raise VeilError(
+                f"fusion_score must be one of {', '.join(SCORES)}, got {fusion_score!r}")
         if not 0.0 <= threshold < 1.0 or not 0.0 <= candidate_threshold < 1.0:
             raise VeilError("threshold and candidate_threshold must be in [0, 1)")
         box_scale = tuple(float(s) for s in box_scale)
@@ -263,6 +275,8 @@ class MultiScaleDetector:
         self.candidate_threshold = float(candidate_threshold)
         self.fusion = fusion
         self.fusion_iou = float(fusion_iou)
+        self.fusion_score = fusion_score
+        self.dedupe_iou = None if dedupe_iou is None else float(dedupe_iou)
         self.box_scale: tuple[float, float] = (box_scale[0], box_scale[1])
         self.tile_size = int(tile_size)
         self.tile_overlap = int(tile_overlap)
@@ -281,7 +295,9 @@ class MultiScaleDetector:
             "scales": list(self.scales), "aspects": list(self.aspects), "flip": self.flip,
             "threshold": self.threshold,
             "candidate_threshold": self.candidate_threshold, "fusion": self.fusion,
-            "fusion_iou": self.fusion_iou, "box_scale": list(self.box_scale),
+            "fusion_iou": self.fusion_iou, "fusion_score": self.fusion_score,
+            "dedupe_iou": self.dedupe_iou,
+            "box_scale": list(self.box_scale),
             "tile_size": self.tile_size, "tile_overlap": self.tile_overlap,
             "max_side": self.max_side,
         }
@@ -334,11 +350,14 @@ class MultiScaleDetector:
             else:
                 passes.setdefault(view.pass_index, []).append(boxes)
         views = [np.vstack(parts) for _, parts in sorted(passes.items())]
-        merged = fuse(views, self.fusion, self.fusion_iou, skip_below=self.candidate_threshold)
+        merged = fuse(views, self.fusion, self.fusion_iou, skip_below=self.candidate_threshold,
+                      score=self.fusion_score)
         if overview:
             merged = _fill_in(merged, np.vstack(overview), self.fusion_iou)
         merged = merged[merged[:, 4] >= self.threshold]
         merged = reshape_boxes(merged, self.box_scale)
+        if self.dedupe_iou is not None and len(merged) > 1:
+            merged = merged[nms(merged[:, :4], merged[:, 4], self.dedupe_iou)]
         merged[:, [0, 2]] = np.clip(merged[:, [0, 2]], 0, width)
         merged[:, [1, 3]] = np.clip(merged[:, [1, 3]], 0, height)
         keep = (merged[:, 2] > merged[:, 0]) & (merged[:, 3] > merged[:, 1])

