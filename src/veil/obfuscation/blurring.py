@@ -11,6 +11,10 @@ derive both from Pillow's algorithm). What keeps it cheap and bit-exact:
 * the blur runs axis by axis on disjoint pieces (:mod:`.pieces`): rows once over what
   the column passes read, columns only where pixels can change, every pass on just what
   the next one reads (:mod:`.separable`);
+* each pass runs down axis 0 of a numpy array in a numba kernel with Pillow's integer
+  arithmetic (:mod:`.array_stages`): columns as they lie, rows on one transposed copy,
+  so no pass is scalar and no piece is transposed twice (Pillow's own passes, which
+  run along rows only, remain the path without numba);
 * composite(original, blurred, m) = blend(m, blurred, original) is the same integer
   expression as pasting the blurred piece over the original through 255 - m, so the
   result is pasted in place instead of copied around.
@@ -26,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from veil.boxes import Box
+from veil.obfuscation import array_stages
 from veil.obfuscation import regions as rg
 from veil.obfuscation._common import (
     ImageLike,
@@ -159,10 +164,19 @@ def run_plan(image: ImageLike, plan: BlurPlan) -> ImageLike:
     pieces = plan_pieces(black, blur, width, height)
     read = pieces.read
     source = _rgba_source(image.im, read, black)
-    row_stage(source, read[:2], pieces.rows, blur, width)
     inside = None if plan.inside is None else rg.clip_rects(plan.inside, width, height)
     out = image.copy()
     target = out.im
+    if array_stages.available(blur):
+        transposed = array_stages.transposed_pixels(np.asarray(image._new(source)))
+        array_stages.row_stage_array(transposed, read[:2], pieces.rows, blur, width)
+        rows = array_stages.transposed_pixels(transposed)
+        for piece in pieces.columns:
+            pixels = array_stages.column_piece_array(rows, read[:2], piece, blur, height)
+            blurred, weight = _as_cores(pixels, inside, piece)
+            target.paste(blurred, piece, weight)
+        return out
+    row_stage(source, read[:2], pieces.rows, blur, width)
     for piece in pieces.columns:
         blurred = column_piece(source, read[:2], piece, blur, height)
         alpha = blurred.getband(3)
@@ -171,6 +185,22 @@ def run_plan(image: ImageLike, plan: BlurPlan) -> ImageLike:
         # Pasting RGBA into RGB copies the colour bytes; the weight is the blurred share.
         target.paste(blurred, piece, alpha.chop_invert())
     return out
+
+
+def _as_cores(pixels: np.ndarray, inside: list[Rect] | None, piece: Rect):
+    """The blurred RGBA piece and its paste weight (255 - blurred mask; 255 where
+    ``inside`` rects force full blur) as Pillow core images sharing the arrays' memory."""
+    height, width = pixels.shape[:2]
+    weight = np.subtract(255, pixels[..., 3], dtype=np.uint8)
+    if inside:
+        x0, y0, x1, y1 = piece
+        for a, b, c, d in inside:
+            a, b, c, d = max(a, x0) - x0, max(b, y0) - y0, min(c, x1) - x0, min(d, y1) - y0
+            if a < c and b < d:
+                weight[b:d, a:c] = 255
+    size = (width, height)
+    blurred = Image.frombuffer("RGBA", size, pixels, "raw", "RGBA", 0, 1)
+    return blurred.im, Image.frombuffer("L", size, weight, "raw", "L", 0, 1).im
 
 
 def _paint_black(mask, rects: list[Rect], box: Rect) -> None:

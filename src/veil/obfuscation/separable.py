@@ -73,6 +73,14 @@ def _box_weights(radius: float) -> tuple[int, int]:
     return int(radius), int(_f32(float(1 << 24) / _f32(radius * 2 + 1)))
 
 
+def box_weights(radius: float) -> tuple[int, int, int]:
+    """``(r, ww, fw)`` of a box pass of float radius ``radius``, as Pillow derives them:
+    the integer radius, the weight of each whole pixel and of each of the two far ones
+    (in units of 2^-24)."""
+    whole, ww = _box_weights(radius)
+    return whole, ww, ((1 << 24) - (2 * whole + 1) * ww) // 2
+
+
 @lru_cache(maxsize=1)
 def _formula_matches_pillow() -> bool:
     """Whether box passes with :func:`box_radius` reproduce this Pillow's GaussianBlur,
