@@ -7,7 +7,9 @@ to blur than another piece: a piece costs ~10 us of Python and Pillow calls, a p
 a line ~16 ns (three passes at ~5.25 ns), and neighbouring bands merge on the same
 terms. In a cost model fitted to those numbers this is within a few percent of the
 cheapest of several snapping lattices on the WIDER sample; crowds are snapped to a
-lattice first anyway, which costs as little and keeps their planning quick.
+lattice first anyway, which costs as little and keeps their planning quick. The numba
+passes (:mod:`.array_stages`) make pixels cheaper than that, yet on WIDER the engine's time
+moved by under 3% for any join cost from 500 to 8000 pixels: one constant serves both.
 """
 
 from __future__ import annotations
