@@ -13,6 +13,7 @@ whole-image reference. Without numba (or with ``VEIL_NO_NUMBA=1``) the Pillow pa
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from functools import cache
 
@@ -31,7 +32,10 @@ def _kernel() -> Kernel | None:
         return None
     try:
         from veil.obfuscation._box_pass import vertical_box_pass
-    except ImportError:  # numba missing or broken on this platform: Pillow does it
+    except ImportError:  # numba missing on this platform: Pillow does it
+        return None
+    except RuntimeError as exc:  # e.g. numba finds nowhere writable for its cache
+        warnings.warn(f"the blur runs without numba ({exc})", RuntimeWarning, stacklevel=2)
         return None
     return vertical_box_pass
 
