@@ -251,3 +251,22 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path):
     assert "resumed" in resumed.stdout
     assert _tree(out) == _tree(reference)
     assert not [p for p in out.rglob("*veil-tmp*")]
+
+
+def test_small_jobs_obfuscate_in_one_local_worker_unless_told_otherwise() -> None:
+    """A pool starts in ~1.5 s, longer than a core takes for a few thousand images."""
+    from veil.stages.obfuscate import IMAGES_PER_LOCAL_WORKER, default_obfuscate_workers
+
+    class Cores:
+        def __init__(self, name: str, cores: int) -> None:
+            self.name, self.cores = name, cores
+
+        def default_workers(self) -> int:
+            return self.cores
+
+    local = Cores("local", 8)
+    assert default_obfuscate_workers(local, 571) == 1
+    assert default_obfuscate_workers(local, 2 * IMAGES_PER_LOCAL_WORKER) == 2
+    assert default_obfuscate_workers(local, 10**7) == 8
+    assert default_obfuscate_workers(Cores("local", 1), 10**7) == 1
+    assert default_obfuscate_workers(Cores("ray", 8), 571) == 8  # a cluster was asked for

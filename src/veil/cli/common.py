@@ -66,8 +66,9 @@ def store_option(required: bool = False) -> Callable[..., Any]:
 
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
-    help="Worker processes (default: one per core this process may use; with --backend ray, "
-         "one per CPU of the cluster).")
+    help="Worker processes (default: one per core this process may use, but obfuscate "
+         "starts at most one per 5,000 images, since a small job is done before a pool has "
+         "started; with --backend ray, one per CPU of the cluster).")
 
 
 def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
