@@ -270,6 +270,30 @@ def test_cli_flags_map_onto_detector_settings():
         "multiscale", {"base": "mtcnn", "scales": (1.0, 2.0)})
     with pytest.raises(VeilError, match="already multi-scale"):
         detector_settings("thorough", None, "fast", None, None, None, None)
+    # thorough's fusion settings are flags too; unset, the profile's values stand
+    name, options = detector_settings("centerface", None, "thorough", None, None, None, None)
+    assert (options["fusion_score"], options["dedupe_iou"]) == ("rms", 0.3)
+    name, options = detector_settings("centerface", None, "thorough", None, None, None, None,
+                                      fusion_score="mean", dedupe_iou=0.5)
+    assert (options["fusion_score"], options["dedupe_iou"]) == ("mean", 0.5)
+    assert detector_settings("centerface", None, None, None, None, None, None,
+                             fusion_score="max")[1] == {"base": "centerface", "fusion_score": "max"}
+
+
+def test_detect_cli_takes_the_fusion_flags(tmp_path):
+    from click.testing import CliRunner
+
+    from veil.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "grey.png")
+    result = CliRunner().invoke(main, [
+        "detect", str(folder), "--store", str(tmp_path / "faces.sqlite"), "--workers", "1",
+        "--profile", "fast", "--fusion-score", "rms", "--dedupe-iou", "0.4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(main, ["detect", str(folder), "--dedupe-iou", "0"])
+    assert bad.exit_code == 2 and "--dedupe-iou" in bad.output
 
 
 @pytest.mark.parametrize("profile", ["fast", "thorough"])

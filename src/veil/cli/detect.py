@@ -18,7 +18,7 @@ from veil.cli.common import (
     want_progress,
 )
 from veil.detection import available_detectors
-from veil.detection.fusion import FUSIONS
+from veil.detection.fusion import FUSIONS, SCORES
 from veil.detection.profiles import available_profiles, profile_options
 from veil.errors import VeilError
 from veil.stages.detect import detect
@@ -48,6 +48,13 @@ from veil.store import FaceStore
 @click.option("--fusion", type=click.Choice(FUSIONS), default=None,
               help="How boxes of several views merge into one per face: weighted box "
                    "fusion (averages them, default) or NMS (keeps the best).")
+@click.option("--fusion-score", type=click.Choice(SCORES), default=None,
+              help="How weighted box fusion scores a face from the views that saw it: the "
+                   "mean over all views, the root mean square (a softer vote for faces only "
+                   "some views see; thorough's), or the best view's.")
+@click.option("--dedupe-iou", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="After fusion, drop a box overlapping a stronger one by this IoU or more "
+                   "(one box per face; thorough: 0.3).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per detector call.")
 @click.option("--device", default=None, metavar="cpu|cuda|cuda:N",
@@ -61,9 +68,9 @@ from veil.store import FaceStore
 @fail_cleanly
 def detect_command(dataset: Any, store_url: str, detector: str, threshold: float | None,
                    profile: str | None, scales: str | None, flip: bool | None,
-                   tile_size: int | None, fusion: str | None,
-                   batch_size: int, device: str | None, workers: int | None, shard_size: int,
-                   max_pixels: int | None,
+                   tile_size: int | None, fusion: str | None, fusion_score: str | None,
+                   dedupe_iou: float | None, batch_size: int, device: str | None,
+                   workers: int | None, shard_size: int, max_pixels: int | None,
                    resume: bool, progress: bool | None, backend: Any = None) -> None:
     """Detect the faces in every image of DATASET and record them as a detection run.
 
@@ -73,7 +80,8 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
     """
     label = f"{detector}, profile {profile}" if profile else detector
     detector, options = detector_settings(detector, threshold, profile, scales, flip,
-                                          tile_size, fusion, device=device)
+                                          tile_size, fusion, device=device,
+                                          fusion_score=fusion_score, dedupe_iou=dedupe_iou)
     with FaceStore(store_url) as store:
         summary = detect(
             dataset, store, detector=detector, options=options, workers=workers,
@@ -88,7 +96,8 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
 
 def detector_settings(detector: str, threshold: float | None, profile: str | None,
                       scales: str | None, flip: bool | None, tile_size: int | None,
-                      fusion: str | None, *, device: str | None = None
+                      fusion: str | None, *, device: str | None = None,
+                      fusion_score: str | None = None, dedupe_iou: float | None = None,
                       ) -> tuple[str, dict[str, Any]]:
     """The registered detector and options the flags ask for.
 
@@ -97,7 +106,7 @@ def detector_settings(detector: str, threshold: float | None, profile: str | Non
     the detector that runs the network (the base detector of a multi-scale one).
     """
     augment = {"scales": _parse_scales(scales), "flip": flip, "tile_size": tile_size,
-               "fusion": fusion}
+               "fusion": fusion, "fusion_score": fusion_score, "dedupe_iou": dedupe_iou}
     on_device = {} if device is None else {"device": device}
     if profile is None and all(v is None for v in augment.values()):
         plain = {} if threshold is None else {"threshold": threshold}
