@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from study_data import CLASSES, make_dataset
 from torchvision.transforms import v2 as T
 
 from veil.boxes import Box
@@ -40,34 +41,12 @@ from veil.study.profiles import PAPER, resolve_recipe
 from veil.study.run import StudyConfig, condition_plan, run_study, seeds_from
 from veil.study.train import build_model, check_arch, list_archs
 
-CLASSES = ("n001", "n002", "n003")
 PAPER_ARCHS = (
     "alexnet", "squeezenet1_0", "shufflenet_v2_x1_0", "vgg11", "vgg13", "vgg16", "vgg19",
     "mobilenet_v2", "densenet121", "densenet201", "resnet18", "resnet34", "resnet50",
     "resnet101", "resnet152",
 )
 TINY = {"epochs": 2, "img_size": 24, "batch_size": 8, "lr": 0.4}
-
-
-def make_dataset(root: Path, n_train: int = 8, n_val: int = 5, seed: int = 0) -> Path:
-    """A 3-class ImageFolder of noisy, colour-coded, non-square PNGs, and a faces file
-    (the paper's JSON) with one face on every third image."""
-    rng = np.random.default_rng(seed)
-    faces = []
-    for split, count in (("train", n_train), ("val", n_val)):
-        for c, wnid in enumerate(CLASSES):
-            folder = root / split / wnid
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                height, width = (40, 52) if i % 2 else (52, 40)
-                pixels = rng.integers(0, 90, (height, width, 3), dtype=np.uint8)
-                pixels[..., c] += 160
-                name = f"{wnid}_{i}.png"
-                Image.fromarray(pixels).save(folder / name)
-                boxes = [{"x0": 6.0, "y0": 8.0, "x1": 22.0, "y1": 26.0}] if i % 3 == 0 else []
-                faces.append({"url": f"{split}/{wnid}/{name}", "bboxes": boxes})
-    (root / "faces.json").write_text(json.dumps(faces), encoding="utf-8")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -14,32 +14,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
+from study_data import make_dataset
 
 from veil.study.data import CacheSource, decode_images, make_condition, open_study_data
 from veil.study.ddp import DistEnv, shard_range
 from veil.study.evaluate import predict, predictions_table
 from veil.study.profiles import resolve_recipe
 from veil.study.train import build_model
-
-CLASSES = ("n001", "n002", "n003")
-
-
-def make_dataset(root: Path, n_train: int, n_val: int) -> Path:
-    rng = np.random.default_rng(1)
-    faces = []
-    for split, count in (("train", n_train), ("val", n_val)):
-        for c, wnid in enumerate(CLASSES):
-            folder = root / split / wnid
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 90, (36, 44), dtype=np.uint8)[..., None].repeat(3, 2)
-                pixels[..., c] += 160
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-                boxes = [{"x0": 4.0, "y0": 4.0, "x1": 20.0, "y1": 20.0}] if i % 2 else []
-                faces.append({"url": f"{split}/{wnid}/{i}.png", "bboxes": boxes})
-    (root / "faces.json").write_text(json.dumps(faces), encoding="utf-8")
-    return root
 
 
 def free_port() -> int:
