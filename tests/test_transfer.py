@@ -186,6 +186,8 @@ def test_backbones_are_selected_by_seed_arch_and_condition(tmp_path: Path) -> No
         find_backbones(run, seeds=[5])
     with pytest.raises(VeilError, match="no backbones of resnet50"):
         find_backbones(run, archs=["resnet50"])
+    with pytest.raises(VeilError, match=r"no train condition mosaic \(it has original, "):
+        find_backbones(run, conditions=["overlay", "mosaic"])
     with pytest.raises(VeilError, match="not a study run folder"):
         find_backbones(tmp_path)
 

@@ -129,11 +129,7 @@ def find_backbones(run_dir: str | Path, *, archs: Sequence[str] | None = None,
                                      *sorted({k[2] for k in found})]))
     notes: list[str] = []
     if archs:
-        unknown = [a for a in archs if a not in arch_order]
-        if unknown:
-            raise VeilError(f"{root} has no backbones of {', '.join(unknown)}"
-                            f" (it has {', '.join(a for a in arch_order if a)})")
-        arch_order = [a for a in arch_order if a in archs]
+        arch_order = _select(archs, arch_order, f"{root} has no backbones of")
     if isinstance(seeds, int):
         if seeds < 1:
             raise VeilError("--seeds must be at least 1")
@@ -146,11 +142,7 @@ def find_backbones(run_dir: str | Path, *, archs: Sequence[str] | None = None,
             raise VeilError(f"{root} has no seed {unknown_seeds[0]} (seeds: {seed_order})")
         seed_order = [s for s in seed_order if s in seeds]
     if conditions:
-        unknown = [c for c in conditions if c not in cond_order]
-        if unknown:
-            raise VeilError(f"{root} has no train condition {', '.join(unknown)}"
-                            f" (it has {', '.join(cond_order)})")
-        cond_order = [c for c in cond_order if c in conditions]
+        cond_order = _select(conditions, cond_order, f"{root} has no train condition")
     out = []
     for arch in arch_order:
         for seed in seed_order:
@@ -233,3 +225,13 @@ def feature_dim(model: nn.Module, img_size: int) -> int:
         out = model(torch.zeros(1, 3, img_size, img_size, device=device))
         model.train(was)
     return int(out.reshape(1, -1).shape[1])
+
+
+def _select(wanted: Sequence[str], available: list[str], missing: str) -> list[str]:
+    """``available`` narrowed to ``wanted`` (in the run's order); an unknown name is an
+    error that lists what the run has."""
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise VeilError(f"{missing} {', '.join(unknown)}"
+                        f" (it has {', '.join(name for name in available if name)})")
+    return [name for name in available if name in wanted]
