@@ -68,16 +68,12 @@ def _radius_candidates(sigma: float) -> list[float]:
     return [_f32(whole + frac) for frac in (plain, fused, wide)]
 
 
-def _box_weights(radius: float) -> tuple[int, int]:
-    """``(r, ww)``: all that a box pass of float radius ``radius`` depends on."""
-    return int(radius), int(_f32(float(1 << 24) / _f32(radius * 2 + 1)))
-
-
 def box_weights(radius: float) -> tuple[int, int, int]:
-    """``(r, ww, fw)`` of a box pass of float radius ``radius``, as Pillow derives them:
-    the integer radius, the weight of each whole pixel and of each of the two far ones
-    (in units of 2^-24)."""
-    whole, ww = _box_weights(radius)
+    """``(r, ww, fw)``: all that a box pass of float radius ``radius`` depends on, as
+    Pillow derives it: the integer radius, the weight of each whole pixel and of each of
+    the two far ones (in units of 2^-24)."""
+    whole = int(radius)
+    ww = int(_f32(float(1 << 24) / _f32(radius * 2 + 1)))
     return whole, ww, ((1 << 24) - (2 * whole + 1) * ww) // 2
 
 
@@ -102,7 +98,7 @@ def _formula_matches_pillow() -> bool:
 def _radius(sigma: float) -> float | None:
     """The plain evaluation's radius if every evaluation gives the same ``(r, ww)``."""
     candidates = _radius_candidates(sigma)
-    if len({_box_weights(c) for c in candidates}) != 1:
+    if len({box_weights(c) for c in candidates}) != 1:
         return None
     return candidates[0]
 
