@@ -128,8 +128,8 @@ def serve_command(dataset: Any, store_url: str, host: str, port: int, annotator:
 
     given = {name: value for name, value in policy.items() if value is not None}
     with _opened(store_url, create=True) as ledger:
-        settings = ReviewSettings.load(ledger, given)
-        serve(dataset, ledger.store, settings, host=host, port=port, annotator=annotator,
+        resolved = ReviewSettings.resolve(ledger, given)
+        serve(dataset, ledger.store, resolved, host=host, port=port, annotator=annotator,
               require_tokens=require_tokens, remember=given)
 
 

@@ -8,7 +8,7 @@ with a message, and so are boxes outside the image (checked against its size).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -138,3 +138,6 @@ class SessionOut(BaseModel):
     filters: dict[str, str]
     orders: list[str]
     tokens_required: bool
+    settings: dict[str, Any] = Field(description="Every review setting in force.")
+    changed: dict[str, list[Any]] = Field(
+        description="Settings this start of the server changed: name -> [was, now].")

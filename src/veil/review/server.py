@@ -15,7 +15,7 @@ from veil.errors import VeilError
 from veil.review.app import LOOPBACK_HOSTS, create_app
 from veil.review.auth import check_bind, is_loopback
 from veil.review.service import ReviewService
-from veil.review.settings import ReviewSettings
+from veil.review.settings import Resolved, ReviewSettings
 from veil.store import FaceStore
 from veil.store.review import ReviewLedger, check_name
 
@@ -60,18 +60,23 @@ def build(
 
 
 def serve(
-    dataset: Dataset, store: FaceStore, settings: ReviewSettings, *, host: str = "127.0.0.1",
-    port: int = 8000, annotator: str | None = None, require_tokens: bool = False,
-    remember: Mapping[str, Any] | None = None, log_level: str = "info",
+    dataset: Dataset, store: FaceStore, settings: ReviewSettings | Resolved, *,
+    host: str = "127.0.0.1", port: int = 8000, annotator: str | None = None,
+    require_tokens: bool = False, remember: Mapping[str, Any] | None = None,
+    log_level: str = "info",
 ) -> None:
-    """Serve until interrupted; ``remember`` (policy flags given) is stored once the
-    server is allowed to start."""
+    """Serve until interrupted; ``remember`` (policy flags given) is stored, with what
+    they changed, once the server is allowed to start."""
     import uvicorn
 
+    resolved = settings if isinstance(settings, Resolved) else Resolved(settings)
+    settings = resolved.settings
     service, app = build(dataset, store, settings, host=host, annotator=annotator,
                          require_tokens=require_tokens)
-    if remember:
-        service.ledger.save_settings(remember)
+    resolved = resolved.remember(service.ledger, remember or {})
+    service.changed = dict(resolved.changed)
+    for line in describe_settings(resolved):
+        print(f"veil review: {line}")
     shown = f"[{host}]" if ":" in host else host
     p = service.queue.progress(service.local_annotator or "")
     print(f"veil review: {p.total:,} images, {p.complete:,} complete, "
@@ -84,6 +89,18 @@ def serve(
         print(f"veil review: listening on {shown}:{port}; every reviewer opens the personal link "
               "from `veil review add-annotator` (stats at /stats)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+def describe_settings(resolved: Resolved) -> list[str]:
+    """The settings in force, and which of them this start changed, as lines."""
+    s = resolved.settings
+    lines = [", ".join(f"{name.replace('_', ' ')} {value}" for name, value in
+                       s.as_dict().items())]
+    if resolved.changed:
+        lines.append("changed by this start: " + ", ".join(
+            f"{name.replace('_', ' ')} {was} -> {now}"
+            for name, (was, now) in sorted(resolved.changed.items())))
+    return lines
 
 
 @contextmanager

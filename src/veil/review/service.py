@@ -91,6 +91,8 @@ class ReviewService:
     settings: ReviewSettings
     local_annotator: str | None = None  # who requests without a token are (None: nobody)
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    #: settings this start changed: name -> (stored before, now in force)
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ledger = ReviewLedger(self.store)

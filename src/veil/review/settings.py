@@ -1,13 +1,16 @@
 """The team's review policy, stored in the face store so that every command agrees.
 
 ``veil review serve`` saves the flags it is given; ``export`` and ``stats`` read them
-back. Anything never set has the default below.
+back. Anything never set has the default below. A flag given to a command overrides
+the stored value; ``serve`` also records which values its start changed, so the page
+and ``veil review stats`` can say what is in force and what changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from veil.errors import VeilError
@@ -17,6 +20,8 @@ AGGREGATES = ("union", "majority")
 #: The paper's threshold: a gold answer passes at pixel IoU >= 0.72 of the union masks.
 PAPER_GOLD_IOU = 0.72
 PAPER_LIVES = 2
+#: Where ``serve`` stores what its start changed (not a setting: a record of the change).
+LAST_CHANGE = "_last_change"
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,48 @@ class ReviewSettings:
              *, save: bool = False) -> ReviewSettings:
         """Stored settings with ``overrides`` (None values ignored) on top; ``save``
         stores the overrides for the next command."""
+        return cls.resolve(ledger, overrides, save=save).settings
+
+    @classmethod
+    def resolve(cls, ledger: ReviewLedger, overrides: Mapping[str, Any] | None = None,
+                *, save: bool = False) -> Resolved:
+        """The settings in force (given over stored over defaults) and what the given
+        values change; ``save`` stores them and records the change for ``stats``."""
         names = {f.name for f in fields(cls)}
-        stored = {k: v for k, v in ledger.settings().items() if k in names}
+        stored_all = ledger.settings()
+        stored = {k: v for k, v in stored_all.items() if k in names}
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         unknown = set(given) - names
         if unknown:
             raise ValueError(f"unknown review settings: {', '.join(sorted(unknown))}")
-        settings = replace(cls(), **stored, **given)
-        if save and given:
-            ledger.save_settings(given)
-        return settings
+        before = cls(**stored)
+        settings = cls(**{**stored, **given})
+        changed = {name: (getattr(before, name), value) for name, value in given.items()
+                   if getattr(before, name) != value}
+        resolved = Resolved(settings, changed, stored_all.get(LAST_CHANGE))
+        if save:
+            return resolved.remember(ledger, given)
+        return resolved
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Settings in force, what this command's flags changed (name -> (was, now)), and
+    the change the last ``serve`` recorded (for commands that change nothing)."""
+
+    settings: ReviewSettings
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    last_change: dict[str, Any] | None = None
+
+    def remember(self, ledger: ReviewLedger, given: Mapping[str, Any]) -> Resolved:
+        """Store ``given`` for later commands and record what this start changed."""
+        given = {k: v for k, v in given.items() if v is not None}
+        if not given:
+            return self
+        record = {"at": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "changed": {k: list(v) for k, v in self.changed.items()}}
+        ledger.save_settings({**given, LAST_CHANGE: record})
+        return Resolved(self.settings, self.changed, record)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veil.review.agreement import mask_iou
-from veil.review.settings import ReviewSettings
+from veil.review.settings import LAST_CHANGE, ReviewSettings
 from veil.store.review import HumanReview, ReviewLedger
 
 
@@ -100,8 +100,10 @@ def team_stats(
             "failed_batches": failed.get(name, 0),
         })
     threshold = settings.gold_iou
+    last_change = ledger.settings().get(LAST_CHANGE)
     return {
         "settings": settings.as_dict(),
+        "last_change": last_change if isinstance(last_change, dict) else None,
         "images": len(universe),
         "gold_images": len(gold_keys),
         "reviewed": reviewed,
@@ -130,7 +132,15 @@ def format_stats(stats: dict[str, Any]) -> list[str]:
         f"images {stats['images']:,}  complete {stats['complete']:,}  "
         f"remaining {stats['remaining']:,}  reviewed at least once {stats['reviewed']:,}  "
         f"gold images {stats['gold_images']:,}",
+        "settings: " + ", ".join(f"{name.replace('_', ' ')} {value}"
+                                 for name, value in stats["settings"].items()),
     ]
+    last = stats.get("last_change")
+    if last:
+        changed = last.get("changed") or {}
+        what = ", ".join(f"{name.replace('_', ' ')} {was} -> {now}"
+                         for name, (was, now) in sorted(changed.items())) or "nothing"
+        lines.append(f"last server start ({last.get('at', '?')}) changed: {what}")
     header = ("annotator", "reviews", "rejected", "img/h", "s/img", "gold", "gold acc",
               "failed batches")
     rows = [header]

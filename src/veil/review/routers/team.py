@@ -27,6 +27,7 @@ def session(service: Service, annotator: Annotator) -> SessionOut:
         uncertain_below=s.uncertain_below,
         filters=FILTER_HELP, orders=list(ORDERS),
         tokens_required=service.local_annotator is None,
+        settings=s.as_dict(), changed={k: list(v) for k, v in service.changed.items()},
     )
 
 

@@ -396,6 +396,25 @@
       (p.disagreement ? " · " + p.disagreement + " disagree" : "");
   }
 
+  // The settings in force, and which ones this start of the server changed.
+  function showPolicy(s) {
+    const el = $("policy");
+    if (!s.settings) return;
+    const st = s.settings;
+    el.textContent = st.reviews_per_image + " review" + (st.reviews_per_image === 1 ? "" : "s") +
+      " per image · " + st.aggregate + " · gold " + Math.round(st.gold_rate * 100) + "% · " +
+      st.lives + " lives per " + st.batch_size + " answers";
+    const changed = Object.entries(s.changed || {});
+    if (changed.length) {
+      const note = document.createElement("div");
+      note.className = "changed";
+      note.textContent = "Changed at this start: " + changed.map(([name, v]) =>
+        name.replace(/_/g, " ") + " " + v[0] + " → " + v[1]).join(", ");
+      el.appendChild(note);
+    }
+    el.title = Object.entries(st).map(([k, v]) => k.replace(/_/g, " ") + ": " + v).join("\n");
+  }
+
   function showLives(left) {
     const s = state.session;
     const el = $("lives");
@@ -719,6 +738,7 @@
       select.appendChild(option);
     }
     select.value = state.filter;
+    showPolicy(s);
     showLives(s.lives_left);
     await restart();
   }
