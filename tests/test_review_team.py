@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_review_api import detect, make_dataset, review_server
+from test_review_api import GOLD, boxes_json, detect, make_dataset, review_server
 
+from veil.boxes import Box
 from veil.cli import main
+from veil.interchange import read_faces
 from veil.review.settings import ReviewSettings
 from veil.store import FaceStore
 from veil.store.review import ReviewLedger
@@ -103,3 +105,63 @@ def test_the_page_gets_the_settings_in_force_and_what_this_start_changed(dataset
     assert session["settings"]["reviews_per_image"] == 2
     assert session["settings"]["aggregate"] == "union"
     assert session["changed"] == {"reviews_per_image": [1, 2]}
+
+
+# -- 2. with one review per image, an answer made on top of another's supersedes it -----------
+
+
+def grid(n: int) -> list[Box]:
+    """``n`` small faces (7 px, as in WIDER crowds) inside a 200x150 image."""
+    return [Box(5 + 12 * (i % 15), 5 + 12 * (i // 15), 12 + 12 * (i % 15), 12 + 12 * (i // 15))
+            for i in range(n)]
+
+
+def export_paper(store: str, out: Path, *extra: str) -> dict[str, list[Box]]:
+    r = run("review", "export", "--store", store, "--format", "paper", "--out", str(out), *extra)
+    assert r.exit_code == 0, r.output
+    return read_faces(out, "paper")
+
+
+def test_with_k1_an_edit_of_another_reviewers_answer_replaces_it_in_the_export(
+        dataset_root, tmp_path):
+    store = str(tmp_path / "f.sqlite")
+    with review_server(dataset_root, store, tokens=("alice", "bob"), require_tokens=True) as (
+            server, tokens):
+        with server.client(tokens["alice"]) as alice, server.client(tokens["bob"]) as bob:
+            item = alice.get("/api/items/crowd/a.jpg").json()
+            r = alice.post("/api/items/crowd/a.jpg/review", json={
+                "boxes": boxes_json(*grid(72)), "base_review_id": item["base_review_id"]})
+            assert r.status_code == 200
+            seen = bob.get("/api/items/crowd/a.jpg").json()
+            assert len(seen["boxes"]) == 72 and seen["origin_by"] == "alice"
+            r = bob.post("/api/items/crowd/a.jpg/review", json={
+                "boxes": boxes_json(*grid(62)), "base_review_id": seen["base_review_id"]})
+            assert r.status_code == 200
+        current = server.store.current_boxes(["crowd/a.jpg"])["crowd/a.jpg"]
+        assert len(current) == 62
+    faces = export_paper(store, tmp_path / "faces.json")
+    assert len(faces["crowd/a.jpg"]) == 62, "bob's edit, not the union with alice's answer"
+    # alice edits bob's answer in turn: hers is the answer again.
+    with review_server(dataset_root, store, tokens=("alice",), require_tokens=True) as (
+            server, tokens):
+        with server.client(tokens["alice"]) as alice:
+            seen = alice.get("/api/items/crowd/a.jpg").json()
+            assert alice.post("/api/items/crowd/a.jpg/review", json={
+                "boxes": boxes_json(*grid(60)),
+                "base_review_id": seen["base_review_id"]}).status_code == 200
+    assert len(export_paper(store, tmp_path / "faces.json")["crowd/a.jpg"]) == 60
+
+
+def test_with_k2_independent_answers_are_still_aggregated(dataset_root, tmp_path):
+    store = str(tmp_path / "f.sqlite")
+    with review_server(dataset_root, store, tokens=("alice", "bob"), require_tokens=True,
+                       reviews_per_image=2) as (server, tokens):
+        with server.client(tokens["alice"]) as alice, server.client(tokens["bob"]) as bob:
+            for client, boxes in ((alice, grid(3)), (bob, [Box(120, 80, 150, 110)])):
+                item = client.get("/api/items/crowd/b.png").json()
+                assert client.post("/api/items/crowd/b.png/review", json={
+                    "boxes": boxes_json(*boxes),
+                    "base_review_id": item["base_review_id"]}).status_code == 200
+        server.ledger.save_settings({"reviews_per_image": 2})
+    assert len(export_paper(store, tmp_path / "u.json")["crowd/b.png"]) == 4, (
+        "independent answers (each started from the detections) are combined")

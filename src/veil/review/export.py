@@ -1,7 +1,12 @@
 """The review's answer per image, for ``veil review export``.
 
-An image reviewed by people gets the aggregate of each person's latest accepted
-answer (union by default; see :func:`veil.review.agreement.aggregate`); a gold
+An image reviewed by people gets the aggregate of its *independent* answers: each
+person's latest accepted answer, except that an answer made on top of another
+person's review supersedes it (reviewer B opened A's 72 boxes, deleted 10 and saved:
+the answer is B's 62, as the page and ``veil export-faces`` show). With one review per
+image every save is made on top of the one before, so the newest answer is the
+image's answer; with k > 1 each person starts from their own answer, and those are
+combined (union by default; see :func:`veil.review.agreement.aggregate`). A gold
 image gets its trusted boxes. With ``include_unreviewed`` every other image the
 store has an answer for keeps its current boxes (detections or imports), so the
 file can drive obfuscation of the whole dataset.

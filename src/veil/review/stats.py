@@ -19,15 +19,40 @@ from veil.store.review import HumanReview, ReviewLedger
 def latest_answers(
     reviews: Iterable[HumanReview],
 ) -> Iterator[tuple[str, dict[str, HumanReview]]]:
-    """(key, annotator -> latest accepted review) from reviews sorted by key."""
+    """(key, annotator -> latest accepted, independent review) from reviews sorted by key.
+
+    An answer made on top of another person's review (its author saw and edited it:
+    the usual case with one review per image) supersedes that review, so only the
+    newer one is kept. What remains are independent answers: with k > 1 each person
+    starts from their own, and those are the answers that aggregation combines.
+    Rejected reviews are never kept, but still link an answer to what it was made on.
+    """
     for key, group in itertools.groupby(reviews, key=lambda r: r.key):
+        parents: dict[int, tuple[int, ...]] = {}
         latest: dict[str, HumanReview] = {}
         for review in group:
+            parents[review.id] = review.parents
             if not review.rejected and (review.annotator not in latest
                                         or latest[review.annotator].id < review.id):
                 latest[review.annotator] = review
-        if latest:
-            yield key, latest
+        superseded: set[int] = set()
+        for review in latest.values():
+            superseded |= _ancestors(review.id, parents)
+        kept = {name: r for name, r in latest.items() if r.id not in superseded}
+        if kept:
+            yield key, kept
+
+
+def _ancestors(review_id: int, parents: dict[int, tuple[int, ...]]) -> set[int]:
+    """Every review ``review_id`` was made on top of, directly or through others."""
+    seen: set[int] = set()
+    todo = list(parents.get(review_id, ()))
+    while todo:
+        rid = todo.pop()
+        if rid not in seen:
+            seen.add(rid)
+            todo.extend(parents.get(rid, ()))
+    return seen
 
 
 @dataclass
@@ -56,20 +81,25 @@ def team_stats(
         return people.setdefault(name, _Person())
 
     def reviews() -> Iterator[HumanReview]:
+        seen: set[str] = set()  # who has an accepted review of the current key
+        last_key = None
         for review in ledger.iter_human_reviews():
             p = person(review.annotator)
+            if review.key != last_key:
+                seen, last_key = set(), review.key
             if review.rejected:
                 p.rejected += 1
-                continue
-            p.reviews += 1
-            if review.seconds is not None:
-                p.seconds += review.seconds
-                p.timed += 1
-            yield review
+            else:
+                p.reviews += 1
+                if review.annotator not in seen:
+                    seen.add(review.annotator)
+                    p.images += 1
+                if review.seconds is not None:
+                    p.seconds += review.seconds
+                    p.timed += 1
+            yield review  # rejected ones too: they link answers to what they were made on
 
     for key, latest in latest_answers(reviews()):
-        for name in latest:
-            person(name).images += 1
         if key not in universe:
             continue
         reviewed += 1

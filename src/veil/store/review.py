@@ -116,6 +116,9 @@ class HumanReview:
     seconds: float | None
     boxes: tuple[Box, ...]
     rejected: bool  # saved in a batch that failed its gold checks
+    #: the reviews this one was made on top of (what its author saw): the review the
+    #: client started from, or what a restore or consensus row it started from repeats
+    parents: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,27 @@ class AnnotatorInfo:
     name: str
     created_at: datetime
     active: bool
+
+
+def parents_of(base_id: int | None, base_annotator: str | None,
+               base_note: str | None) -> tuple[int, ...]:
+    """The reviews an answer started from ``base_id`` was made on top of: the base
+    itself, or for a row veil wrote (restore, consensus) the reviews it repeats."""
+    if base_id is None:
+        return ()
+    if base_annotator is None or not base_annotator.startswith(MACHINE_PREFIX):
+        return (base_id,)
+    try:
+        note = json.loads(base_note or "{}")
+    except ValueError:
+        return (base_id,)
+    restored = note.get("restored_after_failed") if isinstance(note, dict) else None
+    if isinstance(restored, dict):
+        kept = restored.get("review")
+        return (base_id,) if kept is None else (base_id, int(kept))
+    if isinstance(note, dict) and isinstance(note.get("reviews"), list):
+        return (base_id, *(int(r) for r in note["reviews"]))
+    return (base_id,)
 
 
 def _is_human(rv: Any) -> Any:
@@ -479,11 +503,15 @@ class ReviewLedger:
 
     def iter_human_reviews(self) -> Iterator[HumanReview]:
         """Every person's review, streamed in (key, id) order: for exports and statistics."""
-        rv, rb, im = reviews_t.c, review_boxes_t.c, images_t.c
+        rv, rb, im, br = reviews_t.c, review_boxes_t.c, images_t.c, batch_reviews_t.c
+        base = reviews_t.alias("base")
         query = (
             select(rv.id, im.key, rv.annotator, rv.created_at, rv.seconds_spent,
-                   _rejected(rv.id).label("rejected"), *(rb[n] for n in _BOX_COLUMNS[:4]))
+                   _rejected(rv.id).label("rejected"), br.base_review_id, base.c.annotator,
+                   base.c.note, *(rb[n] for n in _BOX_COLUMNS[:4]))
             .join(images_t, im.id == rv.image_id)
+            .outerjoin(batch_reviews_t, br.review_id == rv.id)
+            .outerjoin(base, base.c.id == br.base_review_id)
             .outerjoin(review_boxes_t, rb.review_id == rv.id)
             .where(_is_human(rv))
             .order_by(im.key, rv.id, rb.id)
@@ -492,32 +520,41 @@ class ReviewLedger:
             result = conn.execution_options(yield_per=10_000).execute(query)
             current: list[Any] | None = None
             boxes: list[Box] = []
-            for rid, key, who, when, secs, rejected, x0, y0, x1, y1 in result:
+            for rid, key, who, when, secs, rejected, bid, bwho, bnote, x0, y0, x1, y1 in result:
                 if current is None or current[0] != rid:
                     if current is not None:
-                        yield HumanReview(*current[:5], boxes=tuple(boxes), rejected=current[5])
-                    current, boxes = [rid, key, who, when, secs, bool(rejected)], []
+                        yield HumanReview(*current[:5], boxes=tuple(boxes), rejected=current[5],
+                                          parents=current[6])
+                    current = [rid, key, who, when, secs, bool(rejected),
+                               parents_of(bid, bwho, bnote)]
+                    boxes = []
                 if x0 is not None:
                     boxes.append(Box(x0, y0, x1, y1))
             if current is not None:
-                yield HumanReview(*current[:5], boxes=tuple(boxes), rejected=current[5])
+                yield HumanReview(*current[:5], boxes=tuple(boxes), rejected=current[5],
+                                  parents=current[6])
 
     def _human_reviews(self, conn: Connection, where: Any) -> list[HumanReview]:
-        rv, im = reviews_t.c, images_t.c
+        rv, im, br = reviews_t.c, images_t.c, batch_reviews_t.c
+        base = reviews_t.alias("base")
         rows = conn.execute(
-            select(rv.id, _rejected(rv.id).label("rejected"))
+            select(rv.id, _rejected(rv.id).label("rejected"), br.base_review_id,
+                   base.c.annotator, base.c.note)
             .join(images_t, im.id == rv.image_id)
+            .outerjoin(batch_reviews_t, br.review_id == rv.id)
+            .outerjoin(base, base.c.id == br.base_review_id)
             .where(where, _is_human(rv))
         ).all()
         if not rows:
             return []
-        rejected = {rid: bool(flag) for rid, flag in rows}
+        rejected = {rid: bool(flag) for rid, flag, *_ in rows}
+        parents = {rid: parents_of(bid, bwho, bnote) for rid, _, bid, bwho, bnote in rows}
         records: list[ReviewRecord] = []
         for part in sql.chunked(sorted(rejected), sql.CHUNK):
             records.extend(self._records(conn, rv.id.in_(part)))
         return [
             HumanReview(r.id, r.key, r.annotator, r.created_at, r.seconds_spent, r.boxes,
-                        rejected[r.id])
+                        rejected[r.id], parents[r.id])
             for r in records
         ]
 
