@@ -33,7 +33,11 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def run(*args: str) -> Any:
-    return CliRunner().invoke(main, list(args))
+    result = CliRunner().invoke(main, list(args))
+    if result.exc_info and not isinstance(result.exception, SystemExit):
+        import traceback
+        traceback.print_exception(*result.exc_info)
+    return result
 
 
 # -- 1. restarts with stored settings -----------------------------------------------------------
@@ -143,12 +147,11 @@ def test_with_k1_an_edit_of_another_reviewers_answer_replaces_it_in_the_export(
     assert len(faces["crowd/a.jpg"]) == 62, "bob's edit, not the union with alice's answer"
     # alice edits bob's answer in turn: hers is the answer again.
     with review_server(dataset_root, store, tokens=("alice",), require_tokens=True) as (
-            server, tokens):
-        with server.client(tokens["alice"]) as alice:
-            seen = alice.get("/api/items/crowd/a.jpg").json()
-            assert alice.post("/api/items/crowd/a.jpg/review", json={
-                "boxes": boxes_json(*grid(60)),
-                "base_review_id": seen["base_review_id"]}).status_code == 200
+            server, tokens), server.client(tokens["alice"]) as alice:
+        seen = alice.get("/api/items/crowd/a.jpg").json()
+        assert alice.post("/api/items/crowd/a.jpg/review", json={
+            "boxes": boxes_json(*grid(60)),
+            "base_review_id": seen["base_review_id"]}).status_code == 200
     assert len(export_paper(store, tmp_path / "faces.json")["crowd/a.jpg"]) == 60
 
 
@@ -165,3 +168,78 @@ def test_with_k2_independent_answers_are_still_aggregated(dataset_root, tmp_path
         server.ledger.save_settings({"reviews_per_image": 2})
     assert len(export_paper(store, tmp_path / "u.json")["crowd/b.png"]) == 4, (
         "independent answers (each started from the detections) are combined")
+
+
+# -- 3. running out of lives: said before, counted after, reinstated on demand ----------------
+
+
+def fail_gold(server: Any, client: Any) -> dict[str, Any]:
+    """Serve a gold image to the curator by hand and answer it wrongly."""
+    batch = server.service.batch("curator")
+    gold = server.ledger.gold_items()[0]
+    server.ledger.open_attempt(batch.id, "curator", gold, [])
+    r = client.post(f"/api/items/{gold.key}/review",
+                    json={"boxes": boxes_json(Box(0, 0, 99, 99))})
+    assert r.status_code == 200
+    return r.json()
+
+
+def test_running_out_of_lives_says_what_it_discards_and_a_batch_can_be_reinstated(
+        dataset_root, tmp_path):
+    store = str(tmp_path / "f.sqlite")
+    answers = [("crowd/a.jpg", grid(4)), ("crowd/b.png", [Box(1, 1, 9, 9)]),
+               ("crowd/b.png", [Box(2, 2, 20, 20)]), ("street/c.jpg", []),
+               ("street/d.png", [Box(5, 5, 50, 50)]), ("street/e.png", [])]
+    with review_server(dataset_root, store, gold_rate=1.0, lives=2) as (server, _):
+        server.ledger.set_gold(GOLD, source="test")
+        server.service.refresh()
+        with server.client() as c:
+            for key, boxes in answers:
+                base = c.get(f"/api/items/{key}").json()["base_review_id"]
+                r = c.post(f"/api/items/{key}/review",
+                           json={"boxes": boxes_json(*boxes), "base_review_id": base})
+                assert r.status_code == 200 and r.json()["warning"] is None
+            assert c.get("/api/session").json()["at_stake"] == 6
+            first = fail_gold(server, c)
+            assert first["lives_left"] == 1
+            assert first["warning"] == ("Last life: one more missed gold-standard check sets "
+                                        "aside the 6 answers you saved in this batch.")
+            session = c.get("/api/session").json()
+            assert session["warning"] == first["warning"] and session["lives_left"] == 1
+            second = fail_gold(server, c)["gold"]
+            assert second["restarted"] and second["set_aside"] == 6
+            assert "the 6 answers you saved in this batch" in second["message"]
+            batch = second["failed_batch"]
+            assert f"(batch {batch})" in second["message"]
+            assert c.get("/api/next").json()["progress"]["reviewed"] == 0
+            # Someone answers street/d.png again before the curator looks at the batch.
+            base = c.get("/api/items/street/d.png").json()["base_review_id"]
+            assert c.post("/api/items/street/d.png/review", json={
+                "boxes": [], "base_review_id": base}).status_code == 200
+
+    stats = run("review", "stats", "--store", store)
+    assert (f"failed batch {batch} (curator, " in stats.output
+            and "6 answer(s) on 5 image(s) set aside "
+                f"(reinstate: veil review reinstate --batch {batch})" in stats.output), stats.output
+    data = json.loads(run("review", "stats", "--store", store, "--json").output)
+    assert [(b["batch"], b["answers"], b["reinstated_at"]) for b in data["set_aside"]] == [
+        (batch, 6, None)]
+
+    r = run("review", "reinstate", "--batch", str(batch), "--store", store)
+    assert r.exit_code == 0, r.output
+    assert f"batch {batch}: 4 answer(s) reinstated" in r.output
+    assert "1 image(s) answered again since the failure kept that answer, e.g. street/d.png" \
+        in r.output
+    with FaceStore(store) as opened:
+        current = opened.current_boxes(["crowd/b.png", "street/d.png", "crowd/a.jpg"])
+        rows = opened.reviews("crowd/b.png")
+    assert [b.as_xyxy() for b in current["crowd/b.png"]] == [(2.0, 2.0, 20.0, 20.0)]
+    assert current.get("street/d.png", []) == [] and len(current["crowd/a.jpg"]) == 4
+    assert [row.annotator for row in rows] == ["curator", "curator", "veil:restore", "curator"], (
+        "append-only: the set-aside rows stay, the answer is added again")
+    assert len(export_paper(store, tmp_path / "faces.json")["crowd/a.jpg"]) == 4
+    again = run("review", "reinstate", "--batch", str(batch), "--store", store)
+    assert again.exit_code == 1 and "reinstated already" in again.output
+    missing = run("review", "reinstate", "--batch", "999", "--store", store)
+    assert missing.exit_code == 1 and "no review batch 999" in missing.output
+    assert "reinstated 20" in run("review", "stats", "--store", store).output

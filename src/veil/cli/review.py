@@ -45,6 +45,7 @@ def review() -> None:
     veil review add-annotator NAME --store ...     a personal link for a team member
     veil review gold add KEYS... --store ...       make reviewed images gold-standard
     veil review stats --store ...                  progress, throughput, gold, agreement
+    veil review reinstate --batch N --store ...    put back a failed batch's answers
     veil review export --store ... --format paper --out faces.json
 
     \b
@@ -268,6 +269,36 @@ def stats_command(store_url: str, as_json: bool) -> None:
     else:
         for line in format_stats(stats):
             click.echo(line)
+
+
+@review.command("reinstate")
+@store_option()
+@click.option("--batch", "batch_id", type=int, required=True,
+              help="The failed batch whose answers to put back (see `veil review stats`).")
+@fail_cleanly
+def reinstate_command(store_url: str, batch_id: int) -> None:
+    """Put back the answers a failed batch set aside, after inspecting them.
+
+    Each image's last answer from the batch is appended again as a new review (nothing
+    is overwritten); an image answered again since the failure keeps that answer.
+    """
+    from functools import partial
+
+    from veil.review.service import consensus
+    from veil.review.settings import ReviewSettings
+
+    def work(ledger: Any) -> Any:
+        settings = ReviewSettings.load(ledger)
+        independent = settings.reviews_per_image > 1
+        return ledger.reinstate_batch(
+            batch_id, per_annotator=independent,
+            follow_up=partial(consensus, settings) if independent else None)
+
+    done = _with_ledger(store_url, work)
+    click.echo(f"batch {done.batch}: {len(done.keys)} answer(s) reinstated")
+    if done.skipped:
+        click.echo(f"{len(done.skipped)} image(s) answered again since the failure kept "
+                   f"that answer, e.g. {', '.join(done.skipped[:5])}")
 
 
 @review.command("export")

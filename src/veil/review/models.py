@@ -103,6 +103,9 @@ class GoldOut(BaseModel):
     lives: int
     restarted: bool
     restored: int
+    set_aside: int = Field(description="Your answers of the failed batch that were set aside "
+                                       "(restarted only); an admin can reinstate them.")
+    failed_batch: int | None = Field(description="The batch that failed (restarted only).")
     message: str
 
 
@@ -111,6 +114,9 @@ class SavedOut(BaseModel):
     gold: GoldOut | None
     progress: ProgressOut
     lives_left: int
+    at_stake: int = Field(description="Your answers in this batch: what running out of lives "
+                                      "would set aside.")
+    warning: str | None = Field(description="Said before the last life: what failing discards.")
 
 
 class LatestOut(BaseModel):
@@ -133,6 +139,9 @@ class SessionOut(BaseModel):
     lives_left: int
     batch_size: int
     batch_answered: int
+    at_stake: int = Field(description="Your answers in this batch: what running out of lives "
+                                      "would set aside.")
+    warning: str | None = Field(description="Said before the last life: what failing discards.")
     gold: bool
     uncertain_below: float
     filters: dict[str, str]

@@ -74,6 +74,8 @@ class GoldOutcome:
     lives: int
     restarted: bool
     restored: int
+    set_aside: int = 0  # answers of the failed batch set aside (restarted only)
+    failed_batch: int | None = None  # the batch that failed (restarted only)
 
 
 @dataclass(frozen=True)
@@ -273,20 +275,33 @@ class ReviewService:
             self.refresh()
         lives_left = result.batch.lives_left if result.batch.status == "open" else s.lives
         return GoldOutcome(passed, iou, s.gold_iou, attempt.truth, lives_left, s.lives,
-                           restarted, len(result.restored))
+                           restarted, len(result.restored), result.set_aside,
+                           result.batch.id if restarted else None)
+
+    def at_stake(self, annotator: str) -> int:
+        """The answers in ``annotator``'s open batch: what running out of lives sets aside."""
+        return self.ledger.answers_in_batch(self.batch(annotator).id)
 
     def _consensus(
         self, key: str, reviews: list[HumanReview]
     ) -> tuple[str, list[Box], dict[str, Any]] | None:
-        latest: dict[str, HumanReview] = {}
-        for review in reviews:
-            if not review.rejected:
-                latest[review.annotator] = review
-        if len(latest) < self.settings.reviews_per_image:
-            return None
-        policy = self.settings.aggregate
-        used = sorted(latest.values(), key=lambda r: r.id)
-        boxes = aggregate([r.boxes for r in used], policy)
-        return f"{MACHINE_PREFIX}{policy}", boxes, {
-            "consensus": policy, "reviews": [r.id for r in used],
-        }
+        return consensus(self.settings, key, reviews)
+
+
+def consensus(
+    settings: ReviewSettings, key: str, reviews: list[HumanReview]
+) -> tuple[str, list[Box], dict[str, Any]] | None:
+    """The consensus row to append once an image has k accepted answers (k > 1)."""
+    del key
+    latest: dict[str, HumanReview] = {}
+    for review in reviews:
+        if not review.rejected:
+            latest[review.annotator] = review
+    if len(latest) < settings.reviews_per_image:
+        return None
+    policy = settings.aggregate
+    used = sorted(latest.values(), key=lambda r: r.id)
+    boxes = aggregate([r.boxes for r in used], policy)
+    return f"{MACHINE_PREFIX}{policy}", boxes, {
+        "consensus": policy, "reviews": [r.id for r in used],
+    }

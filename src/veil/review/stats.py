@@ -131,6 +131,14 @@ def team_stats(
         })
     threshold = settings.gold_iou
     last_change = ledger.settings().get(LAST_CHANGE)
+    set_aside = [
+        {"batch": f.id, "annotator": f.annotator,
+         "ended_at": f.ended_at.isoformat(timespec="seconds") if f.ended_at else None,
+         "answers": f.set_aside, "images": f.images,
+         "reinstated_at": (f.reinstated_at.isoformat(timespec="seconds")
+                           if f.reinstated_at else None)}
+        for f in ledger.failed_batch_list()
+    ]
     return {
         "settings": settings.as_dict(),
         "last_change": last_change if isinstance(last_change, dict) else None,
@@ -140,6 +148,7 @@ def team_stats(
         "complete": complete,
         "remaining": len(universe) - complete,
         "annotators": annotators,
+        "set_aside": set_aside,
         "agreement": {
             "images": multi,
             "pairs": len(agree_all),
@@ -187,6 +196,15 @@ def format_stats(stats: dict[str, Any]) -> list[str]:
     for r in rows:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    waiting = [b for b in stats.get("set_aside", []) if not b["reinstated_at"]]
+    for b in stats.get("set_aside", []):
+        state = (f"reinstated {b['reinstated_at']}" if b["reinstated_at"] else
+                 f"set aside (reinstate: veil review reinstate --batch {b['batch']})")
+        lines.append(f"failed batch {b['batch']} ({b['annotator']}, {b['ended_at'] or '?'}): "
+                     f"{b['answers']} answer(s) on {b['images']} image(s) {state}")
+    if waiting:
+        lines.append(f"{sum(b['answers'] for b in waiting)} answer(s) in {len(waiting)} failed "
+                     "batch(es) are set aside")
     ag = stats["agreement"]
     if ag["mean_iou"] is None:
         lines.append("agreement: no image has two reviewers yet")

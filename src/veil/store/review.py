@@ -31,6 +31,7 @@ from veil.store.records import ReviewRecord
 from veil.store.review_schema import (
     REVIEW_TABLES,
     annotators_t,
+    batch_reinstatements_t,
     batch_reviews_t,
     gold_attempts_t,
     gold_items_t,
@@ -133,6 +134,26 @@ class Conflict:
 class GradeResult:
     batch: Batch
     restored: tuple[str, ...]  # keys whose current answer was put back after a failed batch
+    set_aside: int = 0  # the annotator's answers the failed batch set aside
+
+
+@dataclass(frozen=True)
+class FailedBatch:
+    """A batch that failed its gold checks, and what became of its answers."""
+
+    id: int
+    annotator: str
+    ended_at: datetime | None
+    set_aside: int  # the annotator's answers saved in it (now rejected)
+    images: int
+    reinstated_at: datetime | None  # when a curator put them back (None: not yet)
+
+
+@dataclass(frozen=True)
+class Reinstated:
+    batch: int
+    keys: tuple[str, ...]  # images whose answer was appended again
+    skipped: tuple[str, ...]  # images answered again since the failure: left as they are
 
 
 @dataclass(frozen=True)
@@ -165,6 +186,14 @@ def parents_of(base_id: int | None, base_annotator: str | None,
 
 def _is_human(rv: Any) -> Any:
     return and_(rv.kind == "review", ~rv.annotator.contains(":"))
+
+
+def _batch_answers(batch_id: Any) -> Any:
+    """SQL count of the people's answers saved in a batch (consensus rows excluded)."""
+    rv, br = reviews_t.c, batch_reviews_t.c
+    return (select(func.count()).select_from(batch_reviews_t)
+            .join(reviews_t, rv.id == br.review_id)
+            .where(br.batch_id == batch_id, _is_human(rv)).scalar_subquery())
 
 
 def _rejected(review_id: Any) -> Any:
@@ -638,9 +667,121 @@ class ReviewLedger:
             )
             batch = self._count_answer(conn, batch_id, failed=not passed)
             restored: tuple[str, ...] = ()
+            set_aside = 0
             if batch.status == "failed":
                 restored = self._restore_after(conn, batch_id)
-            return GradeResult(batch, restored)
+                set_aside = conn.execute(select(_batch_answers(batch_id))).scalar_one()
+            return GradeResult(batch, restored, set_aside)
+
+    def answers_in_batch(self, batch_id: int) -> int:
+        """The people's answers saved in a batch: what failing it would set aside."""
+        with self.store._read() as conn:
+            return conn.execute(select(_batch_answers(batch_id))).scalar_one()
+
+    def failed_batch_list(self) -> list[FailedBatch]:
+        """Failed batches, oldest first, with their set-aside answers (for an admin)."""
+        b, br, rv, ri = (review_batches_t.c, batch_reviews_t.c, reviews_t.c,
+                         batch_reinstatements_t.c)
+        images = (select(func.count(rv.image_id.distinct())).select_from(batch_reviews_t)
+                  .join(reviews_t, rv.id == br.review_id)
+                  .where(br.batch_id == b.id, _is_human(rv)).scalar_subquery())
+        with self.store._read() as conn:
+            rows = conn.execute(
+                select(b.id, b.annotator, b.ended_at, _batch_answers(b.id), images,
+                       ri.created_at)
+                .outerjoin(batch_reinstatements_t, ri.batch_id == b.id)
+                .where(b.status == "failed").order_by(b.id)
+            )
+            return [FailedBatch(i, who, end, int(n), int(k), at)
+                    for i, who, end, n, k, at in rows]
+
+    def reinstate_batch(
+        self, batch_id: int, *, per_annotator: bool, follow_up: FollowUp | None = None,
+    ) -> Reinstated:
+        """Put back the answers a failed batch set aside, appending each image's last
+        answer from the batch again as a new review (nothing is rewritten).
+
+        An image answered again since the failure (by anyone, or with
+        ``per_annotator`` by the batch's annotator) keeps that newer answer. The new
+        reviews are saved in a new, passed batch, made on top of the answers they
+        repeat; ``follow_up`` is called as in :meth:`save_review` (a consensus).
+        """
+        b, br, rv, ri = (review_batches_t.c, batch_reviews_t.c, reviews_t.c,
+                         batch_reinstatements_t.c)
+        with self.store._write() as conn:
+            row = conn.execute(select(b.annotator, b.status, b.lives_left)
+                               .where(b.id == batch_id)).first()
+            if row is None:
+                raise VeilError(f"no review batch {batch_id}")
+            annotator, status_, lives_left = row
+            if status_ != "failed":
+                raise VeilError(f"batch {batch_id} did not fail ({status_}): nothing to reinstate")
+            if conn.execute(select(ri.id).where(ri.batch_id == batch_id)).first() is not None:
+                raise VeilError(f"batch {batch_id} was reinstated already")
+            last = conn.execute(
+                select(rv.image_id, func.max(rv.id))
+                .join(batch_reviews_t, br.review_id == rv.id)
+                .where(br.batch_id == batch_id, _is_human(rv))
+                .group_by(rv.image_id)
+            ).all()
+            chosen: list[tuple[int, int]] = []
+            skipped: list[int] = []
+            for image_id, review_id in sorted(last):
+                newer = select(func.count()).where(rv.image_id == image_id, rv.id > review_id,
+                                                   rv.annotator != RESTORE_ANNOTATOR)
+                if per_annotator:
+                    newer = newer.where(rv.annotator == annotator)
+                else:
+                    newer = newer.where(_is_human(rv))
+                if conn.execute(newer).scalar_one():
+                    skipped.append(image_id)
+                else:
+                    chosen.append((image_id, review_id))
+            new_batch = conn.execute(review_batches_t.insert().returning(b.id), {
+                "annotator": annotator, "started_at": _now(), "ended_at": _now(),
+                "status": "passed", "size": max(len(chosen), 1), "lives_left": lives_left,
+                "served": 0, "answered": len(chosen),
+            }).scalar_one()
+            keys = self._keys_of(conn, [i for i, _ in chosen] + skipped)
+            for image_id, review_id in chosen:
+                (record,) = self._records(conn, rv.id == review_id)
+                (new_id,) = self.store._insert_reviews(
+                    conn, [(image_id, record.boxes)], annotator=annotator, kind="review",
+                    seconds=record.seconds_spent,
+                    note=json.dumps({"reinstated": {"batch": batch_id, "review": review_id}},
+                                    sort_keys=True),
+                )
+                conn.execute(batch_reviews_t.insert(), {
+                    "review_id": new_id, "batch_id": new_batch, "base_review_id": review_id,
+                })
+                if follow_up is not None:
+                    extra = follow_up(keys[image_id],
+                                      self._human_reviews(conn, images_t.c.id == image_id))
+                    if extra is not None:
+                        name, consensus, note = extra
+                        (follow_id,) = self.store._insert_reviews(
+                            conn, [(image_id, consensus)], annotator=name, kind="review",
+                            note=json.dumps(note, sort_keys=True),
+                        )
+                        conn.execute(batch_reviews_t.insert(), {
+                            "review_id": follow_id, "batch_id": new_batch,
+                            "base_review_id": new_id,
+                        })
+            conn.execute(batch_reinstatements_t.insert(), {
+                "batch_id": batch_id, "created_at": _now(), "reviews": len(chosen),
+                "skipped": len(skipped),
+            })
+            return Reinstated(batch_id, tuple(sorted(keys[i] for i, _ in chosen)),
+                              tuple(sorted(keys[i] for i in skipped)))
+
+    @staticmethod
+    def _keys_of(conn: Connection, image_ids: Sequence[int]) -> dict[int, str]:
+        im = images_t.c
+        out: dict[int, str] = {}
+        for part in sql.chunked(list(image_ids), sql.CHUNK):
+            for image_id, key in conn.execute(select(im.id, im.key).where(im.id.in_(part))):
+                out[image_id] = key
+        return out
 
     def _restore_after(self, conn: Connection, batch_id: int) -> tuple[str, ...]:
         """Put back the answer of every image whose newest review came from the failed

@@ -128,14 +128,28 @@ class GoldAttemptRow(Base):
     seconds: Mapped[float | None] = mapped_column(Double)
 
 
+class BatchReinstatementRow(Base):
+    """A failed batch whose set-aside answers a curator put back after inspection
+    (``veil review reinstate``): the answers were appended again as new reviews."""
+
+    __tablename__ = "batch_reinstatements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("review_batches.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reviews: Mapped[int] = mapped_column(Integer)  # answers appended again
+    skipped: Mapped[int] = mapped_column(Integer)  # images answered again since: left as they are
+
+
 annotators_t = AnnotatorRow.__table__
 review_settings_t = ReviewSettingRow.__table__
 gold_items_t = GoldItemRow.__table__
 review_batches_t = ReviewBatchRow.__table__
 batch_reviews_t = BatchReviewRow.__table__
 gold_attempts_t = GoldAttemptRow.__table__
+batch_reinstatements_t = BatchReinstatementRow.__table__
 
 REVIEW_TABLES = (
     annotators_t, review_settings_t, gold_items_t, review_batches_t, batch_reviews_t,
-    gold_attempts_t,
+    gold_attempts_t, batch_reinstatements_t,
 )

@@ -53,9 +53,21 @@ def _gold_message(g: GoldOutcome) -> str:
     text = (f"That was a gold-standard image and your answer missed it (IoU {g.iou:.2f}, "
             f"needs {g.threshold:.2f}). The correct boxes are shown in green.")
     if g.restarted:
-        return text + (" You are out of lives: the answers of this batch were set aside and "
-                       f"the batch starts again with {g.lives} lives.")
+        answers = f"{g.set_aside} answer{'' if g.set_aside == 1 else 's'}"
+        return text + (f" You are out of lives: the {answers} you saved in this batch "
+                       f"(batch {g.failed_batch}) were set aside and those images are to do "
+                       "again; an admin can inspect them (`veil review stats`) and put them "
+                       f"back. A new batch starts with {g.lives} lives.")
     return text + f" Lives left: {g.lives_left} of {g.lives}."
+
+
+def stake_warning(lives_left: int, at_stake: int) -> str | None:
+    """What failing the next gold check would discard, said while one life is left."""
+    if lives_left != 1:
+        return None
+    answers = f"{at_stake} answer{'' if at_stake == 1 else 's'}"
+    return (f"Last life: one more missed gold-standard check sets aside the {answers} you "
+            "saved in this batch.")
 
 
 def _errors(exc: Exception) -> HTTPException:
@@ -149,10 +161,13 @@ def save_review(key: str, body: ReviewIn, service: Service, annotator: Annotator
         gold = GoldOut(passed=g.passed, iou=round(g.iou, 4), threshold=g.threshold,
                        truth=[BoxOut.of(b) for b in g.truth], lives_left=g.lives_left,
                        lives=g.lives, restarted=g.restarted, restored=g.restored,
+                       set_aside=g.set_aside, failed_batch=g.failed_batch,
                        message=_gold_message(g))
-        lives_left = g.lives_left
-    else:
-        lives_left = service.batch(annotator).lives_left
+    batch = service.batch(annotator)
+    at_stake = service.ledger.answers_in_batch(batch.id)
+    gold_on = bool(service.gold_keys()) and service.settings.gold_rate > 0
     saved = SavedOut(review_id=outcome.review_id, gold=gold,
-                     progress=progress_out(service, annotator), lives_left=lives_left)
+                     progress=progress_out(service, annotator), lives_left=batch.lives_left,
+                     at_stake=at_stake,
+                     warning=stake_warning(batch.lives_left, at_stake) if gold_on else None)
     return JSONResponse(saved.model_dump(mode="json"))

@@ -415,6 +415,13 @@
     el.title = Object.entries(st).map(([k, v]) => k.replace(/_/g, " ") + ": " + v).join("\n");
   }
 
+  // Before the last life: what failing the next gold check would set aside.
+  function showStake(warning) {
+    const el = $("stake");
+    el.hidden = !warning;
+    el.textContent = warning || "";
+  }
+
   function showLives(left) {
     const s = state.session;
     const el = $("lives");
@@ -607,8 +614,11 @@
         return;
       }
       showProgress(res.body.progress);
-      showLives(res.body.lives_left);
-      if (res.body.gold && !res.body.gold.passed) return goldFailed(res.body.gold, boxes);
+      const gold = res.body.gold;
+      // Out of lives: no hearts until Continue starts the new batch.
+      showLives(gold && gold.restarted ? 0 : res.body.lives_left);
+      showStake(gold && gold.restarted ? null : res.body.warning);
+      if (gold && !gold.passed) return goldFailed(gold, boxes);
       await nextInner();
       if (res.body.gold && res.body.gold.passed) flash("Gold-standard check passed.");
     });
@@ -638,7 +648,8 @@
       state.continueAction = null;
       updatePanel();
       message(null);
-      return gold.restarted ? restart() : goNext();
+      if (gold.restarted) { showLives(gold.lives); return restart(); }
+      return goNext();
     };
     state.continueAction = go;
     message(text, "bad", [{ label: "Continue (Enter)", primary: true, run: go }]);
@@ -740,6 +751,7 @@
     select.value = state.filter;
     showPolicy(s);
     showLives(s.lives_left);
+    showStake(s.warning);
     await restart();
   }
 
