@@ -90,7 +90,8 @@ def dataset_root(tmp_path: Path) -> Path:
 
 @contextmanager
 def review_server(dataset_root: Path, store_url: str, *, tokens: tuple[str, ...] = (),
-                  require_tokens: bool = False, **policy: object) -> Iterator[tuple[Review, dict]]:
+                  require_tokens: bool = False, follow_links: bool = False,
+                  **policy: object) -> Iterator[tuple[Review, dict]]:
     """A review server on a free loopback port; yields it and the annotators' tokens."""
     with FaceStore(store_url) as store:
         if not store.runs():
@@ -99,7 +100,8 @@ def review_server(dataset_root: Path, store_url: str, *, tokens: tuple[str, ...]
         made = {name: ledger.add_annotator(name, rotate=True) for name in tokens}
         settings = ReviewSettings(**{"gold_rate": 0.0, **policy})
         service, app = build(open_dataset(dataset_root), store, settings, host="127.0.0.1",
-                             annotator="curator", require_tokens=require_tokens)
+                             annotator="curator", require_tokens=require_tokens,
+                             follow_links=follow_links)
         with running(app) as url:
             yield Review(url, store, ledger, service), made
 

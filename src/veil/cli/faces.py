@@ -87,6 +87,13 @@ def import_faces(
     """
     if as_detections and annotator:
         raise click.UsageError("--annotator names reviewers; it does not apply to --as-detections")
+    if annotator is not None:
+        from veil.store.review import check_name
+
+        try:  # the one rule for people's names, as `veil review add-annotator` applies it
+            check_name(annotator)
+        except VeilError as exc:
+            raise click.BadParameter(str(exc), param_hint="--annotator") from exc
 
     def work(store: FaceStore) -> list[str]:
         known = None

@@ -95,6 +95,17 @@ def _with_ledger(store_url: str, work: Callable[[Any], T], *, create: bool = Fal
                    "[default: your login name].")
 @click.option("--require-tokens", is_flag=True,
               help="Ask for a token even on loopback (no anonymous local reviewer).")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this certificate (PEM; with --ssl-keyfile). Beyond "
+                   "loopback, use TLS here or in a reverse proxy: tokens travel in headers.")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False),
+              help="The private key of --ssl-certfile (PEM).")
+@click.option("--follow-links", is_flag=True,
+              help="Serve image files that are symbolic links leading out of the dataset "
+                   "folder (refused by default).")
+@click.option("--max-body", type=click.IntRange(min=1024), default=None, metavar="BYTES",
+              help="Largest request body accepted; bigger ones are refused before they are "
+                   "read  [default: 1 MiB].")
 @click.option("-k", "--reviews-per-image", type=click.IntRange(min=1), default=None,
               help=f"Independent reviews each image needs [default: 1]. {_POLICY_NOTE}")
 @click.option("--aggregate", type=click.Choice(["union", "majority"]), default=None,
@@ -118,20 +129,26 @@ def _with_ledger(store_url: str, work: Callable[[Any], T], *, create: bool = Fal
                    "[default: 0.5].")
 @fail_cleanly
 def serve_command(dataset: Any, store_url: str, host: str, port: int, annotator: str | None,
-                  require_tokens: bool, **policy: Any) -> None:
+                  require_tokens: bool, ssl_certfile: str | None, ssl_keyfile: str | None,
+                  follow_links: bool, max_body: int | None, **policy: Any) -> None:
     """Serve the review of DATASET's faces at http://HOST:PORT/.
 
     Images come in priority order (uncertain or many detections first); the page
     draws, moves, resizes and deletes boxes, and every save is a new review row.
     """
+    from veil.review.guard import MAX_BODY_BYTES
     from veil.review.server import serve
     from veil.review.settings import ReviewSettings
 
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
     given = {name: value for name, value in policy.items() if value is not None}
     with _opened(store_url, create=True) as ledger:
         resolved = ReviewSettings.resolve(ledger, given)
         serve(dataset, ledger.store, resolved, host=host, port=port, annotator=annotator,
-              require_tokens=require_tokens, remember=given)
+              require_tokens=require_tokens, remember=given, follow_links=follow_links,
+              max_body=max_body or MAX_BODY_BYTES, ssl_certfile=ssl_certfile,
+              ssl_keyfile=ssl_keyfile)
 
 
 # -- annotators --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from veil import __version__
+from veil.review.guard import MAX_BODY_BYTES, BodyGuard
 from veil.review.routers import items, pages, team
 from veil.review.routers.pages import STATIC
 from veil.review.service import ReviewService
@@ -28,8 +29,10 @@ CSP = (
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 
 
-def create_app(service: ReviewService, *, trusted_hosts: list[str] | None = None) -> FastAPI:
-    """The app for ``service``; ``trusted_hosts`` limits the Host header (None: any)."""
+def create_app(service: ReviewService, *, trusted_hosts: list[str] | None = None,
+               max_body: int = MAX_BODY_BYTES) -> FastAPI:
+    """The app for ``service``; ``trusted_hosts`` limits the Host header (None: any);
+    request bodies over ``max_body`` bytes are refused before they are read."""
     app = FastAPI(title="veil review", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
     app.state.service = service
@@ -44,6 +47,9 @@ def create_app(service: ReviewService, *, trusted_hosts: list[str] | None = None
         errors = [{"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", "")),
                    "type": str(e.get("type", ""))} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
+
+    # Inside the headers middleware (its refusals get the same headers), outside the routes.
+    app.add_middleware(BodyGuard, service=service, max_body=max_body)
 
     @app.middleware("http")
     async def security_headers(

@@ -5,11 +5,14 @@ the displayed image. A file is sent as it is when the browser can show it, it ne
 no rotation and it carries no identifying metadata; otherwise the metadata is
 stripped (same pixels) or, for rotated or non-web formats, it is decoded with veil's
 loader and re-encoded. Only dataset files are ever read: the key is looked up in the
-dataset, never joined to a path.
+dataset, never joined to a path, and a file that is a symbolic link leading out of the
+dataset folder is refused unless ``follow_links`` allows it (the folder scan already
+skips directories that do).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from veil.datasets import Dataset
 from veil.encoding import encode_image, strip_identifying_metadata
+from veil.errors import ImageError
 from veil.images import load_image, probe
 
 WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
@@ -37,8 +41,12 @@ class ImageServer:
     """Displayed sizes and web-ready bytes of a dataset's images (small caches)."""
 
     def __init__(self, dataset: Dataset, *, cache_size: int = 32,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, follow_links: bool = False) -> None:
         self.dataset = dataset
+        self.follow_links = follow_links
+        self._root: tuple[Path, Path] | None = None  # (as written, resolved)
+        if dataset.layout != "webdataset":
+            self._root = (Path(os.path.abspath(dataset.root)), dataset.root.resolve())
         self.max_pixels = max_pixels
         self._sizes: dict[str, tuple[int, int]] = {}
         self._bytes: OrderedDict[str, Served] = OrderedDict()
@@ -50,14 +58,25 @@ class ImageServer:
         with self._lock:
             known = self._sizes.get(key)
         if known is None:
-            info = probe(self.dataset[key].path, max_pixels=self.max_pixels)
+            info = probe(self.path(key), max_pixels=self.max_pixels)
             known = (info.width, info.height)
             with self._lock:
                 self._sizes[key] = known
         return known
 
-    def serve(self, key: str) -> Served:
+    def path(self, key: str) -> Path:
+        """The file of ``key``; raises :class:`ImageError` for a link out of the dataset."""
         path = self.dataset[key].path
+        if self._root is not None and not self.follow_links:
+            lexical, real = self._root
+            inside = Path(os.path.abspath(path)).is_relative_to(lexical)
+            if inside and not Path(path).resolve().is_relative_to(real):
+                raise ImageError("a symbolic link that leads out of the dataset folder "
+                                 "(serve with --follow-links to allow it)")
+        return path
+
+    def serve(self, key: str) -> Served:
+        path = self.path(key)
         with self._lock:
             cached = self._bytes.get(key)
             if cached is not None:

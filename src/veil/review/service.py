@@ -11,6 +11,7 @@ import logging
 import random
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,12 +94,13 @@ class ReviewService:
     settings: ReviewSettings
     local_annotator: str | None = None  # who requests without a token are (None: nobody)
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    follow_links: bool = False  # serve files that are links leading out of the dataset
     #: settings this start changed: name -> (stored before, now in force)
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ledger = ReviewLedger(self.store)
-        self.images = ImageServer(self.dataset)
+        self.images = ImageServer(self.dataset, follow_links=self.follow_links)
         known = {rec.key: rec for rec in self.store.images(self.dataset.keys())}
         missing = [ImageRecord(e.key, label=e.label) for e in self.dataset if e.key not in known]
         if missing:
@@ -115,6 +117,7 @@ class ReviewService:
         self._gold: dict[str, GoldItem] = {}
         self._sized = {k for k, rec in known.items() if rec.width is not None}
         self._refresh_lock = threading.Lock()
+        self._cursors: OrderedDict[str, str | None] = OrderedDict()
         self.refresh()
 
     # -- state --------------------------------------------------------------------------------
@@ -142,6 +145,33 @@ class ReviewService:
     def check_key(self, key: str) -> None:
         if key not in self._key_set:
             raise NotFound(f"no image {key!r} in this review")
+
+    # -- cursors ------------------------------------------------------------------------------
+
+    #: Cursors remembered (oldest forgotten first; a forgotten one starts the queue over).
+    MAX_CURSORS = 200_000
+
+    def cursor(self, after: str | None) -> str:
+        """A fresh, opaque cursor meaning "continue after ``after``".
+
+        Every item gets a new random one, so a gold item (which continues after the
+        image before it) cannot be told from a normal one by its cursor.
+        """
+        token = secrets.token_urlsafe(12)
+        with self._refresh_lock:
+            self._cursors[token] = after
+            while len(self._cursors) > self.MAX_CURSORS:
+                self._cursors.popitem(last=False)
+        return token
+
+    def position(self, cursor: str | None) -> str | None:
+        """The key a cursor continues after (None: from the start)."""
+        if cursor is None:
+            return None
+        with self._refresh_lock:
+            if cursor in self._cursors:
+                return self._cursors[cursor]
+        return cursor if cursor in self._key_set else None
 
     # -- items --------------------------------------------------------------------------------
 
@@ -186,6 +216,7 @@ class ReviewService:
         never blocks the queue (it can be fixed and the server restarted).
         """
         self.refresh()
+        after = self.position(after)
         while True:
             key = self.queue.next_key(annotator, filter_name, order, after)
             if key is None:
@@ -200,7 +231,7 @@ class ReviewService:
         gold = self._maybe_gold(annotator, after)
         if gold is not None:
             return gold
-        return self.item(key, annotator, cursor=key)
+        return self.item(key, annotator, cursor=self.cursor(key))
 
     def _maybe_gold(self, annotator: str, after: str | None) -> Item | None:
         s = self.settings
@@ -214,7 +245,7 @@ class ReviewService:
         pending = self.ledger.attempts(annotator=annotator, batch_id=batch.id, answered=False)
         pending = [a for a in pending if a.key in self._gold]
         if pending:
-            return self.item(pending[0].key, annotator, cursor=after)
+            return self.item(pending[0].key, annotator, cursor=self.cursor(after))
         seen: dict[str, int] = {}
         for attempt in self.ledger.attempts(annotator=annotator):
             seen[attempt.key] = seen.get(attempt.key, 0) + 1
@@ -223,7 +254,7 @@ class ReviewService:
         shown = gold_mod.shown_boxes(chosen.boxes, size, wrong_rate=s.gold_wrong,
                                      threshold=s.gold_iou, rng=rng)
         self.ledger.open_attempt(batch.id, annotator, chosen, shown)
-        return self.item(chosen.key, annotator, cursor=after)
+        return self.item(chosen.key, annotator, cursor=self.cursor(after))
 
     # -- answers ------------------------------------------------------------------------------
 

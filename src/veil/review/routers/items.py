@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -24,6 +25,7 @@ from veil.review.models import (
 from veil.review.queue import FILTERS, ORDERS
 from veil.review.service import Forbidden, GoldOutcome, Invalid, Item, NotFound, ReviewService
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["review"])
 
 FilterParam = Annotated[str, Query(pattern="^(" + "|".join(FILTERS) + ")$")]
@@ -78,8 +80,11 @@ def _errors(exc: Exception) -> HTTPException:
     if isinstance(exc, Invalid):
         return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
     if isinstance(exc, ImageError):
+        # Never the reason over HTTP: it may quote the file (a link to /etc/passwd
+        # "looks like text: 'root:x:0:0'"). The server's log has it.
+        log.warning("veil review: cannot read an image: %s", exc)
         return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                             f"cannot read this image: {exc}")
+                             "cannot read this image (the review server's log says why)")
     raise exc
 
 
@@ -101,7 +106,7 @@ def next_item(
 def get_item(key: str, service: Service, annotator: Annotator) -> ItemOut:
     """One image and the boxes to start reviewing it from."""
     try:
-        return item_out(service.item(key, annotator, cursor=key))
+        return item_out(service.item(key, annotator, cursor=service.cursor(key)))
     except (NotFound, ImageError) as exc:
         raise _errors(exc) from exc
 
