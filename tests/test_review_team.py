@@ -4,12 +4,13 @@ with k=1, failed batches that can be inspected and reinstated (CLI and real serv
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_review_api import GOLD, boxes_json, detect, make_dataset, review_server
+from test_review_api import GOLD, PRIORITY, boxes_json, detect, make_dataset, review_server
 
 from veil.boxes import Box
 from veil.cli import main
@@ -243,3 +244,44 @@ def test_running_out_of_lives_says_what_it_discards_and_a_batch_can_be_reinstate
     missing = run("review", "reinstate", "--batch", "999", "--store", store)
     assert missing.exit_code == 1 and "no review batch 999" in missing.output
     assert "reinstated 20" in run("review", "stats", "--store", store).output
+
+
+# -- 8. leases: a team that starts together splits the work ------------------------------------
+
+
+def test_with_k1_two_annotators_starting_together_get_different_images(dataset_root, tmp_path):
+    with review_server(dataset_root, str(tmp_path / "f.sqlite"), tokens=("alice", "bob"),
+                       require_tokens=True) as (server, tokens), \
+            server.client(tokens["alice"]) as alice, server.client(tokens["bob"]) as bob:
+        a1 = alice.get("/api/next").json()["item"]
+        b1 = bob.get("/api/next").json()["item"]
+        assert (a1["key"], b1["key"]) == (PRIORITY[0], PRIORITY[1])
+        a2 = alice.get("/api/next", params={"after": a1["cursor"]}).json()["item"]
+        b2 = bob.get("/api/next", params={"after": b1["cursor"]}).json()["item"]
+        assert len({a1["key"], b1["key"], a2["key"], b2["key"]}) == 4, "no image twice"
+        # Saving gives the image back (and it is done); browsing "all" is never leased.
+        assert bob.post(f"/api/items/{b2['key']}/review", json={
+            "boxes": [], "base_review_id": b2["base_review_id"]}).status_code == 200
+        assert bob.get("/api/next", params={"filter": "all"}).json()["item"]["key"] == \
+            PRIORITY[0], "alice's lease does not hide her image from bob's browsing"
+
+
+def test_a_lease_runs_out(dataset_root, tmp_path):
+    with review_server(dataset_root, str(tmp_path / "f.sqlite"), tokens=("alice", "bob"),
+                       require_tokens=True, lease_minutes=0.002) as (server, tokens), \
+            server.client(tokens["alice"]) as alice, server.client(tokens["bob"]) as bob:
+        assert alice.get("/api/next").json()["item"]["key"] == PRIORITY[0]
+        assert bob.get("/api/next").json()["item"]["key"] == PRIORITY[1]
+        time.sleep(0.2)
+        assert bob.get("/api/next").json()["item"]["key"] == PRIORITY[0], (
+            "alice's lease (0.12 s) ran out")
+
+
+def test_with_k2_an_image_is_leased_to_two_annotators(dataset_root, tmp_path):
+    with review_server(dataset_root, str(tmp_path / "f.sqlite"), tokens=("a", "b", "c"),
+                       require_tokens=True, reviews_per_image=2) as (server, tokens):
+        got = []
+        for name in ("a", "b", "c"):
+            with server.client(tokens[name]) as c:
+                got.append(c.get("/api/next").json()["item"]["key"])
+    assert got == [PRIORITY[0], PRIORITY[0], PRIORITY[1]]

@@ -127,6 +127,9 @@ def _with_ledger(store_url: str, work: Callable[[Any], T], *, create: bool = Fal
 @click.option("--uncertain-below", type=click.FloatRange(0, 1), default=None,
               help="Detections scoring below this count as uncertain and come first "
                    "[default: 0.5].")
+@click.option("--lease-minutes", type=click.FloatRange(min=0), default=None,
+              help="An image handed out stays with its annotator this long (unless saved), "
+                   "so a team splits the work; 0 turns leasing off [default: 10].")
 @fail_cleanly
 def serve_command(dataset: Any, store_url: str, host: str, port: int, annotator: str | None,
                   require_tokens: bool, ssl_certfile: str | None, ssl_keyfile: str | None,

@@ -11,6 +11,7 @@ import logging
 import random
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from veil.store.review import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Filters that hand out work (leased); "all" and "disagreement" are for browsing.
+LEASED_FILTERS = ("todo", "detections", "unreviewed")
 
 
 class NotFound(VeilError):
@@ -118,6 +122,7 @@ class ReviewService:
         self._sized = {k for k, rec in known.items() if rec.width is not None}
         self._refresh_lock = threading.Lock()
         self._cursors: OrderedDict[str, str | None] = OrderedDict()
+        self._leases: dict[str, dict[str, float]] = {}  # key -> annotator -> expiry
         self.refresh()
 
     # -- state --------------------------------------------------------------------------------
@@ -173,6 +178,34 @@ class ReviewService:
                 return self._cursors[cursor]
         return cursor if cursor in self._key_set else None
 
+    # -- leases -------------------------------------------------------------------------------
+
+    def _taken(self, key: str, annotator: str, now: float) -> bool:
+        """Whether others hold enough live leases on ``key`` to cover the reviews it
+        still needs (then ``annotator`` is given another image)."""
+        holders = self._leases.get(key, {})
+        others = sum(1 for who, until in holders.items() if who != annotator and until > now)
+        if not others:
+            return False
+        reviewers = self.queue.reviewers(key)
+        return len(reviewers) + others >= self.settings.reviews_per_image
+
+    def _lease(self, key: str, annotator: str, now: float) -> None:
+        minutes = self.settings.lease_minutes
+        if minutes <= 0:
+            return
+        with self._refresh_lock:
+            for held in self._leases.values():  # one image at a time per annotator
+                held.pop(annotator, None)
+            self._leases = {k: v for k, v in self._leases.items() if v}
+            self._leases.setdefault(key, {})[annotator] = now + 60 * minutes
+
+    def release(self, key: str, annotator: str) -> None:
+        with self._refresh_lock:
+            held = self._leases.get(key)
+            if held is not None:
+                held.pop(annotator, None)
+
     # -- items --------------------------------------------------------------------------------
 
     def item(self, key: str, annotator: str, cursor: str | None = None) -> Item:
@@ -217,10 +250,16 @@ class ReviewService:
         """
         self.refresh()
         after = self.position(after)
+        leasing = filter_name in LEASED_FILTERS and self.settings.lease_minutes > 0
+        now = time.monotonic()
+        start = after
         while True:
-            key = self.queue.next_key(annotator, filter_name, order, after)
+            key = self.queue.next_key(annotator, filter_name, order, start)
             if key is None:
                 return None
+            if leasing and self._taken(key, annotator, now):
+                start = key  # someone else is on it: offer the next one
+                continue
             try:
                 self.images.size(key)
             except ImageError as exc:
@@ -231,6 +270,8 @@ class ReviewService:
         gold = self._maybe_gold(annotator, after)
         if gold is not None:
             return gold
+        if leasing:
+            self._lease(key, annotator, now)
         return self.item(key, annotator, cursor=self.cursor(key))
 
     def _maybe_gold(self, annotator: str, after: str | None) -> Item | None:
@@ -288,6 +329,7 @@ class ReviewService:
         if isinstance(result, Conflict):
             start = None if result.latest is not None else self.item(key, annotator)
             return SaveOutcome(conflict=result, conflict_start=start)
+        self.release(key, annotator)
         if key not in self._sized:  # so that COCO exports know the image's size
             width, height = self.images.size(key)
             self.store.register_images([ImageRecord(key, width, height)])

@@ -36,6 +36,7 @@ class ReviewSettings:
     lives: int = PAPER_LIVES  # failed gold answers an annotator may give per batch
     batch_size: int = 20  # answers per batch (lives are counted per batch)
     uncertain_below: float = 0.5  # detections scoring below this are "uncertain"
+    lease_minutes: float = 10.0  # an image served stays with its annotator this long (0: never)
 
     def __post_init__(self) -> None:
         problems = []
@@ -48,6 +49,8 @@ class ReviewSettings:
                 problems.append(f"{name.replace('_', ' ')} must be within 0..1")
         if self.lives < 1:
             problems.append("lives must be at least 1")
+        if self.lease_minutes < 0:
+            problems.append("lease minutes must be at least 0")
         if self.batch_size < 1:
             problems.append("batch size must be at least 1")
         if problems:
