@@ -129,6 +129,16 @@ def drag(page: Any, start: tuple[float, float], end: tuple[float, float]) -> Non
     page.mouse.up()
 
 
+def drag_handle(page: Any, name: str, by: tuple[float, float]) -> None:
+    """Drag the selected box's handle ``name`` (nw, n, ..., w) by ``by`` image pixels."""
+    h = page.evaluate(f"() => window.veilReview.handle('{name}')")
+    scale = page.evaluate("() => window.veilReview.view().scale")
+    page.mouse.move(h["x"], h["y"])
+    page.mouse.down()
+    page.mouse.move(h["x"] + by[0] * scale, h["y"] + by[1] * scale, steps=6)
+    page.mouse.up()
+
+
 def boxes(page: Any) -> list[tuple[float, float, float, float]]:
     return [(b["x0"], b["y0"], b["x1"], b["y1"])
             for b in page.evaluate("() => window.veilReview.boxes()")]
@@ -155,7 +165,7 @@ def test_draw_move_delete_and_submit_with_the_mouse(browser, tmp_path):
         page.keyboard.press("Delete")                      # ... and delete it
         assert len(boxes(page)) == 2
         page.mouse.click(*screen(page, 80, 80))            # select A, resize by its corner
-        drag(page, (120, 120), (130, 140))
+        drag_handle(page, "se", (10, 20))                  # (the handle sits outside it)
         assert close_to(boxes(page)[0], (40, 40, 130, 140))
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review-editing.png"))
