@@ -7,9 +7,11 @@
   const TOKEN_KEY = "veil-review-token";
   const HANDLE = 6;          // half size of a resize handle, screen px
   const MIN_BOX = 3;         // smaller boxes (image px) are a click, not a box
+  const FEW = 3;             // "no faces" over more boxes than this asks first
+  const SAME_FACE_IOU = 0.5; // a box of theirs and one of yours this close are the same face
   const COLORS = {
     box: "#ffd400", uncertain: "#ff9f1a", selected: "#25e0ff", truth: "#3ddc84",
-    theirs: "#ff9f1a", answer: "#ff5d73", drawing: "#ffffff",
+    theirs: "#e36bff", answer: "#ff5d73", drawing: "#ffffff",
   };
 
   // -- token: from the link's #fragment into this tab's sessionStorage, never a cookie ----
@@ -65,6 +67,10 @@
     boxes: [],           // [{x0, y0, x1, y1, score}] in image px
     selected: -1,
     undo: [],
+    redo: [],
+    original: "[]",      // the boxes as shown, to tell unsaved edits
+    drawMode: false,     // R: every drag draws a new box (Shift+drag does too)
+    confirm: null,       // {key, run}: an action waiting for "yes" (Esc cancels)
     overlays: [],        // [{boxes, color, dash, label}]
     locked: false,       // showing a result that needs "Continue"
     shownAt: 0,
@@ -151,15 +157,19 @@
     return { a: a, c: c };
   }
 
+  // Handles sit just outside the box, so its whole inside stays free for moving it: a
+  // 7 px face at fit zoom is smaller than one handle.
   function handles(b) {
     const a = toScreen(b.x0, b.y0);
     const c = toScreen(b.x1, b.y1);
     const mx = (a.x + c.x) / 2;
     const my = (a.y + c.y) / 2;
+    const o = HANDLE + 1;
     return [
-      { name: "nw", x: a.x, y: a.y }, { name: "n", x: mx, y: a.y }, { name: "ne", x: c.x, y: a.y },
-      { name: "e", x: c.x, y: my }, { name: "se", x: c.x, y: c.y }, { name: "s", x: mx, y: c.y },
-      { name: "sw", x: a.x, y: c.y }, { name: "w", x: a.x, y: my },
+      { name: "nw", x: a.x - o, y: a.y - o }, { name: "n", x: mx, y: a.y - o },
+      { name: "ne", x: c.x + o, y: a.y - o }, { name: "e", x: c.x + o, y: my },
+      { name: "se", x: c.x + o, y: c.y + o }, { name: "s", x: mx, y: c.y + o },
+      { name: "sw", x: a.x - o, y: c.y + o }, { name: "w", x: a.x - o, y: my },
     ];
   }
 
@@ -182,7 +192,17 @@
       strokeBox(b, low ? COLORS.uncertain : COLORS.box, 2, low ? [6, 4] : null);
     });
     for (const overlay of state.overlays) {
-      for (const b of overlay.boxes) strokeBox(b, overlay.color, 3, overlay.dash);
+      for (const b of overlay.boxes) {
+        const s = strokeBox(b, overlay.color, b.differs === false ? 1.5 : 3, overlay.dash);
+        if (overlay.label) {
+          ctx.font = "11px system-ui, sans-serif";
+          const w = ctx.measureText(overlay.label).width + 6;
+          ctx.fillStyle = overlay.color;
+          ctx.fillRect(s.a.x, s.a.y - 14, w, 14);
+          ctx.fillStyle = "#000";
+          ctx.fillText(overlay.label, s.a.x + 3, s.a.y - 3);
+        }
+      }
     }
     if (state.selected >= 0 && state.boxes[state.selected]) {
       const b = state.boxes[state.selected];
@@ -200,6 +220,62 @@
     const d = state.drag;
     if (d && d.kind === "draw" && d.box) strokeBox(d.box, COLORS.drawing, 1.5, [5, 4]);
     zoom.textContent = Math.round(state.view.scale * 100) + "%";
+    drawMinimap();
+  }
+
+  // Zoomed in: a small overview of the whole image with the part on screen outlined.
+  function drawMinimap() {
+    const mini = $("minimap");
+    const item = state.item;
+    const { w, h } = stageSize();
+    const a = item && toImage(0, 0);
+    const c = item && toImage(w, h);
+    const cropped = item && state.image &&
+      (a.x > 0.5 || a.y > 0.5 || c.x < item.width - 0.5 || c.y < item.height - 0.5);
+    if (!cropped) { mini.hidden = true; return; }
+    mini.hidden = false;
+    const side = 160;
+    const scale = Math.min(side / item.width, side / item.height);
+    const mw = Math.round(item.width * scale);
+    const mh = Math.round(item.height * scale);
+    const dpr = window.devicePixelRatio || 1;
+    if (mini.width !== mw * dpr || mini.height !== mh * dpr) {
+      mini.width = mw * dpr;
+      mini.height = mh * dpr;
+      mini.style.width = mw + "px";
+      mini.style.height = mh + "px";
+    }
+    const m = mini.getContext("2d");
+    m.setTransform(dpr, 0, 0, dpr, 0, 0);
+    m.drawImage(state.image, 0, 0, mw, mh);
+    m.fillStyle = "rgba(0,0,0,0.45)";
+    m.fillRect(0, 0, mw, mh);
+    const x0 = Math.max(a.x, 0) * scale;
+    const y0 = Math.max(a.y, 0) * scale;
+    const x1 = Math.min(c.x, item.width) * scale;
+    const y1 = Math.min(c.y, item.height) * scale;
+    m.drawImage(state.image, x0 / scale, y0 / scale, (x1 - x0) / scale, (y1 - y0) / scale,
+                x0, y0, x1 - x0, y1 - y0);
+    m.strokeStyle = COLORS.selected;
+    m.lineWidth = 1.5;
+    m.strokeRect(x0 + 0.5, y0 + 0.5, Math.max(x1 - x0 - 1, 1), Math.max(y1 - y0 - 1, 1));
+    mini.dataset.view = [x0, y0, x1, y1].map((v) => (v / scale).toFixed(1)).join(",");
+  }
+
+  // A click on the minimap centres the view there.
+  function onMinimapDown(ev) {
+    const item = state.item;
+    if (!item) return;
+    const rect = $("minimap").getBoundingClientRect();
+    const scale = rect.width / item.width;
+    const px = (ev.clientX - rect.left) / scale;
+    const py = (ev.clientY - rect.top) / scale;
+    const { w, h } = stageSize();
+    state.view.ox = w / 2 - px * state.view.scale;
+    state.view.oy = h / 2 - py * state.view.scale;
+    state.view.fitted = false;
+    draw();
+    ev.preventDefault();
   }
 
   // -- hit testing -----------------------------------------------------------------------
@@ -228,18 +304,74 @@
                     n: "ns-resize", s: "ns-resize", e: "ew-resize", w: "ew-resize" };
 
   // -- editing ---------------------------------------------------------------------------
+  function copyState() {
+    return { boxes: state.boxes.map((b) => Object.assign({}, b)), selected: state.selected };
+  }
+
   function snapshot() {
-    state.undo.push({ boxes: state.boxes.map((b) => Object.assign({}, b)), selected: state.selected });
+    state.undo.push(copyState());
     if (state.undo.length > 100) state.undo.shift();
+    state.redo = [];
   }
 
   function undo() {
     const last = state.undo.pop();
     if (!last) return;
+    state.redo.push(copyState());
     state.boxes = last.boxes;
     state.selected = last.selected;
     updatePanel();
     draw();
+  }
+
+  function redo() {
+    const next = state.redo.pop();
+    if (!next) return;
+    state.undo.push(copyState());
+    state.boxes = next.boxes;
+    state.selected = next.selected;
+    updatePanel();
+    draw();
+  }
+
+  function dirty() {
+    return !!state.item && !state.locked && JSON.stringify(answerBoxes()) !== state.original;
+  }
+
+  // Ask before ``run`` when it would throw away work; the same key again, or the button,
+  // says yes; Esc says no.
+  function confirmFirst(text, key, yes, run) {
+    state.confirm = { key: key, run: run };
+    message(escapeHtml(text), "warn", [
+      { label: yes, primary: true, run: () => { state.confirm = null; message(null); run(); } },
+      { label: "Cancel (Esc)", run: cancelConfirm },
+    ]);
+  }
+
+  function cancelConfirm() {
+    state.confirm = null;
+    message(null);
+  }
+
+  function leaving(key, run) {
+    if (!dirty()) return run();
+    const n = Math.abs(answerBoxes().length - JSON.parse(state.original).length);
+    confirmFirst("This image has unsaved edits" +
+                 (n ? " (" + plural(n, "box", "boxes") + " more or fewer)" : "") +
+                 ". Leave it and discard them?", key, "Discard edits (" + key + ")", run);
+  }
+
+  function noFaces() {
+    const n = state.boxes.length;
+    if (n <= FEW) return submit([]);
+    confirmFirst("Save “no faces here” and discard all " + n + " boxes of this image?", "N",
+                 "Discard " + n + " boxes (N)", () => submit([]));
+  }
+
+  function setDrawMode(on) {
+    state.drawMode = on;
+    $("mode").hidden = !on;
+    canvas.classList.toggle("drawing", on);
   }
 
   function deleteSelected() {
@@ -274,14 +406,18 @@
       return;
     }
     if (ev.button !== 0) return;
-    const handle = handleAt(sx, sy);
+    if (state.confirm) cancelConfirm();
+    const drawing = state.drawMode || ev.shiftKey;
+    const onSelected = state.selected >= 0 && boxAt(sx, sy) === state.selected;
+    const handle = drawing || onSelected ? null : handleAt(sx, sy);
     if (handle) {
       snapshot();
-      state.drag = { kind: "resize", handle: handle, index: state.selected,
+      const p = toImage(sx, sy);
+      state.drag = { kind: "resize", handle: handle, index: state.selected, px: p.x, py: p.y,
                      start: Object.assign({}, state.boxes[state.selected]) };
       return;
     }
-    const hit = boxAt(sx, sy);
+    const hit = drawing ? -1 : boxAt(sx, sy);
     if (hit >= 0) {
       snapshot();
       state.selected = hit;
@@ -305,9 +441,11 @@
     const item = state.item;
     if (!d) {
       if (state.locked) { canvas.style.cursor = "default"; return; }
-      const handle = handleAt(sx, sy);
-      canvas.style.cursor = state.spaceDown ? "grab" : handle ? CURSORS[handle]
-        : boxAt(sx, sy) >= 0 ? "move" : "crosshair";
+      const hit = boxAt(sx, sy);
+      const handle = hit >= 0 && hit === state.selected ? null : handleAt(sx, sy);
+      canvas.style.cursor = state.spaceDown ? "grab"
+        : state.drawMode || ev.shiftKey ? "crosshair"
+        : handle ? CURSORS[handle] : hit >= 0 ? "move" : "crosshair";
       return;
     }
     if (d.kind === "pan") {
@@ -327,12 +465,17 @@
       state.boxes[d.index] = { x0: x0, y0: y0, x1: x0 + w, y1: y0 + h, score: null };
       d.moved = true;
     } else if (d.kind === "resize") {
-      const p = clampPoint(toImage(sx, sy));
+      // By how far the pointer moved: the handle sits outside the edge it drags.
+      const p = toImage(sx, sy);
+      const dx = p.x - d.px;
+      const dy = p.y - d.py;
       const b = Object.assign({}, d.start);
-      if (d.handle.includes("w")) b.x0 = p.x;
-      if (d.handle.includes("e")) b.x1 = p.x;
-      if (d.handle.includes("n")) b.y0 = p.y;
-      if (d.handle.includes("s")) b.y1 = p.y;
+      const cx = (v) => Math.min(Math.max(v, 0), item.width);
+      const cy = (v) => Math.min(Math.max(v, 0), item.height);
+      if (d.handle.includes("w")) b.x0 = cx(d.start.x0 + dx);
+      if (d.handle.includes("e")) b.x1 = cx(d.start.x1 + dx);
+      if (d.handle.includes("n")) b.y0 = cy(d.start.y0 + dy);
+      if (d.handle.includes("s")) b.y1 = cy(d.start.y1 + dy);
       b.score = null;
       state.boxes[d.index] = b;
     }
@@ -484,8 +627,12 @@
     state.boxes = item.boxes.map((b) => ({ x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1, score: b.score }));
     state.selected = -1;
     state.undo = [];
+    state.redo = [];
+    state.confirm = null;
     state.overlays = [];
     state.locked = false;
+    state.original = JSON.stringify(answerBoxes());
+    $("legend-theirs").hidden = true;
     state.shownAt = performance.now();
     $("empty").hidden = true;
     message(null);
@@ -655,29 +802,53 @@
     message(text, "bad", [{ label: "Continue (Enter)", primary: true, run: go }]);
   }
 
+  // Which boxes of ``a`` have no box in ``b`` of the same face (IoU >= SAME_FACE_IOU).
+  function unmatched(a, b) {
+    const iou = (p, q) => {
+      const w = Math.min(p.x1, q.x1) - Math.max(p.x0, q.x0);
+      const h = Math.min(p.y1, q.y1) - Math.max(p.y0, q.y0);
+      if (w <= 0 || h <= 0) return 0;
+      const inter = w * h;
+      return inter / ((p.x1 - p.x0) * (p.y1 - p.y0) + (q.x1 - q.x0) * (q.y1 - q.y0) - inter);
+    };
+    return a.filter((p) => !b.some((q) => iou(p, q) >= SAME_FACE_IOU));
+  }
+
   function conflict(body, mine) {
     const latest = body.latest;
-    state.overlays = [{ boxes: latest.boxes, color: COLORS.theirs, dash: [8, 5] }];
+    const theirsOnly = unmatched(latest.boxes, mine);
+    const mineOnly = unmatched(mine, latest.boxes);
+    const who = latest.annotator || "the other answer";
+    state.overlays = [{
+      boxes: latest.boxes.map((b) => Object.assign({}, b, { differs: theirsOnly.includes(b) })),
+      color: COLORS.theirs, dash: [3, 3], label: who,
+    }];
+    $("legend-theirs").hidden = false;
     draw();
+    const differs = theirsOnly.length || mineOnly.length
+      ? "What differs: " + plural(theirsOnly.length, "box", "boxes") + " only in theirs (drawn " +
+        "thick), " + plural(mineOnly.length, "box", "boxes") + " only in yours."
+      : "Same faces in both (boxes differ by less than IoU " + SAME_FACE_IOU + ").";
     const text = escapeHtml(body.detail) + "<br>" + legend("theirs") +
-      "their boxes (" + latest.boxes.length + ") · yours are kept as they are.";
+      escapeHtml(who) + "’s boxes (" + latest.boxes.length + ") · yours (" + mine.length +
+      ") are kept as they are.<br>" + escapeHtml(differs);
+    const done = () => { state.overlays = []; $("legend-theirs").hidden = true; message(null); };
     message(text, "warn", [
       { label: "Use theirs", run: () => {
           snapshot();
           state.boxes = latest.boxes.map((b) => ({ x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1, score: null }));
           state.item.base_review_id = latest.review_id;
-          state.overlays = [];
-          message(null);
+          done();
           updatePanel();
           draw();
         } },
       { label: "Save mine anyway", primary: true, run: () => {
           state.item.base_review_id = latest.review_id;
-          state.overlays = [];
-          message(null);
+          done();
           submit(mine);
         } },
     ]);
+    state.conflictShown = { theirsOnly: theirsOnly.length, mineOnly: mineOnly.length };
   }
 
   // -- keyboard --------------------------------------------------------------------------
@@ -694,24 +865,61 @@
       if (key === "Enter" && state.continueAction) { ev.preventDefault(); state.continueAction(); }
       return;
     }
-    if ((ev.ctrlKey || ev.metaKey) && key.toLowerCase() === "z") { ev.preventDefault(); undo(); return; }
-    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    if (key === "Delete" || key === "Backspace" || key === "Escape") {
+    const mod = ev.ctrlKey || ev.metaKey;
+    if (mod && (key.toLowerCase() === "y" || (ev.shiftKey && key.toLowerCase() === "z"))) {
+      ev.preventDefault(); redo(); return;
+    }
+    if (mod && key.toLowerCase() === "z") { ev.preventDefault(); undo(); return; }
+    if (mod || ev.altKey) return;
+    const upper = key.length === 1 ? key.toUpperCase() : key;
+    if (state.confirm) {
+      ev.preventDefault();
+      if (key === "Escape") cancelConfirm();
+      else if (upper === state.confirm.key ||
+               (state.confirm.key === "D" && key === "ArrowRight") ||
+               (state.confirm.key === "A" && key === "ArrowLeft")) {
+        const run = state.confirm.run;
+        cancelConfirm();
+        run();
+      }
+      return;
+    }
+    if (key === "Escape") {
+      // Cancel what is in progress, else deselect; never delete (as CVAT, Label Studio).
+      ev.preventDefault();
+      const d = state.drag;
+      if (d && (d.kind === "move" || d.kind === "resize")) {
+        state.boxes[d.index] = d.start;
+        state.undo.pop();
+        state.drag = null;
+      } else if (d && d.kind === "draw") {
+        state.drag = null;
+      } else if (state.selected >= 0) {
+        state.selected = -1;
+      } else if (state.drawMode) {
+        setDrawMode(false);
+      }
+      updatePanel();
+      draw();
+    } else if (key === "Delete" || key === "Backspace") {
       if (state.drag && state.drag.kind === "draw") { state.drag = null; draw(); }
       else deleteSelected();
       ev.preventDefault();
     } else if (key === "Enter") {
       ev.preventDefault();
       submit();
-    } else if (key === "n" || key === "N") {
+    } else if (upper === "N") {
       ev.preventDefault();
-      submit([]);
-    } else if (key === "ArrowRight" || key === "d" || key === "D") {
+      noFaces();
+    } else if (upper === "R") {
       ev.preventDefault();
-      goNext();
-    } else if (key === "ArrowLeft" || key === "a" || key === "A") {
+      setDrawMode(!state.drawMode);
+    } else if (key === "ArrowRight" || upper === "D") {
       ev.preventDefault();
-      goPrev();
+      leaving("D", goNext);
+    } else if (key === "ArrowLeft" || upper === "A") {
+      ev.preventDefault();
+      leaving("A", goPrev);
     } else if (key === "f" || key === "F" || key === "0") {
       fit();
       draw();
@@ -769,9 +977,15 @@
   window.addEventListener("keydown", onKeyDown);
   window.addEventListener("keyup", onKeyUp);
   window.addEventListener("resize", resizeCanvas);
-  $("prev").addEventListener("click", goPrev);
-  $("next").addEventListener("click", goNext);
-  $("noface").addEventListener("click", () => submit([]));
+  $("prev").addEventListener("click", () => leaving("A", goPrev));
+  $("next").addEventListener("click", () => leaving("D", goNext));
+  $("noface").addEventListener("click", noFaces);
+  $("mode").addEventListener("click", () => setDrawMode(false));
+  $("minimap").addEventListener("mousedown", onMinimapDown);
+  // Reloading or closing the tab with unsaved edits asks the browser's own question.
+  window.addEventListener("beforeunload", (ev) => {
+    if (dirty()) { ev.preventDefault(); ev.returnValue = ""; }
+  });
   $("submit").addEventListener("click", () => submit());
   $("filter").addEventListener("change", (ev) => { state.filter = ev.target.value; restart(); canvas.focus(); });
   $("order").addEventListener("change", (ev) => { state.order = ev.target.value; restart(); canvas.focus(); });
@@ -784,6 +998,17 @@
     toScreen: (x, y) => { const p = toScreen(x, y); const r = canvas.getBoundingClientRect(); return { x: p.x + r.left, y: p.y + r.top }; },
     busy: () => state.busy,
     locked: () => state.locked,
+    handle: (name) => {
+      if (state.selected < 0) return null;
+      const h = handles(state.boxes[state.selected]).find((x) => x.name === name);
+      const r = canvas.getBoundingClientRect();
+      return { x: h.x + r.left, y: h.y + r.top };
+    },
+    dirty: () => dirty(),
+    drawMode: () => state.drawMode,
+    confirming: () => !!state.confirm,
+    conflict: () => state.conflictShown || null,
+    view: () => Object.assign({}, state.view),
   };
 
   resizeCanvas();
