@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from corpus import photo
@@ -18,7 +20,10 @@ from PIL import Image
 from test_review_api import GOLD, PRIORITY, make_dataset, review_server
 
 from veil.cli import main
+from veil.datasets import open_dataset
 from veil.review.guard import MAX_BODY_BYTES
+from veil.review.server import build, running
+from veil.review.settings import ReviewSettings
 from veil.store import FaceStore
 from veil.store.review import ReviewLedger
 
@@ -147,6 +152,53 @@ def test_tls_files_reach_uvicorn_and_plain_http_beyond_loopback_is_warned(datase
                                 "--ssl-certfile", str(cert)])
     assert half.exit_code == 2 and "--ssl-keyfile go together" in half.output
     assert len(served) == 3
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    crypto = pytest.importorskip("cryptography")
+    del crypto
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_uvicorn_serves_the_review_over_https_with_the_given_files(dataset_root, tmp_path):
+    cert, key = self_signed(tmp_path)
+    with FaceStore(tmp_path / "f.sqlite") as store:
+        token = ReviewLedger(store).add_annotator("alice")
+        _, app = build(open_dataset(dataset_root), store, ReviewSettings(), host="127.0.0.1",
+                       require_tokens=True)
+        with running(app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as url:
+            assert url.startswith("https://")
+            trust = ssl.create_default_context(cafile=str(cert))
+            with httpx.Client(base_url=url, verify=trust, timeout=10) as c:
+                r = c.get("/api/session", headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 200 and r.json()["annotator"] == "alice"
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(url.replace("https", "http") + "/api/session", timeout=5)
 
 
 # -- 13. gold items look like any other ------------------------------------------------------

@@ -124,10 +124,12 @@ def describe_settings(resolved: Resolved) -> list[str]:
 
 
 @contextmanager
-def running(app: object, host: str = "127.0.0.1") -> Iterator[str]:
+def running(app: object, host: str = "127.0.0.1", *, ssl_certfile: str | None = None,
+            ssl_keyfile: str | None = None) -> Iterator[str]:
     """Serve ``app`` from a background thread on a free port; yields its base URL.
 
-    For tests and notebooks: the real uvicorn server, on a socket bound before it starts.
+    For tests and notebooks: the real uvicorn server, on a socket bound before it starts
+    (HTTPS with ``ssl_certfile`` and ``ssl_keyfile``).
     """
     import uvicorn
 
@@ -135,7 +137,8 @@ def running(app: object, host: str = "127.0.0.1") -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                           ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -144,7 +147,7 @@ def running(app: object, host: str = "127.0.0.1") -> Iterator[str]:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise VeilError("the review server did not start")
             time.sleep(0.01)
-        yield f"http://{host}:{port}"
+        yield f"{'https' if ssl_certfile else 'http'}://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
