@@ -62,6 +62,11 @@ def test_the_hearts_follow_the_lives_and_the_last_one_says_what_is_at_stake(brow
         assert page.locator("#lives .lost").count() == 0
         assert page.is_hidden("#stake")
         assert page.errors == []
+        page.click("text=stats")                         # an admin sees the failed batch
+        page.wait_for_selector("#set-aside tbody tr")
+        row = page.inner_text("#set-aside tbody tr")
+        assert "curator" in row and row.rstrip().endswith("set aside")
+        assert "reinstate --batch" in page.inner_text("#set-aside-note")
 
 
 def drag_with(page: Any, start: tuple[float, float], end: tuple[float, float], *,

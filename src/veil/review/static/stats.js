@@ -35,6 +35,19 @@
        fmt(a.failed_batches)].forEach((t) => cell(row, t));
       body.appendChild(row);
     }
+    const failed = s.set_aside || [];
+    const waiting = failed.filter((b) => !b.reinstated_at);
+    $("set-aside-note").textContent = failed.length === 0 ? "No batch has failed its gold checks."
+      : waiting.length + " failed batch(es) with " +
+        waiting.reduce((n, b) => n + b.answers, 0) + " answer(s) set aside; after inspecting " +
+        "them, `veil review reinstate --batch N --store ...` puts a batch's answers back.";
+    const aside = $("set-aside").querySelector("tbody");
+    for (const b of failed) {
+      const row = document.createElement("tr");
+      [String(b.batch), b.annotator, b.ended_at || "–", fmt(b.answers), fmt(b.images),
+       b.reinstated_at ? "reinstated " + b.reinstated_at : "set aside"].forEach((t) => cell(row, t));
+      aside.appendChild(row);
+    }
     const ag = s.agreement;
     $("agreement").textContent = ag.mean_iou === null
       ? "No image has two reviewers yet."
@@ -50,7 +63,14 @@
     $("policy").textContent = st.reviews_per_image + " review(s) per image, aggregated by " +
       st.aggregate + "; gold at rate " + st.gold_rate + " (" + pct(st.gold_wrong) +
       " shown wrong), pass mark IoU " + st.gold_iou + ", " + st.lives + " lives per batch of " +
-      st.batch_size + ".";
+      st.batch_size + "; images leased for " + st.lease_minutes + " min.";
+    const last = s.last_change;
+    if (last) {
+      const changed = Object.entries(last.changed || {});
+      $("last-change").textContent = "The last server start (" + last.at + ") changed " +
+        (changed.length ? changed.map(([k, v]) => k.replace(/_/g, " ") + " " + v[0] + " → " + v[1])
+          .join(", ") : "nothing") + ".";
+    }
   }
 
   fetch("/api/stats", { credentials: "omit", headers: token ? { Authorization: "Bearer " + token } : {} })
