@@ -123,6 +123,7 @@ class ReviewService:
         self._refresh_lock = threading.Lock()
         self._cursors: OrderedDict[str, str | None] = OrderedDict()
         self._leases: dict[str, dict[str, float]] = {}  # key -> annotator -> expiry
+        self._hand_out_lock = threading.Lock()  # cursors and leases (not the database)
         self.refresh()
 
     # -- state --------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class ReviewService:
         image before it) cannot be told from a normal one by its cursor.
         """
         token = secrets.token_urlsafe(12)
-        with self._refresh_lock:
+        with self._hand_out_lock:
             self._cursors[token] = after
             while len(self._cursors) > self.MAX_CURSORS:
                 self._cursors.popitem(last=False)
@@ -173,7 +174,7 @@ class ReviewService:
         """The key a cursor continues after (None: from the start)."""
         if cursor is None:
             return None
-        with self._refresh_lock:
+        with self._hand_out_lock:
             if cursor in self._cursors:
                 return self._cursors[cursor]
         return cursor if cursor in self._key_set else None
@@ -183,7 +184,8 @@ class ReviewService:
     def _taken(self, key: str, annotator: str, now: float) -> bool:
         """Whether others hold enough live leases on ``key`` to cover the reviews it
         still needs (then ``annotator`` is given another image)."""
-        holders = self._leases.get(key, {})
+        with self._hand_out_lock:
+            holders = dict(self._leases.get(key, {}))
         others = sum(1 for who, until in holders.items() if who != annotator and until > now)
         if not others:
             return False
@@ -194,14 +196,15 @@ class ReviewService:
         minutes = self.settings.lease_minutes
         if minutes <= 0:
             return
-        with self._refresh_lock:
+        with self._hand_out_lock:
             for held in self._leases.values():  # one image at a time per annotator
                 held.pop(annotator, None)
             self._leases = {k: v for k, v in self._leases.items() if v}
             self._leases.setdefault(key, {})[annotator] = now + 60 * minutes
 
     def release(self, key: str, annotator: str) -> None:
-        with self._refresh_lock:
+        """``annotator`` is done with ``key`` (saved): others may be given it."""
+        with self._hand_out_lock:
             held = self._leases.get(key)
             if held is not None:
                 held.pop(annotator, None)
