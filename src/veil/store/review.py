@@ -2,7 +2,10 @@
 
 Everything that must be atomic lives here, in one transaction each: saving a review
 only if nobody saved a newer one (optimistic concurrency), grading a gold attempt and
-spending a life, failing a batch and restoring the answers it had changed. Policy
+spending a life, failing a batch and restoring the answers it had changed, reinstating
+a failed batch's answers (appended again, never rewritten). Each saved review records
+the review its author started from (``batch_reviews.base_review_id``), so an answer
+made on top of another's can be told from an independent one. Policy
 (which image next, how to aggregate, what passes) is :mod:`veil.review`'s business
 and comes in as plain values or a callback.
 
