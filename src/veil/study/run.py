@@ -362,7 +362,8 @@ class Study:
         key = (split.name, condition.name)
         if key in self.caches:
             return self.caches[key]
-        base = self._cache(split, self.conditions[ORIGINAL]) if condition.method else None
+        base = (self._cache(split, self.conditions[ORIGINAL]) if condition.only_faces_change
+                else None)
         cache_dir = self.out / CACHE_DIR
         if self.env.is_main:
             start = time.perf_counter()
