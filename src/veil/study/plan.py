@@ -25,8 +25,10 @@ from veil.study.evaluate import autocast
 from veil.study.profiles import Recipe
 from veil.study.train import build_model, make_optimizer
 
-#: Images per timed step: enough to time a step, few enough for a CPU at 224 px.
-PLAN_BATCH = 8
+#: On a CPU, a timed step holds at most this many pixels per channel (the quick
+#: profile's whole batch, 128 x 64 x 64; about 10 images at 224 px), so the plan stays
+#: quick; per-image cost falls with the batch, so the recipe's batch is used up to that.
+PLAN_PIXELS = 128 * 64 * 64
 #: Timed steps per architecture (after one warm-up step, which is not counted).
 PLAN_STEPS = 2
 #: Images decoded to time the data path.
@@ -48,9 +50,17 @@ class ArchCost:
         return 3 * 4 * self.parameters
 
 
+def plan_batch(recipe: Recipe, device: torch.device) -> int:
+    """Images per timed step: the recipe's batch (on a CPU, capped by PLAN_PIXELS)."""
+    if device.type != "cpu":
+        return recipe.batch_size
+    return max(2, min(recipe.batch_size, PLAN_PIXELS // (recipe.img_size ** 2)))
+
+
 def measure_arch(arch: str, recipe: Recipe, num_classes: int, device: torch.device,
-                 batch: int = PLAN_BATCH, steps: int = PLAN_STEPS) -> ArchCost:
+                 batch: int | None = None, steps: int = PLAN_STEPS) -> ArchCost:
     """Seconds per image of training steps and of evaluation, measured."""
+    batch = batch or plan_batch(recipe, device)
     model = build_model(arch, num_classes, recipe.img_size).to(device)
     memory = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
@@ -166,6 +176,7 @@ def make_plan(study: Any, measure: bool = True) -> dict[str, Any]:
         "time": {
             "measured": measure, "device": str(study.env.device), "parallel": parallel,
             "threads_per_training": threads, "decode_seconds_per_image": decode,
+            "batch": plan_batch(recipe, study.env.device),
             "per_arch": {a: {"train_s_per_image": c.train_seconds_per_image,
                              "eval_s_per_image": c.eval_seconds_per_image,
                              "parameters": c.parameters} for a, c in costs.items()},
@@ -230,7 +241,7 @@ def print_plan(plan: dict[str, Any], echo: Callable[[str], None]) -> None:
     echo(f"time on this machine ({timing['device']}, {timing['parallel']} training(s) at"
          f" once, {timing['threads_per_training']} thread(s) each): about"
          f" {_duration(timing['seconds'])}")
-    echo(f"  measured: {PLAN_STEPS} training steps of {PLAN_BATCH} images per arch, and"
+    echo(f"  measured: {PLAN_STEPS} training steps of {timing['batch']} images per arch, and"
          f" {PLAN_DECODES} image decodes ({timing['decode_seconds_per_image'] * 1000:.1f} ms"
          " each)")
     for arch, cost in timing["per_arch"].items():
