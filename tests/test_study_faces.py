@@ -133,3 +133,16 @@ def test_obfuscate_applies_flat_val_faces_to_an_imagefolder_tree(dataset: Path,
                               np.asarray(Image.open(dataset / face)))
     assert np.array_equal(np.asarray(Image.open(out / faceless)),
                           np.asarray(Image.open(dataset / faceless)))
+
+
+def test_the_torch_transform_finds_flat_val_faces_for_imagefolder_keys() -> None:
+    from veil.transforms import Obfuscate
+
+    transform = Obfuscate({"val/x.JPEG": [Box(2, 2, 14, 14)]}, "overlay")
+    image = np.full((16, 16, 3), 200, np.uint8)
+    assert not np.array_equal(transform(image, "val/n01/x.JPEG"), image)
+    assert np.array_equal(transform(image, "val/n01/y.JPEG"), image)
+    ambiguous = Obfuscate({"val/a/x.JPEG": [Box(2, 2, 14, 14)],
+                           "val/b/x.JPEG": [Box(2, 2, 14, 14)]}, "overlay")
+    with pytest.raises(VeilError, match=r"could be those of val/a/x\.JPEG"):
+        ambiguous(image, "val/x.JPEG")
