@@ -239,15 +239,23 @@ def face_boxes(snapshot: FacesSnapshot) -> dict[str, list[Box]]:
 def load_condition_image(path: str | os.PathLike[str], key: str,
                          boxes: Mapping[str, Sequence[Box]], condition: Condition
                          ) -> Image.Image:
-    """The image as the model's input starts: decoded, faces obfuscated at full size."""
+    """The image as the model's input starts: decoded, faces obfuscated at full size
+    (and re-saved as JPEG for a JPEG condition)."""
     try:
         image = load_image(path).image
     except VeilError as exc:
         raise VeilError(f"{key}: {exc} (a study needs every image; remove or replace it)"
                         ) from None
-    found = boxes.get(key)
-    if condition.method is not None and found:
-        result = obfuscate(image, list(found), condition.method, **dict(condition.options))
+    return condition_image(image, boxes.get(key) or [], condition)
+
+
+def condition_image(image: Image.Image, boxes: Sequence[Box], condition: Condition
+                    ) -> Image.Image:
+    """A decoded image as ``condition`` shows it: faces obfuscated by its method, then,
+    for a JPEG condition, re-saved the authors' way. (What a report's example images
+    should call for any study condition, ``blur_q75`` and ``recompress_q75`` included.)"""
+    if condition.method is not None and boxes:
+        result = obfuscate(image, list(boxes), condition.method, **dict(condition.options))
         assert isinstance(result, Image.Image)
         image = result
     if condition.resave_jpeg:
