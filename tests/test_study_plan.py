@@ -86,3 +86,16 @@ def test_plan_refuses_a_bad_lr_for(dataset: Path) -> None:
     result = CliRunner().invoke(main, ["study", "--data", str(dataset), "--faces",
                                        str(dataset / "faces.json")])
     assert result.exit_code == 2 and "--out is required" in result.output  # UsageError
+
+
+def test_each_training_records_and_uses_its_arch_rate(dataset: Path) -> None:
+    from veil.study.ddp import DistEnv
+    from veil.study.run import Study
+
+    study = Study(StudyConfig(data=dataset, faces=dataset / "faces.json", out="",
+                              profile="paper", archs=["alexnet", "resnet18"],
+                              overrides={"batch_size": 128}, log=lambda m: None), DistEnv())
+    alexnet = study.run_config("alexnet", 1, "original")["hyper"]
+    resnet = study.run_config("resnet18", 1, "blur")["hyper"]
+    assert alexnet["lr"] == 0.01 and alexnet["effective_lr"] == pytest.approx(0.005)
+    assert resnet["lr"] == 0.1 and resnet["effective_lr"] == pytest.approx(0.05)

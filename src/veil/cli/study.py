@@ -204,7 +204,9 @@ def study_command(data_path: str, layout: str, labels_file: str | None, faces_so
     if plan_only:
         from veil.study.plan import print_plan
 
-        print_plan(plan_study(config), click.echo)
+        plan = plan_study(config)
+        if os.environ.get("RANK", "0") == "0":
+            print_plan(plan, click.echo)
         return
     summary = run_study(config)
     if os.environ.get("RANK", "0") == "0" and summary.done:
