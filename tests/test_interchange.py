@@ -302,7 +302,9 @@ def test_key_resolver_matches_val_by_file_name():
     assert resolve("val/ILSVRC2012_val_00000001.JPEG") == "val/n02/ILSVRC2012_val_00000001.JPEG"
     assert resolve("val/n99/ILSVRC2012_val_00000009.JPEG") == "val/ILSVRC2012_val_00000009.JPEG"
     assert resolve("val/dup.JPEG") is None, "ambiguous file names do not resolve"
-    assert resolve("train/a.JPEG") is None, "only val is matched by file name"
+    assert resolve("train/a.JPEG") == "train/n01/a.JPEG", "train matches by file name too"
+    assert resolve("train/val/a.JPEG") == "train/n01/a.JPEG"
+    assert resolve("test/a.JPEG") is None, "only within the same split"
     assert resolve("val/missing.JPEG") is None
 
 

@@ -249,8 +249,16 @@ def test_run_folder_follows_the_contract(finished: Path, dataset: Path) -> None:
     for item in study["conditions"]:
         table = pq.read_table(finished / item["predictions"])
         assert table.column_names == ["key", "label", "pred", "top5", "probs", "correct1",
-                                      "correct5"]
+                                      "correct5", "logits"]
         assert table.schema.field("probs").type == pa.list_(pa.float32(), 3)
+        assert table.schema.field("logits").type == pa.list_(pa.float32())
+        logits = np.array(table.column("logits").to_pylist(), dtype=np.float32)
+        assert logits.shape == (len(val_keys), 3)  # one per class, in class-index order
+        softmax = np.exp(logits - logits.max(1, keepdims=True))
+        softmax /= softmax.sum(1, keepdims=True)
+        np.testing.assert_allclose(softmax, np.array(table.column("probs").to_pylist()),
+                                   atol=1e-5)
+        assert (logits.argmax(1) == table.column("pred").to_numpy()).all()
         assert table.schema.field("top5").type == pa.list_(pa.int32())
         rows = table.to_pylist()
         assert [r["key"] for r in rows] == val_keys  # each val image once, in key order
@@ -325,7 +333,7 @@ def test_clear_errors_for_unusable_inputs(tmp_path: Path, dataset: Path) -> None
 def test_stream_loader_runs_the_papers_data_path(dataset: Path, tmp_path: Path) -> None:
     summary = run_study(StudyConfig(
         data=dataset, faces=dataset / "faces.json", out=tmp_path / "s", methods=["blur"],
-        profile="paper", archs=["resnet18"],
+        profile="paper", archs=["resnet18"], seeds=[0],  # paper's default: seeds 1-3
         overrides={"epochs": 1, "img_size": 24, "batch_size": 8, "precision": "bf16"},
         workers=1, threads=1, parallel=1, log=lambda m: None))
     assert summary.done and len(summary.conditions) == 3

@@ -28,6 +28,7 @@ from veil.boxes import Box, usable_boxes
 from veil.errors import VeilError
 from veil.faces import FacesSnapshot, load_faces
 from veil.images import load_image
+from veil.interchange.common import KeyResolver
 from veil.obfuscation import METHODS, obfuscate
 
 
@@ -52,9 +53,19 @@ class Obfuscate:
         }
         self.method = method
         self.options = options
+        self._resolve = KeyResolver(self.boxes)
 
     def __call__(self, image: Image.Image | np.ndarray, key: str) -> Image.Image | np.ndarray:
+        """The image with the faces of ``key`` obfuscated. The key meets the faces' keys
+        by the rule of every stage (:class:`veil.interchange.KeyResolver`): a val image
+        ``val/<wnid>/<file>`` finds the authors' ``val/<file>`` record."""
         boxes = self.boxes.get(key)
+        if boxes is None:
+            found = self._resolve.candidates(key)
+            if len(found) > 1:
+                raise VeilError(f"{key}: its faces could be those of {', '.join(found[:3])}"
+                                " (one file name in several folders); key the faces by path")
+            boxes = self.boxes.get(found[0]) if found else None
         if not boxes:
             return image
         return obfuscate(image, boxes, self.method, **self.options)

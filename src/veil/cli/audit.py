@@ -24,7 +24,7 @@ from veil.cli.detect import detector_settings
 from veil.detection import available_detectors
 from veil.detection.profiles import available_profiles
 from veil.encoding import atomic_write_bytes
-from veil.faces import load_faces
+from veil.faces import load_faces, match_faces
 from veil.images import load_image
 from veil.report import render, thumbnail_uri
 from veil.stages.audit import (
@@ -86,7 +86,9 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, profile
     regions = regions_from_ledger(root)
     source = f"the obfuscate ledger in {root / '.veil'}"
     if faces_source is not None:
-        regions = regions_from_faces(load_faces(faces_source).boxes, dataset.keys())
+        keys = dataset.keys()
+        matched = match_faces(load_faces(faces_source), keys, min_share=0.0).snapshot
+        regions = regions_from_faces(matched.boxes, keys)
         source = f"the boxes in {faces_source}"
     elif regions is None:
         regions, source = {}, "none (no ledger and no --faces): every detection is reported"

@@ -16,7 +16,7 @@ from veil.cli.common import (
     sharded_run_options,
     want_progress,
 )
-from veil.faces import load_faces
+from veil.faces import load_faces, match_faces
 from veil.obfuscation import METHODS, parse_method_options
 from veil.stages.obfuscate import FORMATS, OUT_FORMATS, UNANNOTATED_POLICIES, obfuscate_dataset
 
@@ -77,12 +77,13 @@ def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
     input failed.
     """
     options = parse_method_options(method, list(option_pairs))
-    faces = load_faces(faces_source)
+    matching = match_faces(load_faces(faces_source), dataset.keys(), min_share=0.0)
+    faces = matching.snapshot
     for warning in faces.warnings[:5]:
         click.echo(f"warning: {warning}", err=True)
     if len(faces.warnings) > 5:
         click.echo(f"warning: ... and {len(faces.warnings) - 5} more", err=True)
-    unknown = [k for k in faces.boxes if k not in dataset]
+    unknown = matching.unmatched
     if unknown:
         click.echo(f"warning: {len(unknown)} key(s) in the faces source are not images of the "
                    f"dataset, e.g. {', '.join(unknown[:3])}", err=True)

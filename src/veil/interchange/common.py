@@ -95,28 +95,56 @@ def flat_val_key(key: str) -> str:
     return key
 
 
-class KeyResolver:
-    """Maps a file's keys onto a dataset's: exact match first, then val by file name.
+def key_split(key: str) -> str:
+    """The split a key belongs to: its first folder (``train``, ``val``), "" when flat."""
+    head, sep, _ = key.partition("/")
+    return head if sep else ""
 
-    ILSVRC's released annotations name val images ``val/<file>`` while a dataset on
-    disk may keep them in class folders (or the other way round); a val file name
-    that occurs in two folders is ambiguous and does not resolve.
+
+def _name(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def _stem(key: str) -> str:
+    name = _name(key)
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+class KeyResolver:
+    """Maps a faces source's keys onto a dataset's: the one rule every stage uses.
+
+    A key resolves to the dataset key that is the same path; else to the one dataset
+    key of the same split (first folder) with the same file name; else to the one with
+    the same file name but another suffix (``.jpg`` on disk for ``.JPEG`` in the
+    file, as the authors' own scripts convert). ILSVRC's released annotations name val
+    images ``val/<file>`` while an ImageFolder tree keeps them in ``val/<wnid>/<file>``
+    (or the other way round): this is what makes the two meet. A name that occurs in
+    two folders of one split is ambiguous: ``__call__`` gives None and
+    :meth:`candidates` names them.
     """
 
     def __init__(self, known: Collection[str]) -> None:
         self.known = known if isinstance(known, set | frozenset) else set(known)
-        self._val: dict[str, str | None] = {}
-        for key in self.known:
-            if key.startswith("val/"):
-                name = key.rsplit("/", 1)[1]
-                self._val[name] = key if self._val.get(name, key) == key else None
+        self._by_name: dict[tuple[str, str], list[str]] = {}
+        self._by_stem: dict[tuple[str, str], list[str]] = {}
+        for key in sorted(self.known):
+            split = key_split(key)
+            self._by_name.setdefault((split, _name(key)), []).append(key)
+            self._by_stem.setdefault((split, _stem(key)), []).append(key)
+
+    def candidates(self, key: str) -> list[str]:
+        """Every dataset key ``key`` could mean (one: it resolves; several: ambiguous)."""
+        if key in self.known:
+            return [key]
+        split = key_split(key)
+        found = self._by_name.get((split, _name(key)))
+        if found:
+            return list(found)
+        return list(self._by_stem.get((split, _stem(key)), []))
 
     def __call__(self, key: str) -> str | None:
-        if key in self.known:
-            return key
-        if key.startswith("val/"):
-            return self._val.get(key.rsplit("/", 1)[1])
-        return None
+        found = self.candidates(key)
+        return found[0] if len(found) == 1 else None
 
 
 def box_row(box: Box) -> dict[str, float]:

@@ -58,6 +58,7 @@ from veil.faces import FacesSnapshot
 from veil.images import load_image, probe
 from veil.interchange.common import atomic_path
 from veil.obfuscation import METHODS, obfuscate
+from veil.obfuscation.jpeg import pillow_default_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,16 +179,40 @@ def class_names(root: Path, classes: Sequence[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- faces
 
 
+#: Conditions that reproduce the JPEG re-save of the authors' released files (see
+#: :mod:`veil.obfuscation.jpeg`): every image of the split, faces or not, goes through
+#: Pillow's default JPEG save (quality 75). ``blur_q75`` is the authors' blurred files
+#: (the paper's blur, then the save); ``recompress_q75`` the control with the original
+#: pixels through the same save, so blur and recompression can be told apart.
+JPEG_CONDITIONS: dict[str, str | None] = {"blur_q75": "blur", "recompress_q75": None}
+#: Every name a study accepts besides "original".
+STUDY_CONDITIONS = (*METHODS, *JPEG_CONDITIONS)
+
+
 @dataclass(frozen=True)
 class Condition:
-    """What the model sees: the original images or one obfuscation method."""
+    """What the model sees: the original images, one obfuscation method, or one of
+    :data:`JPEG_CONDITIONS`."""
 
-    name: str  # "original" or the method name
+    name: str  # "original", a method name or a JPEG condition's name
     options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def method(self) -> str | None:
+        """The obfuscation applied to faces (None: the pixels stay the original's)."""
+        if self.name in JPEG_CONDITIONS:
+            return JPEG_CONDITIONS[self.name]
         return None if self.name == ORIGINAL else self.name
+
+    @property
+    def resave_jpeg(self) -> bool:
+        """Whether every image goes through Pillow's default JPEG save afterwards."""
+        return self.name in JPEG_CONDITIONS
+
+    @property
+    def only_faces_change(self) -> bool:
+        """Whether images without faces are the original's (their cache can be copied)."""
+        return self.method is not None and not self.resave_jpeg
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "options": {k: _jsonable(v) for k, v in self.options}}
@@ -198,8 +223,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def make_condition(name: str, options: Mapping[str, Any] | None = None) -> Condition:
-    if name != ORIGINAL and name not in METHODS:
-        raise VeilError(f"unknown obfuscation method {name!r}; choose from {', '.join(METHODS)}")
+    if name != ORIGINAL and name not in STUDY_CONDITIONS:
+        raise VeilError(f"unknown obfuscation method {name!r}; choose from"
+                        f" {', '.join(STUDY_CONDITIONS)}")
+    if name in JPEG_CONDITIONS and options:
+        raise VeilError(f"{name} reproduces the authors' files exactly; it takes no options")
     return Condition(name, tuple(sorted((options or {}).items())))
 
 
@@ -211,18 +239,28 @@ def face_boxes(snapshot: FacesSnapshot) -> dict[str, list[Box]]:
 def load_condition_image(path: str | os.PathLike[str], key: str,
                          boxes: Mapping[str, Sequence[Box]], condition: Condition
                          ) -> Image.Image:
-    """The image as the model's input starts: decoded, faces obfuscated at full size."""
+    """The image as the model's input starts: decoded, faces obfuscated at full size
+    (and re-saved as JPEG for a JPEG condition)."""
     try:
         image = load_image(path).image
     except VeilError as exc:
         raise VeilError(f"{key}: {exc} (a study needs every image; remove or replace it)"
                         ) from None
-    found = boxes.get(key)
-    if condition.method is None or not found:
-        return image
-    result = obfuscate(image, list(found), condition.method, **dict(condition.options))
-    assert isinstance(result, Image.Image)
-    return result
+    return condition_image(image, boxes.get(key) or [], condition)
+
+
+def condition_image(image: Image.Image, boxes: Sequence[Box], condition: Condition
+                    ) -> Image.Image:
+    """A decoded image as ``condition`` shows it: faces obfuscated by its method, then,
+    for a JPEG condition, re-saved the authors' way. (What a report's example images
+    should call for any study condition, ``blur_q75`` and ``recompress_q75`` included.)"""
+    if condition.method is not None and boxes:
+        result = obfuscate(image, list(boxes), condition.method, **dict(condition.options))
+        assert isinstance(result, Image.Image)
+        image = result
+    if condition.resave_jpeg:
+        image = pillow_default_jpeg(image)
+    return image
 
 
 def union_area(boxes: Sequence[Box], width: int, height: int) -> float:
@@ -360,7 +398,7 @@ def load_or_build_cache(
     """
     path = cache_path(cache_dir, split, condition, size, faces_fingerprint)
     if not path.exists():
-        if base is not None and condition.method is not None:
+        if base is not None and condition.only_faces_change:
             images = np.array(base, copy=True)
             todo = [i for i, key in enumerate(split.keys) if boxes.get(key)]
             if todo:

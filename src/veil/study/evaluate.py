@@ -2,7 +2,8 @@
 
 The predictions file is the study's ground truth for everything ``veil analyze``
 computes (top-1/top-5, bootstrap CIs, McNemar, per-category AP), so it keeps every
-image's full softmax, in the split's key order, each image exactly once.
+image's full softmax and the logits it came from (the authors compute AP on the
+logits, their ``output_scores``), in the split's key order, each image exactly once.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from veil.interchange.common import atomic_path
 from veil.study.data import Source, Split
 from veil.study.ddp import DistEnv, gather_to_main, shard_range
 
-PREDICTION_SCHEMA_FIELDS = ("key", "label", "pred", "top5", "probs", "correct1", "correct5")
+PREDICTION_SCHEMA_FIELDS = ("key", "label", "pred", "top5", "probs", "correct1", "correct5",
+                            "logits")
 
 
 @dataclass
 class Predictions:
-    """Softmax probabilities of the images ``indices`` of a split (rows align)."""
+    """Softmax probabilities and logits of the images ``indices`` of a split (rows
+    align)."""
 
     indices: np.ndarray  # int64
     probs: np.ndarray  # float32, (n, num_classes)
     seconds: float = 0.0
+    logits: np.ndarray | None = None  # float32, (n, num_classes): the model's output
 
     def top1(self, labels: np.ndarray) -> float:
         if not len(self.indices):
@@ -63,6 +67,7 @@ def predict(model: torch.nn.Module, source: Source, env: DistEnv, *, batch_size:
     chunks = batches_of(list(mine), batch_size)
     out_index: list[np.ndarray] = []
     out_probs: list[np.ndarray] = []
+    out_logits: list[np.ndarray] = []
     bar = tqdm(total=len(mine), desc=description, unit="img", leave=False, dynamic_ncols=True,
                disable=not (progress and env.is_main), position=position)
     with bar:
@@ -71,22 +76,28 @@ def predict(model: torch.nn.Module, source: Source, env: DistEnv, *, batch_size:
                                       generator=None)
             with autocast(env.device, precision):
                 logits = model(x)
-            out_probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            logits = logits.float()
+            out_probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            out_logits.append(logits.cpu().numpy())
             out_index.append(index.numpy())
             bar.update(len(index))
     local = (np.concatenate(out_index) if out_index else np.zeros(0, np.int64),
-             np.concatenate(out_probs) if out_probs else None)
+             np.concatenate(out_probs) if out_probs else None,
+             np.concatenate(out_logits) if out_logits else None)
     gathered = gather_to_main(env, local)
     if gathered is None:
         return None
     indices = np.concatenate([g[0] for g in gathered]).astype(np.int64)
     probs = np.concatenate([g[1] for g in gathered if g[1] is not None]).astype(np.float32)
+    logits = np.concatenate([g[2] for g in gathered if g[2] is not None]).astype(np.float32)
     order = np.argsort(indices, kind="stable")
-    return Predictions(indices[order], probs[order], time.perf_counter() - start)
+    return Predictions(indices[order], probs[order], time.perf_counter() - start,
+                       logits[order])
 
 
 def predictions_table(split: Split, predictions: Predictions) -> pa.Table:
-    """The contract's predictions table: key, label, pred, top5, probs, correct1/5."""
+    """The contract's predictions table: key, label, pred, top5, probs, correct1/5, and
+    ``logits`` (list<float32>, one per class in class-index order) when known."""
     probs = predictions.probs
     num_classes = probs.shape[1]
     k = min(5, num_classes)
@@ -95,7 +106,7 @@ def predictions_table(split: Split, predictions: Predictions) -> pa.Table:
     labels = split.labels[predictions.indices].astype(np.int64)
     keys = [split.keys[i] for i in predictions.indices.tolist()]
     flat = pa.array(probs.reshape(-1), type=pa.float32())
-    return pa.table({
+    columns = {
         "key": pa.array(keys, type=pa.string()),
         "label": pa.array(labels, type=pa.int64()),
         "pred": pa.array(top[:, 0].astype(np.int64), type=pa.int64()),
@@ -103,7 +114,13 @@ def predictions_table(split: Split, predictions: Predictions) -> pa.Table:
         "probs": pa.FixedSizeListArray.from_arrays(flat, num_classes),
         "correct1": pa.array(top[:, 0] == labels, type=pa.bool_()),
         "correct5": pa.array((top == labels[:, None]).any(axis=1), type=pa.bool_()),
-    })
+    }
+    if predictions.logits is not None:
+        logits = np.ascontiguousarray(predictions.logits, dtype=np.float32)
+        offsets = pa.array(np.arange(0, logits.size + 1, num_classes, dtype=np.int32))
+        columns["logits"] = pa.ListArray.from_arrays(
+            offsets, pa.array(logits.reshape(-1), type=pa.float32()))
+    return pa.table(columns)
 
 
 def write_predictions(path: Path, table: pa.Table) -> None:

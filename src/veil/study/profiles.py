@@ -3,8 +3,10 @@
 A :class:`Recipe` is everything that decides what a training run computes, so it is
 what ``study.json`` records as ``hyper`` and what a resumed study must match. The
 ``paper`` profile is the paper's recipe exactly (torchvision's reference ImageNet
-script: SGD momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 x batch/256 divided by
-10 every 30 of 90 epochs, RandomResizedCrop(224) + flip, Resize(256) + CenterCrop(224)).
+script: SGD momentum 0.9, weight decay 1e-4, batch 256, lr x batch/256 divided by 10
+every 30 of 90 epochs, RandomResizedCrop(224) + flip, Resize(256) + CenterCrop(224)),
+with the rate per architecture (:data:`PAPER_ARCH_LR`: 0.01 for AlexNet and VGG, 0.1
+for the rest) and the paper's seeds and methods (:data:`PROFILE_DEFAULTS`).
 The ``quick`` profile trades resolution and epochs for time; the measurements behind
 its numbers are in :data:`QUICK_MEASUREMENTS`.
 """
@@ -51,14 +53,25 @@ class Recipe:
     channels_last: bool = False
     compile: bool = False
     val_every: int = 1  # evaluate on the val split every N epochs (0: the last only)
+    arch_lr: tuple[tuple[str, float], ...] = ()  # (arch, lr for a batch of 256) that
+    #                                              replace ``lr`` for those archs
 
     @property
     def effective_lr(self) -> float:
         return self.lr * self.batch_size / 256
 
+    def lr_for(self, arch: str) -> float:
+        """The rate (batch of 256) ``arch`` trains at: its row of ``arch_lr``, else ``lr``."""
+        return dict(self.arch_lr).get(arch, self.lr)
+
+    def for_arch(self, arch: str) -> Recipe:
+        """This recipe as one architecture trains: ``lr`` is that arch's rate."""
+        return dataclasses.replace(self, lr=self.lr_for(arch))
+
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["archs"] = list(self.archs)
+        out["arch_lr"] = dict(self.arch_lr)
         out["effective_lr"] = self.effective_lr
         return out
 
@@ -66,6 +79,8 @@ class Recipe:
         """What decides a training run's result: everything but the default archs."""
         out = self.to_json()
         out.pop("archs")
+        if not out["arch_lr"]:
+            out.pop("arch_lr")  # as studies recorded it before per-arch rates existed
         return out
 
 
@@ -91,6 +106,29 @@ QUICK = Recipe(
     val_every=0,
 )
 
+#: The paper's rate per architecture, for a batch of 256 (the rest train at 0.1).
+#: The authors' trainval.py "is based on an example from PyTorch with only minor changes"
+#: (princetonvisualai/imagenet-face-obfuscation@52d6d78, README.md line 43) and keeps
+#: its default ``--lr 0.1`` (experiments/trainval.py, the ``--lr`` argument); that
+#: example's README says 0.1 "is appropriate for ResNet and models with batch
+#: normalization, but too high for AlexNet and VGG. Use 0.01 as the initial learning
+#: rate for AlexNet or VGG" (pytorch/examples@37ce940, imagenet/README.md line 20).
+PAPER_ARCH_LR: tuple[tuple[str, float], ...] = (
+    # The authors' README trains AlexNet with --learning_rate 0.01 (README.md line 63);
+    # pytorch/examples imagenet/README.md line 20 (and its line 23: -a alexnet --lr 0.01).
+    ("alexnet", 0.01),
+    # VGG (no batch norm): pytorch/examples imagenet/README.md line 20, "0.01 ... for
+    # AlexNet or VGG", which the authors' README (line 43) refers to for the options.
+    ("vgg11", 0.01),
+    ("vgg13", 0.01),  # same source: pytorch/examples imagenet/README.md line 20
+    ("vgg16", 0.01),  # same source: pytorch/examples imagenet/README.md line 20
+    ("vgg19", 0.01),  # same source: pytorch/examples imagenet/README.md line 20
+    # Every other architecture keeps ``lr`` = 0.1: trainval.py's default; the authors'
+    # README runs resnet18 (line 46), resnet50 (line 50) and resnet152 (line 68) with
+    # --learning-rate 0.1; pytorch/examples imagenet/README.md line 20 ("appropriate for
+    # ResNet and models with batch normalization").
+)
+
 PAPER = Recipe(
     profile="paper",
     archs=(
@@ -109,9 +147,28 @@ PAPER = Recipe(
     loader="stream",
     precision="fp32",
     val_every=1,
+    arch_lr=PAPER_ARCH_LR,
 )
 
 PROFILE_RECIPES = {"quick": QUICK, "paper": PAPER}
+
+
+@dataclass(frozen=True)
+class StudyDefaults:
+    """What a profile studies when the command line does not say: seeds and methods."""
+
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+
+
+#: The paper: three runs per model (Table 3's mean +- SD over 3 seeds), numbered 1-3,
+#: and both obfuscations (Table 3: blur; Table B: overlay). Every condition the paper
+#: reports is in each study: train original / eval original, train M / eval M, and
+#: train M / eval original (the authors' --blur-train without --blur-val).
+PROFILE_DEFAULTS = {
+    "quick": StudyDefaults(seeds=(0,), methods=("blur",)),
+    "paper": StudyDefaults(seeds=(1, 2, 3), methods=("blur", "overlay")),
+}
 
 #: What the quick profile's choice rests on (2-core AMD EPYC with avx512_bf16, torch
 #: 2.14.1, other jobs sharing the cores; throughput in CPU time of one thread, which
@@ -167,6 +224,10 @@ def resolve_recipe(profile: str, **overrides: Any) -> Recipe:
         raise VeilError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
     if "archs" in given:
         given["archs"] = tuple(given["archs"])
+    # --lr replaces every arch's rate; --lr-for (arch_lr) then sets single archs.
+    table = {} if "lr" in given else dict(base.arch_lr)
+    table.update(dict(given.pop("arch_lr", {})))
+    given["arch_lr"] = tuple(sorted(table.items()))
     if "img_size" in given:
         ratio = base.eval_resize / base.img_size
         given.setdefault("eval_resize", round(given["img_size"] * ratio))
@@ -194,7 +255,7 @@ def check_recipe(recipe: Recipe) -> None:
         problems.append("eval resize must be >= img size (it is center-cropped to img size)")
     if not 0 < recipe.min_crop_scale <= 1:
         problems.append("min crop scale must be in (0, 1]")
-    if recipe.lr <= 0:
+    if recipe.lr <= 0 or any(lr <= 0 for _, lr in recipe.arch_lr):
         problems.append("lr must be > 0")
     if not 0 <= recipe.label_smoothing < 1:
         problems.append("label smoothing must be in [0, 1)")

@@ -41,7 +41,7 @@ import torchvision
 
 from veil import __version__
 from veil.errors import VeilError
-from veil.faces import FacesSnapshot, load_faces
+from veil.faces import FacesSnapshot, load_faces, match_faces
 from veil.interchange.common import atomic_path
 from veil.runner import default_workers
 from veil.study.data import (
@@ -66,7 +66,7 @@ from veil.study.evaluate import (
     predictions_table,
     write_predictions,
 )
-from veil.study.profiles import Recipe, resolve_recipe
+from veil.study.profiles import PROFILE_DEFAULTS, Recipe, resolve_recipe
 from veil.study.train import (
     RunFiles,
     check_arch,
@@ -94,10 +94,10 @@ class StudyConfig:
     data: str | os.PathLike[str]
     faces: str | os.PathLike[str] | FacesSnapshot | Mapping[str, Any]
     out: str | os.PathLike[str]
-    methods: Sequence[str] = ("blur",)
+    methods: Sequence[str] | None = None  # None: the profile's (PROFILE_DEFAULTS)
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     archs: Sequence[str] | None = None  # None: the profile's
-    seeds: Sequence[int] = (0,)
+    seeds: Sequence[int] | None = None  # None: the profile's (PROFILE_DEFAULTS)
     profile: str = "quick"
     overrides: Mapping[str, Any] = field(default_factory=dict)  # Recipe fields
     layout: str = "auto"
@@ -187,18 +187,26 @@ class Study:
         self.archs = list(self.recipe.archs)
         for arch in self.archs:
             check_arch(arch, self.recipe.img_size)
-        self.methods = list(dict.fromkeys(config.methods))
+        defaults = PROFILE_DEFAULTS.get(config.profile)
+        methods = config.methods if config.methods is not None else (
+            defaults.methods if defaults else ())
+        self.methods = list(dict.fromkeys(methods))
         if ORIGINAL in self.methods:
             raise VeilError("'original' is always trained; list only obfuscation methods")
         self.conditions: dict[str, Condition] = {ORIGINAL: make_condition(ORIGINAL)}
         for method in self.methods:
             self.conditions[method] = make_condition(method, config.method_options.get(method))
-        self.seeds = list(config.seeds)
+        self.seeds = list(config.seeds if config.seeds is not None else (
+            defaults.seeds if defaults else (0,)))
         self.data: StudyData = open_study_data(config.data, layout=config.layout,
                                                labels_file=config.labels_file,
                                                limit=config.limit)
         snapshot = (config.faces if isinstance(config.faces, FacesSnapshot)
                     else load_faces(config.faces))  # type: ignore[arg-type]
+        matching = match_faces(snapshot, self.data.train.keys + self.data.val.keys,
+                               splits=("train", "val"))
+        self.face_matching = matching.to_json()
+        snapshot = matching.snapshot
         self.faces_description = snapshot.description
         self.boxes = face_boxes(snapshot)
         self.faces_fingerprint = snapshot.fingerprint()
@@ -308,6 +316,7 @@ class Study:
             "classes": self.data.class_records(),
             "conditions": conditions,
             "status": status,
+            "face_matching": self.face_matching,
             "dataset": {"train": len(self.data.train), "val": len(self.data.val),
                         "faces_missing": self.faces_missing, "limit": self.config.limit},
             "environment": {"world_size": self.env.world_size,
@@ -362,7 +371,8 @@ class Study:
         key = (split.name, condition.name)
         if key in self.caches:
             return self.caches[key]
-        base = self._cache(split, self.conditions[ORIGINAL]) if condition.method else None
+        base = (self._cache(split, self.conditions[ORIGINAL]) if condition.only_faces_change
+                else None)
         cache_dir = self.out / CACHE_DIR
         if self.env.is_main:
             start = time.perf_counter()
@@ -393,6 +403,7 @@ class Study:
         evals = [ORIGINAL] if train == ORIGINAL else [train, ORIGINAL]
         todo = [e for e in evals if not files.predictions(e).exists()]
         label = f"{arch} seed{seed} train-{train}"
+        recipe = self.recipe.for_arch(arch)
         if not todo:
             self._log(f"{label}: done already")
             return
@@ -400,7 +411,7 @@ class Study:
         reuse_final = False  # the same on every rank: whether train already predicted it
         state = None
         if files.model.exists():
-            model = load_trained(files, arch, len(self.data.classes), self.recipe, self.env)
+            model = load_trained(files, arch, len(self.data.classes), recipe, self.env)
         else:
             if self.env.is_main:
                 files.folder.mkdir(parents=True, exist_ok=True)
@@ -408,7 +419,7 @@ class Study:
             train_source = self.source("train", train)
             val_source = self.source("val", train)
             result = train_model(
-                arch=arch, seed=seed, recipe=self.recipe, num_classes=len(self.data.classes),
+                arch=arch, seed=seed, recipe=recipe, num_classes=len(self.data.classes),
                 train_source=train_source, val_source=val_source, files=files, env=self.env,
                 progress=self.config.progress, label=label, position=self.position,
                 validate=lambda m: self.evaluate(m, train, f"{label} val-{train}"),
@@ -417,7 +428,7 @@ class Study:
             state = result.state
             if result.resumed_from:
                 self._log(f"{label}: resumed after epoch {result.resumed_from}")
-            if state.epoch < self.recipe.epochs:
+            if state.epoch < recipe.epochs:
                 return  # stopped early on purpose
             model = result.model
             final, reuse_final = result.final_val, result.validated_last
@@ -444,7 +455,7 @@ class Study:
         return {
             "arch": arch, "seed": seed, "train_condition": train,
             "condition": self.conditions[train].describe(),
-            "hyper": self.recipe.to_json(),
+            "hyper": self.recipe.for_arch(arch).to_json(),
             "dataset": {"root": str(self.data.root.resolve()), "train": len(self.data.train),
                         "val": len(self.data.val), "classes": len(self.data.classes),
                         "limit": self.config.limit},
@@ -584,5 +595,18 @@ def run_study(config: StudyConfig) -> StudySummary:
     try:
         torch.set_num_threads(config.threads or rank_threads(env))
         return Study(config, env).run()
+    finally:
+        shutdown(env)
+
+
+def plan_study(config: StudyConfig, measure: bool = True) -> dict[str, Any]:
+    """What ``run_study(config)`` would do and cost here (see :mod:`veil.study.plan`);
+    reads the dataset and the faces, measures a few steps, writes nothing."""
+    from veil.study.plan import make_plan
+
+    env = init_distributed(config.device)
+    try:
+        study = Study(config, env)
+        return make_plan(study, measure=measure)
     finally:
         shutdown(env)
