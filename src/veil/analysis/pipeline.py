@@ -1,6 +1,7 @@
 """`veil analyze RUN`: every table, plot and number of the study, into RUN/analysis/.
 
-Writes ``overall.{md,csv}`` (Table 3 / Table B with SEM, bootstrap CI and McNemar),
+Writes ``overall.{md,csv}`` (Table 3 / Table B with SEM, the seeds-and-images CI, Holm
+readings and McNemar),
 ``per_category_<m>.{md,csv}`` and ``lookalikes_<m>.csv`` (Table 4), ``faces.md``,
 ``faces_per_category.csv`` and ``supercategories.csv`` (Fig. 2, Table 2),
 ``correlation.{md,csv}``, the PNG plots, Grad-CAM grids, ``transfer.{md,csv,png}`` when
@@ -33,7 +34,7 @@ from veil.analysis.per_category import (
     per_category_markdown,
 )
 from veil.analysis.run import StudyRun, load_run
-from veil.analysis.stats import MCNEMAR_EXACT_BELOW
+from veil.analysis.stats import INTERVAL_METHOD, MCNEMAR_EXACT_BELOW, ONE_SEED_NOTE
 from veil.analysis.tables import write_csv, write_text
 from veil.encoding import atomic_write_bytes
 from veil.errors import VeilError
@@ -99,9 +100,11 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
         files.append(path.name)
 
     # -- overall --------------------------------------------------------------------------
-    rows, overall_notes = overall_table(run, resamples=options.resamples,
-                                        seed=options.bootstrap_seed, level=options.level)
+    rows, overall_notes = overall_table(run, level=options.level)
     notes += overall_notes
+    one_seed = sorted({r.arch for r in rows if len(r.seeds) < 2 and r.arch != "average"})
+    if one_seed:
+        notes.insert(0, f"{', '.join(one_seed)}: {ONE_SEED_NOTE}")
     if not rows:
         raise VeilError(f"{run.root}: no arch has predictions for both train-original/"
                         "eval-original and an obfuscated condition")
@@ -192,9 +195,12 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
         "run": str(run.root),
         "study": _study_facts(run),
         "settings": {
+            "interval": {"level": options.level, "method": INTERVAL_METHOD,
+                         "reading": "Holm across archs (per method, comparison, metric); "
+                                    "Benjamini-Hochberg across categories and across "
+                                    "correlations"},
             "bootstrap": {"resamples": options.resamples, "seed": options.bootstrap_seed,
-                          "level": options.level, "method": "paired percentile bootstrap "
-                          "over validation images, correctness averaged over seeds per image"},
+                          "used_for": "transfer mAP only (image part of its interval)"},
             "sem": "std over seeds (ddof=1) / sqrt(seeds)",
             "mcnemar": f"top-1, per seed; exact binomial when discordant pairs < "
                        f"{MCNEMAR_EXACT_BELOW}, else chi-square with continuity correction; "

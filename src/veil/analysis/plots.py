@@ -30,7 +30,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_drops(rows: Sequence[Any], path: Path) -> Path:
-    """Top-1 and top-5 drop per arch with its bootstrap 95% CI, one panel per comparison."""
+    """Top-1 and top-5 drop per arch with its 95% CI (seeds and images), one panel per
+    comparison."""
     groups: dict[str, list[Any]] = {}
     for r in rows:
         groups.setdefault(r.label, []).append(r)

@@ -55,6 +55,7 @@ class BootstrapCI:
     high: float
     level: float
     resamples: int
+    variance: float = math.nan  # of the resampled estimates
 
     @property
     def contains_zero(self) -> bool:

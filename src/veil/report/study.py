@@ -45,6 +45,7 @@ def _overall_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "obfuscated": fmt_mean_sem(_num(m["obfuscated"]), _num(m["obfuscated_sem"])),
                 "drop": fmt(_num(m["drop"])),
                 "ci": fmt_ci(_num(m["ci_low"]), _num(m["ci_high"])),
+                "p": fmt_p(_num(m.get("p_adjusted"))),
                 "verdict": m["verdict"],
             }
         group["rows"].append(cells)
@@ -66,6 +67,7 @@ def _transfer_groups(section: dict[str, Any] | None) -> list[dict[str, Any]]:
             "obfuscated": fmt_mean_sem(_num(r["obfuscated"]), _num(r["obfuscated_sem"]), 2),
             "drop": fmt(_num(r["drop"]), 2),
             "ci": fmt_ci(_num(r["ci_low"]), _num(r["ci_high"]), 2) if r["primary"] else "n/a",
+            "p": fmt_p(_num(r.get("p_holm"))) if r["primary"] else "n/a",
             "verdict": r["verdict"]})
     return list(groups.values())
 
@@ -96,8 +98,11 @@ def _examples(run: Any, count: int, faces: str | None
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                  examples: int = 4, faces: str | None = None,
-                 analyze_options: Any = None) -> Path:
-    """Write the HTML report of RUN (default RUN/report.html); returns its path."""
+                 analyze_options: Any = None, demo: bool = False) -> Path:
+    """Write the HTML report of RUN (default RUN/report.html); returns its path.
+
+    ``demo``: the run is `make demo`'s miniature study; the page says that it shows the
+    mechanics, not a finding."""
     from veil.analysis import ANALYSIS_DIR, SUMMARY, analyze, load_run
 
     run = load_run(run_dir)
@@ -139,6 +144,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     if example_note:
         notes.append(example_note)
     destination = Path(out) if out is not None else run.root / REPORT_NAME
+    from veil.analysis.stats import ONE_SEED_NOTE
+    from veil.analysis.transfer import TRANSFER_CAPTION
+
+    one_seed = sorted({r["arch"] for r in summary["overall"]
+                       if r["arch"] != "average" and len(r["seeds"]) < 2})
     return render(
         "study.html", destination,
         version=__version__, created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -157,4 +167,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         examples=example_rows, notes=notes,
         transfer=_transfer_groups(summary.get("transfer")), transfer_plot=plot("transfer.png"),
         pct=lambda v: "n/a" if v is None else f"{100 * v:.1f}%",
+        demo=demo or bool((summary.get("study") or {}).get("demo")),
+        one_seed=f"{', '.join(one_seed)}: {ONE_SEED_NOTE}" if one_seed else None,
+        transfer_caption=TRANSFER_CAPTION,
     )
