@@ -15,8 +15,9 @@ from veil.cli.common import fail_cleanly
                 type=click.Path(exists=True, file_okay=False))
 @click.option("--paper-pickles", "pickles_dir", default=None, metavar="DIR",
               type=click.Path(exists=True, file_okay=False),
-              help="Instead of a run: print the paper's Table 3 / Table B from the authors' "
-                   "eval_*_val_results.pickle files in DIR.")
+              help="Instead of a run: print the paper's Table 3 / Table B / Table 4 from the "
+                   "authors' eval_*_val_results.pickle files in DIR, each with veil's "
+                   "seeds-and-images intervals.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Where to write (default: RUN/analysis). With --paper-pickles: also "
                    "write the tables to DIR/paper_tables.txt.")
