@@ -90,6 +90,10 @@ def analyze_command(run_dir: str | None, pickles_dir: str | None, out_dir: str |
                              gradcam_images=gradcam_images, faces=faces,
                              transfer=list(transfer_dirs) or None)
     result = analyze(run_dir, out_dir, options)
+    from veil.analysis.pipeline import face_matching_lines
+
+    for line in face_matching_lines(result.summary["study"].get("face_matching")):
+        click.echo(line)
     for sentence in result.summary["sentences"]:
         click.echo(sentence["text"])
     for note in result.summary["notes"]:
