@@ -638,3 +638,17 @@ def test_the_demo_report_says_it_shows_mechanics_not_a_finding(tmp_path: Path) -
     assert "One seed:" in html and "no drop below gets" in html
     assert "It shows the mechanics" not in build_report(run, tmp_path / "r.html",
                                                         examples=0).read_text()
+
+
+def test_overall_readings_are_holm_adjusted_across_archs(tmp_path: Path) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    run = make_run(tmp_path, archs=(ARCH, "alexnet"), seeds=3, cutoffs=THREE_SEEDS)
+    analyze(run, options=AnalyzeOptions(gradcam=False))
+    frame = _overall(run)
+    table = frame[(frame["comparison"] == "obfuscated") & (frame["arch"] != "average")]
+    assert list(table["top1_p_holm"]) == pytest.approx(
+        list(multipletests(table["top1_p"], method="holm")[1]))
+    markdown = (run / "analysis" / "overall.md").read_text()
+    assert "Holm-adjusted across the archs of the table" in markdown
+    assert "SEM = std with ddof=1" in markdown
