@@ -652,3 +652,22 @@ def test_overall_readings_are_holm_adjusted_across_archs(tmp_path: Path) -> None
     markdown = (run / "analysis" / "overall.md").read_text()
     assert "Holm-adjusted across the archs of the table" in markdown
     assert "SEM = std with ddof=1" in markdown
+
+
+def test_category_top1_tests_carry_the_image_part(tmp_path: Path) -> None:
+    from scipy import stats
+
+    from veil.analysis.stats import shared_image_variance
+
+    run = make_run(tmp_path, seeds=3, cutoffs=THREE_SEEDS)
+    analyze(run, options=AnalyzeOptions(gradcam=False))
+    per = pd.read_csv(run / "analysis" / "per_category_blur.csv")
+    row = per[(per["arch"] == "all") & (per["class_index"] == 0)].iloc[0]
+    images = np.arange(0, N_VAL, K)  # class 0
+    d = np.stack([100 * ((images < o).astype(float) - (images < b))
+                  for o, b in zip(THREE_SEEDS[("original", "original")],
+                                  THREE_SEEDS[("blur", "blur")], strict=True)])
+    seed_drops = d.mean(axis=1)
+    se = math.sqrt(seed_drops.var(ddof=1) / 3 + max(shared_image_variance(d), 0) / d.shape[1])
+    expected = 2 * stats.t.sf(abs(seed_drops.mean()) / se, 2) if se > 0 else 0.0
+    assert row["top1_p"] == pytest.approx(expected)

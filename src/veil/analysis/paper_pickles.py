@@ -361,6 +361,7 @@ class Table4Row:
     values: dict[str, dict[str, tuple[float, float]]]  # quantity -> side -> (mean, sem) %
     per_seed: dict[str, dict[str, dict[int, float]]]  # quantity -> side -> seed -> %
     images: int  # validation examples of the category (per model)
+    top1_image_var: float = np.nan  # shared image variance of the top-1 drop, points^2
 
 
 def table4(results: list[PickleResult], method: str = "blur", *,
@@ -403,8 +404,32 @@ def table4(results: list[PickleResult], method: str = "blur", *,
                 per_seed.setdefault(quantity, {})[side] = seeds
                 values.setdefault(quantity, {})[side] = mean_sem(list(seeds.values()),
                                                                  ddof=sem_ddof)
-        rows.append(Table4Row(category, wnid, values, per_seed, images))
+        rows.append(Table4Row(category, wnid, values, per_seed, images,
+                              _category_image_variance(results, method, k)))
     return rows
+
+
+def _category_image_variance(results: list[PickleResult], method: str, k: int) -> float:
+    """The shared image variance (points^2) of category ``k``'s top-1 drop: per seed, the
+    per-example drop of each arch (original minus ``method`` pickle of the same arch and
+    seed) averaged over the archs, then :func:`shared_image_variance` over seeds."""
+    by_seed: dict[int, list[np.ndarray]] = {}
+    archs = sorted({r.arch for r in results})
+    for arch in archs:
+        drops, why = _paired_drops(results, arch, method, False)
+        if why:
+            return np.nan
+        labels = next((r.labels for r in results if r.arch == arch and r.labels is not None),
+                      None)
+        if labels is None:
+            continue
+        for seed, d in drops.items():
+            by_seed.setdefault(seed, []).append(100.0 * d[0][labels == k])
+    shapes = {x.shape for v in by_seed.values() for x in v}
+    if len(by_seed) < 2 or len(shapes) != 1:
+        return np.nan
+    return shared_image_variance(np.stack([np.mean(v, axis=0)
+                                           for _, v in sorted(by_seed.items())]))
 
 
 def format_table4(rows: list[Table4Row], method: str) -> str:
@@ -434,7 +459,10 @@ def table4_uncertainty(rows: list[Table4Row], level: float = 0.95) -> str:
             o, b = r.per_seed[q]["original"], r.per_seed[q]["obfuscated"]
             seeds = sorted(set(o) & set(b))
             drops = [o[s] - b[s] for s in seeds]
-            cis.append(seed_image_interval(drops, 0.0, images=max(r.images, 1), level=level)
+            image_var = (0.0 if q == "ap" or np.isnan(r.top1_image_var)
+                         else float(r.top1_image_var))
+            cis.append(seed_image_interval(drops, image_var, images=max(r.images, 1),
+                                           level=level)
                        if drops and not np.isnan(drops).any() else None)
         adjusted = benjamini_hochberg([c.pvalue if c else np.nan for c in cis])
         results[q] = [(c, float(p)) if c else None for c, p in zip(cis, adjusted,
@@ -497,9 +525,11 @@ def paper_tables(directory: str | Path, *, sem_ddof: int = PAPER_SEM_DDOF) -> st
             f"top-1/top-5/AP in %, per seed pooled over every arch, mean +- {sem_note}; "
             f"{ap_note}\n\n{format_table4(rows4, method)}")
         parts.append(
-            "Uncertainty (veil's addition): per-seed drops, seed-paired t interval over seeds "
-            "(df = seeds - 1; the image part of a category's drop is not estimated here); p "
-            "Benjamini-Hochberg-adjusted across the eight categories; reading = drop or "
+            "Uncertainty (veil's addition): seed-paired t interval over the per-seed drops "
+            "(df = seeds - 1); top-1's SE also carries the category's images (between-seed "
+            "covariance of per-example drops), AP's has the seed part only (AP is no mean "
+            "over images); p Benjamini-Hochberg-adjusted across the eight categories; "
+            "reading = drop or "
             f"gain when that p < 0.05; with one seed no reading ({ONE_SEED}).\n\n"
             f"{table4_uncertainty(rows4)}")
     if not parts:

@@ -9,9 +9,10 @@ rows average the architectures seed by seed (seed k = the mean over archs of the
 values), as the authors' Table 4 script does (their pooling of every model's answers is
 the same mean when the archs share the validation images).
 
-Each ``all`` row also gets a seed-paired t test of its top-1 and AP drop (df = seeds - 1;
-the per-seed drops carry each model's image-level noise, the shared image part is not
-estimated per category), Benjamini-Hochberg-adjusted across the categories.
+Each ``all`` row also gets a test of its top-1 drop over seeds and the class's images
+(:func:`veil.analysis.stats.seed_image_interval`) and a seed-paired t test of its AP drop
+(AP is no mean over images: the seed part only), Benjamini-Hochberg-adjusted across the
+categories.
 
 The paper's own eight categories (Eskimo dog / Siberian husky, projectile / missile,
 tub / bathtub, American chameleon / green lizard) get a table of their own in Table 4's
@@ -48,6 +49,7 @@ from veil.analysis.stats import (
     benjamini_hochberg,
     mean_sem,
     seed_image_interval,
+    shared_image_variance,
     verdict_from_p,
 )
 from veil.analysis.tables import fmt, fmt_mean_sem, fmt_p, markdown_table
@@ -153,7 +155,8 @@ def per_category(run: StudyRun, method: str, *, swing: float = DEFAULT_SWING,
                 for seed, sides in by_seed_all.items()}
     records += _rows("all", averaged, names, wnids, n_val, ap_available)
     frame = pd.DataFrame.from_records(records)
-    _tests_across_categories(frame, averaged, ap_available)
+    _tests_across_categories(frame, averaged, ap_available,
+                             _top1_image_variance(run, values, cond, n))
     all_rows = frame[frame["arch"] == "all"].set_index("class_index")
     counts = confusion_counts(run, list(values))
     lookalikes = lookalike_pairs(all_rows, counts, swing=swing, ap_tolerance=ap_tolerance,
@@ -169,17 +172,46 @@ def per_category(run: StudyRun, method: str, *, swing: float = DEFAULT_SWING,
                           averaged)
 
 
-def _tests_across_categories(frame: Any, averaged: dict[int, Any], ap_available: bool
-                             ) -> None:
-    """p, BH-adjusted p and reading of each ``all`` row's top-1 and AP drop (in place)."""
+def _top1_image_variance(run: StudyRun, values: dict[str, dict[int, Any]], cond: Condition,
+                         n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: the shared image variance of its top-1 drop (in points^2, from the
+    per-image drops averaged over the archs of each seed) and its number of images."""
+    by_seed: dict[int, list[np.ndarray]] = {}
+    labels = None
+    for arch, seeds in values.items():
+        for seed in seeds:
+            a = run.predictions(arch, seed, BASELINE)
+            b = run.predictions(arch, seed, cond)
+            labels = a.labels
+            by_seed.setdefault(seed, []).append(100.0 * (a.correct1.astype(float)
+                                                         - b.correct1))
+    assert labels is not None
+    drops = np.stack([np.mean(v, axis=0) for _, v in sorted(by_seed.items())])
+    variance = np.full(n, np.nan)
+    counts = np.bincount(labels, minlength=n)[:n]
+    for k in range(n):
+        variance[k] = shared_image_variance(drops[:, labels == k])
+    return variance, counts
+
+
+def _tests_across_categories(frame: Any, averaged: dict[int, Any], ap_available: bool,
+                             top1_images: tuple[np.ndarray, np.ndarray]) -> None:
+    """p, BH-adjusted p and reading of each ``all`` row's top-1 and AP drop (in place).
+
+    Top-1: :func:`veil.analysis.stats.seed_image_interval` with the class's own image part;
+    AP is no mean over images, so its test has the seed part only (the per-seed AP drops
+    still carry each model's image-level noise)."""
     is_all = (frame["arch"] == "all").to_numpy()
     seeds = sorted(averaged)
+    variance, counts = top1_images
     for q in ("top1", "ap"):
         if q == "ap" and not ap_available:
             continue
         drops = np.stack([averaged[s]["original"][q] - averaged[s]["obfuscated"][q]
                           for s in seeds])  # (seed, class)
-        p = np.array([seed_image_interval(drops[:, k], 0.0, images=1).pvalue
+        image_var = np.nan_to_num(variance) if q == "top1" else np.zeros(len(counts))
+        p = np.array([seed_image_interval(drops[:, k], float(image_var[k]),
+                                          images=max(int(counts[k]), 1)).pvalue
                       if not np.isnan(drops[:, k]).any() else np.nan
                       for k in range(drops.shape[1])])
         adjusted = benjamini_hochberg(p)
@@ -382,7 +414,9 @@ def per_category_markdown(result: CategoryResult, k: int = 10, faces: Any = None
     most, least, by = most_least_affected(result, k)
     basis = "AP" if by == "ap_drop" else "top-1"
     q = "ap" if by == "ap_drop" else "top1"
-    reading = (f"p ({basis} drop): seed-paired t test over seeds (df = seeds - 1), "
+    how = ("over seeds and the category's images" if q == "top1"
+           else "over seeds (the image part of AP is not estimated)")
+    reading = (f"p ({basis} drop): seed-paired t test {how} (df = seeds - 1), "
                "Benjamini-Hochberg-adjusted across all categories; reading = drop or gain "
                "when that p < 0.05" + (f"; {ONE_SEED}: no reading" if seeds < 2 else "")
                + ". Faces: share of the category's images with faces in the train and the "
