@@ -415,8 +415,8 @@ def per_category_markdown(result: CategoryResult, k: int = 10, faces: Any = None
     basis = "AP" if by == "ap_drop" else "top-1"
     q = "ap" if by == "ap_drop" else "top1"
     how = ("over seeds and the category's images" if q == "top1"
-           else "over seeds (the image part of AP is not estimated)")
-    reading = (f"p ({basis} drop): seed-paired t test {how} (df = seeds - 1), "
+           else "over seeds only, as AP is no mean over images")
+    reading = (f"p ({basis} drop): seed-paired t test (df = seeds - 1) {how}, "
                "Benjamini-Hochberg-adjusted across all categories; reading = drop or gain "
                "when that p < 0.05" + (f"; {ONE_SEED}: no reading" if seeds < 2 else "")
                + ". Faces: share of the category's images with faces in the train and the "
