@@ -237,3 +237,20 @@ def test_bootstrap_multinomial_shortcut_matches_index_resampling(
         assert f.estimate == s.estimate
         assert f.low == pytest.approx(s.low, abs=0.06 * width)
         assert f.high == pytest.approx(s.high, abs=0.06 * width)
+
+
+# -- multiplicity -----------------------------------------------------------------------------
+
+
+def test_holm_and_benjamini_hochberg_match_statsmodels() -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    from veil.analysis.stats import benjamini_hochberg, holm
+
+    p = np.array([0.01, 0.04, 0.03, 0.2, 0.005, 0.5])
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+    assert benjamini_hochberg(p) == pytest.approx(multipletests(p, method="fdr_bh")[1])
+    with_nan = holm([0.01, math.nan, 0.04])
+    assert math.isnan(with_nan[1])
+    assert with_nan[[0, 2]] == pytest.approx([0.02, 0.04])
+    assert np.isnan(benjamini_hochberg([math.nan])).all()

@@ -8,10 +8,11 @@ The run: 6 ImageNet classes, 60 validation images ``val/img_<i>.JPEG`` with labe
     train-blur/eval-blur          cutoff 42, 45                     -> 70 %, 75 %
     train-blur/eval-original      cutoff 45, 48                     -> same as original
 
-so top-1 is 77.5 ± 2.5 vs 72.5 ± 2.5, a drop of 5.0 points. Per image (seeds averaged)
-the difference is 0.5 on images 42-47 and 0 elsewhere; the bootstrap count of those six
-images is Binomial(60, 0.1), so the 95% CI is about [1.7, 9.2] and excludes 0. McNemar per
-seed: 3 images right only for the original model, none the other way: exact p = 0.25.
+so top-1 is 77.5 ± 2.5 vs 72.5 ± 2.5, a drop of 5.0 points in both seeds. The interval
+over seeds and images: the per-seed drops agree (SD 0) and the two seeds' per-image drops
+(images 42-44 vs 45-47) have a negative covariance, so the shared image part is 0 and the
+CI is [5, 5]: a drop. McNemar per seed: 3 images right only for the original model, none
+the other way: exact p = 0.25.
 Wrong answers: class 0 -> 1, 1 -> 0 (a mutual confusion pair), k -> k+1 otherwise.
 """
 
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +34,7 @@ from PIL import Image
 
 from veil.analysis import AnalyzeOptions, analyze, load_run
 from veil.analysis.per_category import lookalike_pairs, most_confused
+from veil.analysis.stats import paired_bootstrap
 from veil.boxes import Box
 from veil.cli import main
 from veil.interchange import write_faces
@@ -50,7 +54,15 @@ def _wrong(label: int) -> int:
     return {0: 1, 1: 0}.get(label, (label + 1) % K)
 
 
-def write_predictions(path: Path, cutoff: int, *, probs: bool = True) -> None:
+def _logits(scores: np.ndarray) -> np.ndarray:
+    """Logits whose per-class ranking of the images differs from the softmax's: each
+    image gets its own offset (softmax removes it, a column's ranking keeps it)."""
+    offset = np.linspace(3.0, 0.0, scores.shape[0], dtype=np.float32)[:, None]
+    return np.log(scores) + offset
+
+
+def write_predictions(path: Path, cutoff: int, *, probs: bool = True,
+                      logits: bool = False) -> None:
     labels = np.arange(N_VAL) % K
     pred = np.array([lab if i < cutoff else _wrong(lab) for i, lab in enumerate(labels)])
     scores = np.full((N_VAL, K), 0.02, dtype=np.float32)
@@ -72,6 +84,9 @@ def write_predictions(path: Path, cutoff: int, *, probs: bool = True) -> None:
     if probs:
         columns["probs"] = pa.array([list(map(float, r)) for r in scores[::-1]],
                                     pa.list_(pa.float32(), K))
+    if logits:
+        columns["logits"] = pa.array([list(map(float, r)) for r in _logits(scores)[::-1]],
+                                     pa.list_(pa.float32()))
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path)
 
@@ -97,7 +112,9 @@ def write_faces_parquet(path: Path) -> None:
 
 
 def make_run(root: Path, *, probs: bool = True, models: bool = False,
-             faces: bool = True, archs: tuple[str, ...] = (ARCH,), seeds: int = 2) -> Path:
+             faces: bool = True, archs: tuple[str, ...] = (ARCH,), seeds: int = 2,
+             cutoffs: dict[tuple[str, str], tuple[int, ...]] | None = None,
+             logits: bool = False, face_matching: dict[str, Any] | None = None) -> Path:
     data = root / "data"
     (data / "val").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -116,15 +133,17 @@ def make_run(root: Path, *, probs: bool = True, models: bool = False,
              "profile": "quick", "hyper": {"img_size": 64},
              "classes": [{"index": i, "wnid": w, "name": n} for i, (w, n) in enumerate(CLASSES)],
              "conditions": [], "status": "done"}
+    if face_matching is not None:
+        study["face_matching"] = face_matching
     (run / "study.json").write_text(json.dumps(study))
     if faces:
         write_faces_parquet(run / "faces.parquet")
     for arch in archs:
-        for (train, evaluated), cutoffs in CUTOFFS.items():
-            for seed, cutoff in enumerate(cutoffs[:seeds]):
+        for (train, evaluated), per_seed in (cutoffs or CUTOFFS).items():
+            for seed, cutoff in enumerate(per_seed[:seeds]):
                 folder = run / "runs" / arch / f"seed{seed}" / f"train-{train}"
                 write_predictions(folder / "predictions" / f"eval-{evaluated}.parquet",
-                                  cutoff, probs=probs)
+                                  cutoff, probs=probs, logits=logits)
     if models:
         import torch
         import torchvision
@@ -163,9 +182,8 @@ def test_analyze_writes_table_3_with_known_numbers(tmp_path: Path) -> None:
     assert row["top1_obfuscated"] == pytest.approx(72.5)
     assert row["top1_obfuscated_sem"] == pytest.approx(2.5)
     assert row["top1_drop"] == pytest.approx(5.0)
-    # count of the six 0.5-images in a resample ~ Binomial(60, 0.1): 2.5% / 97.5% ~ 2 / 11
-    assert 0.8 <= row["top1_drop_ci_low"] <= 3.4
-    assert 7.5 <= row["top1_drop_ci_high"] <= 11.7
+    # both seeds drop exactly 5 points; the shared image part is clipped at 0
+    assert (row["top1_drop_ci_low"], row["top1_drop_ci_high"]) == pytest.approx((5.0, 5.0))
     assert row["top1_verdict"] == "drop"
     assert row["top1_mcnemar_p_max"] == pytest.approx(0.25)
     assert row["top5_drop"] == pytest.approx(0.0)
@@ -176,7 +194,8 @@ def test_analyze_writes_table_3_with_known_numbers(tmp_path: Path) -> None:
     assert (other["top1_drop_ci_low"], other["top1_drop_ci_high"]) == (0.0, 0.0)
     assert other["top1_verdict"] == "within noise"
     assert other["top1_mcnemar_p_max"] == 1.0
-    assert "top-1 dropped 5.00 points, 95% CI [" in result.output
+    assert "top-1 dropped 5.00 points (95% CI [5.00, 5.00] over seeds and images" \
+        in result.output
     assert "top-1 drop +0.00 points" in result.output and "within noise" in result.output
     markdown = (run / "analysis" / "overall.md").read_text()
     assert "the paper's Table 3" in markdown
@@ -195,12 +214,33 @@ def test_average_row_and_a_single_seed(tmp_path: Path) -> None:
     assert table.at["alexnet", "top1_original"] == pytest.approx(75.0)
     assert math.isnan(table.at["alexnet", "top1_original_sem"])
     assert table.at["average", "top1_drop"] == pytest.approx(5.0)
-    # the same 5-point drop now rests on 3 images (42-44): P(none resampled) = 0.95**60
-    # = 0.046 > 0.025, so the CI reaches 0 and the drop is within noise
-    assert table.at["average", "top1_drop_ci_low"] == 0.0
-    assert table.at["average", "top1_verdict"] == "within noise"
+    # one seed: training randomness is unmeasured, so no interval and no verdict
+    assert math.isnan(table.at["average", "top1_drop_ci_low"])
+    assert set(table["top1_verdict"]) == {"one seed: training randomness unmeasured"}
+    assert "no verdict (one seed: training randomness unmeasured)" in result.output
     markdown = (run / "analysis" / "overall.md").read_text()
-    assert "| alexnet | 75.000 | 70.000 | 5.000 |" in markdown
+    assert "| alexnet | 1 | 75.000 | 70.000 | 5.000 | [n/a, n/a] | n/a | one seed" in markdown
+
+
+def test_a_drop_that_seed_variation_explains_is_not_called_a_drop(tmp_path: Path) -> None:
+    # 3 seeds: original 80 % each time; blur 66.7, 83.3, 73.3 %: per-seed drops of 13.3,
+    # -3.3 and 6.7 points. Mean 5.6, SE 4.8 over seeds, t(2): the 95% CI spans 0.
+    cutoffs = {("original", "original"): (48, 48, 48), ("blur", "blur"): (40, 50, 44),
+               ("blur", "original"): (48, 48, 48)}
+    run = make_run(tmp_path, seeds=3, cutoffs=cutoffs)
+    analyze(run, options=AnalyzeOptions(gradcam=False))
+    row = _overall(run).set_index("comparison").loc["obfuscated"]
+    drops = 100 * (np.array([48, 48, 48]) - np.array([40, 50, 44])) / N_VAL
+    assert row["top1_drop"] == pytest.approx(drops.mean())
+    assert row["top1_seed_se"] == pytest.approx(drops.std(ddof=1) / math.sqrt(3))
+    assert row["top1_drop_ci_low"] < 0 < row["top1_drop_ci_high"]
+    assert row["top1_verdict"] == "within noise"
+    # the image-only paired bootstrap veil used before calls the same data a drop
+    idx = np.arange(N_VAL)
+    original = np.mean([idx < c for c in cutoffs[("original", "original")]], axis=0)
+    blurred = np.mean([idx < c for c in cutoffs[("blur", "blur")]], axis=0)
+    old = paired_bootstrap(original, blurred, resamples=4000, seed=0)[0]
+    assert old.low > 0
 
 
 def test_summary_json_has_the_key_numbers_and_is_reproducible(analysed: Path,
@@ -289,23 +329,45 @@ def test_face_statistics_and_supercategories(analysed: Path) -> None:
     assert supers["clothing.n.01"]["categories"] == 0
 
 
+def sps_fdr(pvalues: list[float]) -> list[float]:
+    """scipy's Benjamini-Hochberg, the reference for veil's."""
+    from scipy import stats
+
+    return list(stats.false_discovery_control(pvalues, method="bh"))
+
+
 def test_correlation_of_drop_with_faces(analysed: Path) -> None:
     from scipy import stats
 
     run = analysed
     summary = json.loads((run / "analysis" / "summary.json").read_text())
-    record = next(r for r in summary["correlation"]
-                  if r["drop"] == "ap_drop" and r["face_variable"] == "share_with_faces")
+    records = summary["correlation"]
+    # the drop is measured on val, so val's face statistics come first; train's beside them
+    assert [r["face_split"] for r in records][:1] == ["val"]
+    assert {r["face_split"] for r in records} == {"val", "train"}
     per = pd.read_csv(run / "analysis" / "per_category_blur.csv")
     rows = per[per["arch"] == "all"]
-    expected = stats.spearmanr(rows["share_with_faces"], rows["ap_drop"])
-    assert record["n"] == K
-    assert record["spearman"] == pytest.approx(expected.statistic)
-    assert record["spearman_p"] == pytest.approx(expected.pvalue)
-    pearson = stats.pearsonr(rows["share_with_faces"], rows["ap_drop"])
-    assert record["pearson"] == pytest.approx(pearson.statistic)
-    area = next(r for r in summary["correlation"] if r["face_variable"] == "mean_face_area")
+    for split, column in (("val", "share_with_faces_val"), ("train", "share_with_faces")):
+        record = next(r for r in records if r["drop"] == "ap_drop" and r["face_split"] == split
+                      and r["face_variable"] == "share_with_faces")
+        expected = stats.spearmanr(rows[column], rows["ap_drop"])
+        assert record["n"] == K
+        assert record["spearman"] == pytest.approx(expected.statistic)
+        assert record["spearman_p"] == pytest.approx(expected.pvalue)
+        pearson = stats.pearsonr(rows[column], rows["ap_drop"])
+        assert record["pearson"] == pytest.approx(pearson.statistic)
+    # Benjamini-Hochberg across every correlation of the table
+    raw = [r["spearman_p"] for r in records]
+    defined = [p for p in raw if p is not None]
+    adjusted = sps_fdr(defined)
+    assert [r["spearman_p_bh"] for r in records if r["spearman_p"] is not None] == \
+        pytest.approx(adjusted)
+    area = next(r for r in records if r["face_variable"] == "mean_face_area"
+                and r["face_split"] == "train")
     assert area["n"] == 4  # two classes have no faces, so no face area
+    markdown = (run / "analysis" / "correlation.md").read_text()
+    assert "measured on the val split" in markdown
+    assert "Benjamini-Hochberg-adjusted across all correlations" in markdown
     # every class drops top-1 by exactly 5 points: no correlation can be claimed
     flat = next(r for r in summary["correlation"] if r["drop"] == "top1_drop")
     assert flat["spearman"] is None and flat["pearson"] is None
@@ -424,7 +486,7 @@ def test_report_runs_analyze_first_and_is_self_contained(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     assert (run / "analysis" / "summary.json").is_file()
     html = (run / "report.html").read_text()
-    assert "top-1 dropped 5.00 points, 95% CI [" in html
+    assert "top-1 dropped 5.00 points (95% CI [5.00, 5.00] over seeds and images" in html
     assert "within noise" in html
     assert html.count("data:image/png;base64,") >= 4  # plots inline
     assert html.count("data:image/jpeg;base64,") >= 4  # 2 examples, original + blur
@@ -461,3 +523,151 @@ def test_report_takes_the_faces_when_study_json_cannot_name_them(tmp_path: Path)
     html = (run / "report.html").read_text()
     assert "example images skipped" not in html
     assert html.count("data:image/jpeg;base64,") == 2
+
+
+# -- AP on logits, the paper's categories, face shares, face matching ------------------------
+
+
+THREE_SEEDS = {("original", "original"): (45, 48, 50), ("blur", "blur"): (42, 45, 44),
+               ("blur", "original"): (45, 48, 50)}
+
+
+def test_ap_is_taken_on_logits_when_the_predictions_have_them(tmp_path: Path) -> None:
+    from sklearn.metrics import average_precision_score
+
+    from veil.analysis.run import read_scores
+
+    run = make_run(tmp_path, logits=True)
+    analyze(run, options=AnalyzeOptions(gradcam=False))
+    path = run / "runs" / ARCH / "seed0" / "train-original" / "predictions" / \
+        "eval-original.parquet"
+    scores, source = read_scores(path, K)
+    assert source == "logits"
+    labels = np.arange(N_VAL) % K
+    by_logits = [average_precision_score(labels == k, scores[:, k]) for k in range(K)]
+    assert float(load_run(run).class_ap(ARCH, 0, _baseline())[0]) == \
+        pytest.approx(by_logits[0])
+    # the softmax ranks the images differently: a different AP, so the choice matters
+    probs = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    assert average_precision_score(labels == 0, probs[:, 0]) != pytest.approx(by_logits[0])
+    markdown = (run / "analysis" / "per_category_blur.md").read_text()
+    assert "AP: one-vs-rest average precision on the logits" in markdown
+    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    assert summary["per_category"]["blur"]["ap_source"] == "logits"
+
+
+def test_without_logits_the_table_says_ap_is_on_probabilities(analysed: Path) -> None:
+    markdown = (analysed / "analysis" / "per_category_blur.md").read_text()
+    assert "AP: on the stored probs" in markdown
+    assert "not the paper's" in markdown
+
+
+def _baseline() -> Any:
+    from veil.analysis.run import Condition
+
+    return Condition("original", "original")
+
+
+def test_the_papers_categories_get_their_own_table_with_sem_ddof_2(tmp_path: Path) -> None:
+    run = make_run(tmp_path, seeds=3, cutoffs=THREE_SEEDS)
+    analyze(run, options=AnalyzeOptions(gradcam=False))
+    markdown = (run / "analysis" / "per_category_blur.md").read_text()
+    section = markdown[markdown.index("## The paper's eight categories"):
+                       markdown.index("## Look-alike pairs")]
+    assert "top-1 original (± SEM, ddof=2)" in section
+    # Eskimo dog = class 0: images 0, 6, ..., 54; right when i < cutoff
+    images = np.arange(0, N_VAL, K)
+    original = [100 * np.mean(images < c) for c in THREE_SEEDS[("original", "original")]]
+    blurred = [100 * np.mean(images < c) for c in THREE_SEEDS[("blur", "blur")]]
+    from scipy import stats
+
+    cell = (f"{np.mean(original):.3f} ± {stats.sem(original, ddof=2):.3f} | "
+            f"{np.mean(blurred):.3f} ± {stats.sem(blurred, ddof=2):.3f} | "
+            f"{np.mean(original) - np.mean(blurred):.3f}")
+    assert f"| eskimo_dog.n.01 | {cell} |" in section
+    assert "siberian_husky.n.01" in section and "tub.n.02" not in section
+    assert "## Look-alike pairs (veil's rule)" in markdown
+    # ddof=1 everywhere else, and said so
+    assert "top-1 original (± SEM, ddof=1)" in markdown
+
+
+def test_most_and_least_affected_show_face_shares_and_bh(analysed: Path) -> None:
+    from scipy import stats
+
+    markdown = (analysed / "analysis" / "per_category_blur.md").read_text()
+    most = markdown[markdown.index("## Most affected"):]
+    assert "faces train (%) | faces val (%) | p AP (BH) | reading" in most
+    # French horn (class 3): 15 of 20 train images and every val image have faces
+    assert re.search(r"\| French horn \|.*\| 75\.0 \| 100\.0 \|", most)
+    assert "Benjamini-Hochberg-adjusted across all categories" in most
+    per = pd.read_csv(analysed / "analysis" / "per_category_blur.csv")
+    rows = per[per["arch"] == "all"]
+    assert list(rows["ap_p_bh"]) == pytest.approx(
+        list(stats.false_discovery_control(rows["ap_p"], method="bh")))
+
+
+def test_face_matching_is_shown_per_split_or_not_recorded(tmp_path: Path) -> None:
+    matching = {"train": {"images": 120, "with_faces": 32, "face_records": 40, "matched": 40},
+                "val": {"images": 60, "with_faces": 10, "face_records": 10, "matched": 9}}
+    run = make_run(tmp_path / "with", face_matching=matching)
+    result = CliRunner().invoke(main, ["analyze", str(run), "--no-gradcam"])
+    assert result.exit_code == 0, result.output
+    assert "face matching, val: 60 images, 10 with faces, 9 of 10 face records matched" \
+        in result.output
+    html = build_report_path(run)
+    assert "face matching, train: 120 images, 32 with faces, 40 of 40 face records" in html
+    old = make_run(tmp_path / "without")
+    result = CliRunner().invoke(main, ["analyze", str(old), "--no-gradcam"])
+    assert "face matching: not recorded" in result.output
+    assert "face matching: not recorded" in build_report_path(old)
+
+
+def build_report_path(run: Path) -> str:
+    from veil.report.study import build_report
+
+    return build_report(run, examples=0).read_text()
+
+
+def test_the_demo_report_says_it_shows_mechanics_not_a_finding(tmp_path: Path) -> None:
+    from veil.report.study import build_report
+
+    run = make_run(tmp_path, seeds=1)
+    html = build_report(run, examples=0, demo=True).read_text()
+    assert "It shows the mechanics of a study" in html
+    assert "not a finding about obfuscation" in html
+    assert "One seed:" in html and "no drop below gets" in html
+    assert "It shows the mechanics" not in build_report(run, tmp_path / "r.html",
+                                                        examples=0).read_text()
+
+
+def test_overall_readings_are_holm_adjusted_across_archs(tmp_path: Path) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    run = make_run(tmp_path, archs=(ARCH, "alexnet"), seeds=3, cutoffs=THREE_SEEDS)
+    analyze(run, options=AnalyzeOptions(gradcam=False))
+    frame = _overall(run)
+    table = frame[(frame["comparison"] == "obfuscated") & (frame["arch"] != "average")]
+    assert list(table["top1_p_holm"]) == pytest.approx(
+        list(multipletests(table["top1_p"], method="holm")[1]))
+    markdown = (run / "analysis" / "overall.md").read_text()
+    assert "Holm-adjusted across the archs of the table" in markdown
+    assert "SEM = std with ddof=1" in markdown
+
+
+def test_category_top1_tests_carry_the_image_part(tmp_path: Path) -> None:
+    from scipy import stats
+
+    from veil.analysis.stats import shared_image_variance
+
+    run = make_run(tmp_path, seeds=3, cutoffs=THREE_SEEDS)
+    analyze(run, options=AnalyzeOptions(gradcam=False))
+    per = pd.read_csv(run / "analysis" / "per_category_blur.csv")
+    row = per[(per["arch"] == "all") & (per["class_index"] == 0)].iloc[0]
+    images = np.arange(0, N_VAL, K)  # class 0
+    d = np.stack([100 * ((images < o).astype(float) - (images < b))
+                  for o, b in zip(THREE_SEEDS[("original", "original")],
+                                  THREE_SEEDS[("blur", "blur")], strict=True)])
+    seed_drops = d.mean(axis=1)
+    se = math.sqrt(seed_drops.var(ddof=1) / 3 + max(shared_image_variance(d), 0) / d.shape[1])
+    expected = 2 * stats.t.sf(abs(seed_drops.mean()) / se, 2) if se > 0 else 0.0
+    assert row["top1_p"] == pytest.approx(expected)

@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from veil.analysis.paper_pickles import paper_tables, parse_name
+from veil.analysis.paper_pickles import (
+    TABLE4_CATEGORIES,
+    paper_tables,
+    parse_name,
+    table4_indices,
+)
 from veil.cli import main
 from veil.errors import VeilError
 
@@ -155,3 +160,104 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "not an evaluation pickle" in result.output
     assert "Traceback" not in result.output
+
+
+# -- Table 4 and the uncertainty tables --------------------------------------------------------
+
+T4_PER_CLASS = 3  # validation examples per Table 4 category
+T4_ARCHS = ("alexnet", "resnet18")
+
+
+def _table4_pickle(folder: Path, name: str, rng: np.random.Generator) -> dict[str, object]:
+    """24 examples, 3 of each Table 4 category, random logits; top-5 from the logits."""
+    labels = np.repeat(table4_indices(), T4_PER_CLASS)
+    scores = rng.normal(size=(labels.size, 1000)).astype(np.float32)
+    # some signal: the true class gets a random boost, so accuracy and AP vary
+    scores[np.arange(labels.size), labels] += rng.uniform(0, 4, labels.size)
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    data = {"output_scores": scores,
+            "examples": [{"label": int(lab), "top5_predictions": [int(t) for t in top]}
+                         for lab, top in zip(labels, top5, strict=True)]}
+    with (folder / name).open("wb") as handle:
+        pickle.dump(data, handle)
+    return data
+
+
+def test_table4_from_pickles_matches_the_authors_recipe(tmp_path: Path) -> None:
+    from scipy import stats as sps
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(4)
+    data: dict[tuple[str, str, int], dict[str, object]] = {}
+    for arch in T4_ARCHS:
+        for infix, side in (("", "original"), ("blurtrain_blurval_", "blur")):
+            for seed in (1, 2, 3):
+                name = f"eval_{arch}_{infix}seed{seed}_val_results.pickle"
+                data[(arch, side, seed)] = _table4_pickle(tmp_path, name, rng)
+    result = CliRunner().invoke(main, ["analyze", "--paper-pickles", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = result.output[result.output.index("Table 4: the paper's eight categories"):]
+    lines: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if ".n.0" in line:
+            lines.setdefault(line.split()[0], line.split())  # Table 4, not its uncertainty
+
+    # the authors' categorywise_accuracies.py, by hand: per seed, pool the 0/1 answers
+    # of every model; AP per model with sklearn on output_scores, mean over models; then
+    # mean and scipy.stats.sem(ddof=2) over seeds, x 100, "%.03f"
+    def per_seed(side: str, k: int, what: str) -> list[float]:
+        values = []
+        for seed in (1, 2, 3):
+            if what == "ap":
+                aps = []
+                for arch in T4_ARCHS:
+                    d = data[(arch, side, seed)]
+                    y = np.array([e["label"] for e in d["examples"]]) == k
+                    aps.append(average_precision_score(y, d["output_scores"][:, k]))
+                values.append(float(np.mean(aps)))
+                continue
+            pooled = []
+            for arch in T4_ARCHS:
+                for e in data[(arch, side, seed)]["examples"]:
+                    if e["label"] == k:
+                        top = e["top5_predictions"]
+                        pooled.append(float(k == top[0] if what == "top1" else k in top))
+            values.append(float(np.mean(pooled)))
+        return values
+
+    for (category, _), k in zip(TABLE4_CATEGORIES, table4_indices(), strict=True):
+        expected = [category]
+        for what in ("top1", "top5", "ap"):
+            o, b = per_seed("original", k, what), per_seed("blur", k, what)
+            expected += [f"{100 * np.mean(o):.3f}", "+-", f"{100 * sps.sem(o, ddof=2):.3f}",
+                         f"{100 * np.mean(b):.3f}", "+-", f"{100 * sps.sem(b, ddof=2):.3f}",
+                         f"{100 * np.mean(o) - 100 * np.mean(b):.3f}"]
+        assert lines[category] == expected
+    assert "mean +- SEM with ddof=2" in text
+    assert "AP from output_scores (logits) with sklearn's average_precision_score" in text
+    assert "Benjamini-Hochberg-adjusted across the eight categories" in text
+
+
+def test_seeds_that_disagree_are_not_called_significant(tmp_path: Path) -> None:
+    # resnet18's seeds: the blurred model loses 3/8, gains 2/8 and loses 1/8 of the
+    # answers: the paper's table shows a mean drop of 8.333 points, which the seeds
+    # explain; the image-only view (one seed's 3 images) would call seed 1 a drop
+    seeds = {"": [(7, 8), (5, 8), (6, 8)], "blurtrain_blurval_": [(4, 8), (7, 8), (5, 8)]}
+    for infix, counts in seeds.items():
+        for seed, (top1, top5) in enumerate(counts, start=1):
+            _write(tmp_path, f"eval_resnet18_{infix}seed{seed}_val_results.pickle", top1, top5)
+    text = paper_tables(tmp_path)
+    assert _rows(_section(text, "Table 3"))["resnet18"][3] == "8.333"
+    uncertainty = text[text.index("Uncertainty (veil's addition"):]
+    row = next(line for line in uncertainty.splitlines() if line.startswith("resnet18"))
+    assert "within noise" in row and " drop" not in row.replace("within noise", "")
+    assert "Holm-adjusted across the archs" in uncertainty
+
+
+def test_one_seed_pickles_get_no_reading(tmp_path: Path) -> None:
+    for infix, (top1, top5) in (("", (8, 8)), ("blurtrain_blurval_", (2, 8))):
+        _write(tmp_path, f"eval_resnet18_{infix}seed1_val_results.pickle", top1, top5)
+    text = paper_tables(tmp_path)
+    row = next(line for line in text[text.index("Uncertainty"):].splitlines()
+               if line.startswith("resnet18"))
+    assert "one seed: training randomness unmeasured" in row

@@ -122,7 +122,8 @@ def _examples(dataset: Dataset, boxes: dict[str, list[Any]], work: Path,
 def _demo_study(imagenette: Path, store_path: Path, out: Path, *, workers: int | None,
                 progress: bool, log: Any) -> Path:
     """A demo-sized study (original vs blur, one seed, a subset, a few epochs) and its
-    report: the whole experiment in minutes; `veil study` runs the real one."""
+    report: the mechanics of the whole experiment in minutes, not a finding (the report
+    says so); `veil study` runs the real one."""
     from veil.report.study import build_report
     from veil.study import StudyConfig, run_study
 
@@ -137,7 +138,7 @@ def _demo_study(imagenette: Path, store_path: Path, out: Path, *, workers: int |
         profile="quick", overrides={"epochs": DEMO_STUDY_EPOCHS, "batch_size": DEMO_STUDY_BATCH},
         limit=DEMO_STUDY_IMAGES,
         progress=progress, log=log))
-    return build_report(out)
+    return build_report(out, demo=True)
 
 
 def run_demo(

@@ -32,7 +32,7 @@ class FaceStats:
     with_faces: int
     faces: int
     per_class: Any  # DataFrame: class_index, wnid, name, images, with_faces, share_with_faces,
-    #                 mean_faces, mean_face_area, share_with_faces_val
+    #                 mean_faces, mean_face_area, share_with_faces_val, mean_face_area_val
     histogram: list[tuple[str, int]]  # ("1", count), ..., ("10+", count)
     supercategories: Any | None = None  # DataFrame or None
     notes: list[str] = field(default_factory=list)
@@ -84,9 +84,13 @@ def face_stats(frame: Any, classes: list[dict[str, Any]]) -> FaceStats:
     per_class["mean_face_area"] = per["area"].to_numpy()
     val = frame[frame["split"] == "val"]
     if len(val):
-        val_share = (val.assign(has=val["n_faces"] > 0).groupby("label")["has"].mean()
-                     .reindex(range(n)))
-        per_class["share_with_faces_val"] = val_share.to_numpy()
+        val = val.assign(has=val["n_faces"] > 0)
+        val = val.assign(area=val["face_area"].where(val["has"]))
+        grouped_val = val.groupby("label")
+        per_class["share_with_faces_val"] = (grouped_val["has"].mean().reindex(range(n))
+                                             .to_numpy())
+        per_class["mean_face_area_val"] = (grouped_val["area"].mean().reindex(range(n))
+                                           .to_numpy())
     counts = used.loc[has, "n_faces"].astype(int).to_numpy()
     histogram = [(str(k), int((counts == k).sum())) for k in range(1, MAX_BIN)]
     histogram.append((f"{MAX_BIN}+", int((counts >= MAX_BIN).sum())))

@@ -7,14 +7,19 @@ on obfuscated images still work on faces?). For each:
 
 - accuracy per seed, then mean ± SEM over seeds (ddof=1);
 - the drop = original mean - obfuscated mean, in percentage points;
-- a paired bootstrap 95% CI of the drop over validation images: per image, correctness is
-  averaged over the seeds of each condition, the per-image difference is resampled with
-  the same indices for top-1 and top-5 (:func:`veil.analysis.stats.paired_bootstrap`);
+- its 95% CI over seeds *and* images (:func:`veil.analysis.stats.seed_image_interval`:
+  the seed-k original model is paired with the seed-k obfuscated one; the interval is a
+  seed-paired t interval whose SE also carries the shared image variance);
+- the reading (drop / gain / within noise) from the Holm-adjusted p-value across the
+  architectures of the table (one family per method, comparison and metric); with one
+  seed there is no reading ("one seed: training randomness unmeasured");
 - McNemar's test on top-1 per seed (the seed-k original model against the seed-k
-  obfuscated one), reported with the largest p-value over seeds.
+  obfuscated one), reported with the largest p-value over seeds: it compares two trained
+  models, not the method, so it carries no verdict.
 
-The ``average`` row per method averages the architectures as the paper does; its CI
-resamples images once for all architectures (the per-image drop averaged over archs).
+The ``average`` row per method averages the architectures as the paper does; its
+per-seed drop is the mean over archs of their seed-k drops (seeds all archs share), and
+it is read on its own p-value (a single test, outside the Holm family).
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ import numpy as np
 
 from veil.analysis.run import ORIGINAL, Condition, StudyRun, paired
 from veil.analysis.stats import (
-    BootstrapCI,
+    INTERVAL_METHOD,
+    ONE_SEED,
+    DropInterval,
     McNemarResult,
+    holm,
     mcnemar,
     mean_sem,
-    paired_bootstrap,
-    verdict,
+    seed_image_interval,
+    shared_image_variance,
+    verdict_from_p,
 )
 from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p, markdown_table
 
@@ -59,6 +68,10 @@ class MetricResult:
     verdict: str
     original_per_seed: list[float] = field(default_factory=list)
     obfuscated_per_seed: list[float] = field(default_factory=list)
+    pvalue: float = math.nan  # t test of the drop, seeds and images
+    p_adjusted: float = math.nan  # Holm across archs (average row: = pvalue)
+    seed_se: float = math.nan  # points
+    image_se: float = math.nan  # points
 
 
 @dataclass
@@ -93,39 +106,53 @@ def describe_drop(metric: str, result: MetricResult) -> str:
     ci = f"95% CI [{result.ci_low:.2f}, {result.ci_high:.2f}]"
     if math.isnan(result.drop):
         return f"{name}: no paired predictions"
+    if result.verdict == ONE_SEED:
+        drop = result.drop + 0.0
+        return f"{name} drop {drop:+.2f} points, no verdict ({ONE_SEED})"
+    ci += f" over seeds and images, p = {fmt_p(result.p_adjusted)}"
     if result.verdict == "within noise":
         drop = result.drop + 0.0  # no "-0.00"
-        return f"{name} drop {drop:+.2f} points ({ci} of the drop): within noise"
+        return f"{name} drop {drop:+.2f} points ({ci}): within noise"
     if result.drop > 0:
-        return f"{name} dropped {result.drop:.2f} points, {ci}"
-    return f"{name} rose {-result.drop:.2f} points, {ci} of the drop"
+        return f"{name} dropped {result.drop:.2f} points ({ci})"
+    return f"{name} rose {-result.drop:.2f} points ({ci}, of the drop)"
 
 
 def _per_image(run: StudyRun, arch: str, seeds: list[int], cond: Condition
                ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """(seed, metric, image) correctness, (seed, metric) accuracy in %, predictions."""
     preds = [run.predictions(arch, s, cond) for s in seeds]
     for p in preds[1:]:
         paired(preds[0], p, f"{arch} {cond} seeds")
-    correct = np.stack([np.stack([p.correct1, p.correct5]) for p in preds])  # seed, metric, img
-    return correct.mean(axis=0), 100.0 * correct.mean(axis=2), preds
+    correct = np.stack([np.stack([p.correct1, p.correct5]) for p in preds]).astype(float)
+    return correct, 100.0 * correct.mean(axis=2), preds
 
 
-def _metric(orig_seed: np.ndarray, obf_seed: np.ndarray, ci: BootstrapCI) -> MetricResult:
+def drop_interval(per_image_drops: np.ndarray, level: float) -> DropInterval:
+    """The interval of one metric from its (seeds, images) per-image drops, in points."""
+    seed_drops = per_image_drops.mean(axis=1)
+    return seed_image_interval(seed_drops, shared_image_variance(per_image_drops),
+                               images=per_image_drops.shape[1], level=level).scaled(100.0)
+
+
+def _metric(orig_seed: np.ndarray, obf_seed: np.ndarray, ci: DropInterval) -> MetricResult:
     o, o_sem = mean_sem(orig_seed)
     b, b_sem = mean_sem(obf_seed)
-    scaled = BootstrapCI(100 * ci.estimate, 100 * ci.low, 100 * ci.high, ci.level,
-                         ci.resamples)
-    return MetricResult(o, o_sem, b, b_sem, o - b, scaled.low, scaled.high, verdict(scaled),
-                        [float(v) for v in orig_seed], [float(v) for v in obf_seed])
+    return MetricResult(o, o_sem, b, b_sem, o - b, ci.low, ci.high,
+                        verdict_from_p(o - b, ci.pvalue, ci.seeds),
+                        [float(v) for v in orig_seed], [float(v) for v in obf_seed],
+                        pvalue=ci.pvalue, p_adjusted=ci.pvalue, seed_se=ci.seed_se,
+                        image_se=ci.image_se)
 
 
-def overall_table(run: StudyRun, *, resamples: int = 2000, seed: int = 0,
-                  level: float = 0.95) -> tuple[list[OverallRow], list[str]]:
+def overall_table(run: StudyRun, *, level: float = 0.95
+                  ) -> tuple[list[OverallRow], list[str]]:
     """Every (arch, method, comparison) the run has predictions for, then one ``average``
     row per (method, comparison). Returns the rows and notes on what was missing."""
     rows: list[OverallRow] = []
     notes: list[str] = []
-    per_image_drops: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+    # (method, kind) -> arch -> seed -> (metric, image) per-image drops
+    per_image_drops: dict[tuple[str, str], dict[str, dict[int, np.ndarray]]] = {}
     for method in run.methods:
         for kind, (make, label) in COMPARISONS.items():
             cond = make(method)
@@ -142,8 +169,8 @@ def overall_table(run: StudyRun, *, resamples: int = 2000, seed: int = 0,
                 orig_img, orig_seed, orig_preds = _per_image(run, arch, seeds, BASELINE)
                 obf_img, obf_seed, obf_preds = _per_image(run, arch, seeds, cond)
                 paired(orig_preds[0], obf_preds[0], f"{arch} {cond}")
-                cis = paired_bootstrap(orig_img, obf_img, resamples=resamples, level=level,
-                                       seed=seed)
+                drops = orig_img - obf_img  # (seed, metric, image)
+                cis = [drop_interval(drops[:, i], level) for i in range(len(METRICS))]
                 tests: list[McNemarResult] = [
                     mcnemar(o.correct1, b.correct1) for o, b in zip(orig_preds, obf_preds,
                                                                      strict=True)]
@@ -154,41 +181,62 @@ def overall_table(run: StudyRun, *, resamples: int = 2000, seed: int = 0,
                     _metric(orig_seed[:, 1], obf_seed[:, 1], cis[1]),
                     [{"seed": s, **t.to_dict()} for s, t in zip(seeds, tests, strict=True)],
                 ))
-                per_image_drops.setdefault((method, kind), []).append(
-                    (orig_img, obf_img))
-    rows += _averages(rows, per_image_drops, resamples, seed, level)
+                per_image_drops.setdefault((method, kind), {})[arch] = dict(
+                    zip(seeds, drops, strict=True))
+    _holm_across_archs(rows)
+    rows += _averages(rows, per_image_drops, level, notes)
     return rows, notes
 
 
+def _holm_across_archs(rows: list[OverallRow]) -> None:
+    """Holm across the archs of each (method, comparison, metric): the reading of a row
+    asks "does obfuscation change this arch's accuracy" for every arch at once."""
+    groups: dict[tuple[str, str], list[OverallRow]] = {}
+    for r in rows:
+        groups.setdefault((r.method, r.comparison), []).append(r)
+    for group in groups.values():
+        for name in METRICS:
+            results: list[MetricResult] = [getattr(r, name) for r in group]
+            adjusted = holm([m.pvalue for m in results])
+            for r, m, p in zip(group, results, adjusted, strict=True):
+                m.p_adjusted = float(p)
+                m.verdict = verdict_from_p(m.drop, float(p), len(r.seeds))
+
+
 def _averages(rows: list[OverallRow],
-              per_image: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]],
-              resamples: int, seed: int, level: float) -> list[OverallRow]:
-    """The paper's average row: means over architectures of each condition's mean."""
+              per_image: dict[tuple[str, str], dict[str, dict[int, np.ndarray]]],
+              level: float, notes: list[str]) -> list[OverallRow]:
+    """The paper's average row: means over architectures of each condition's mean; the
+    interval from the arch-averaged per-image drops of the seeds every arch has."""
     out = []
-    for (method, kind), pairs in per_image.items():
+    for (method, kind), by_arch in per_image.items():
         group = [r for r in rows if r.method == method and r.comparison == kind]
         if len(group) < 2:
             continue
-        shapes = {p[0].shape for p in pairs}
-        if len(shapes) == 1:
-            orig = np.mean([p[0] for p in pairs], axis=0)
-            obf = np.mean([p[1] for p in pairs], axis=0)
-            cis = paired_bootstrap(orig, obf, resamples=resamples, level=level, seed=seed)
+        common = sorted(set.intersection(*(set(v) for v in by_arch.values())))
+        shapes = {d.shape for v in by_arch.values() for d in v.values()}
+        cis: list[DropInterval | None] = [None, None]
+        if common and len(shapes) == 1:
+            drops = np.stack([np.mean([by_arch[a][s] for a in by_arch], axis=0)
+                              for s in common])  # (seed, metric, image)
+            cis = [drop_interval(drops[:, i], level) for i in range(len(METRICS))]
         else:
-            nan = math.nan
-            cis = [BootstrapCI(nan, nan, nan, level, resamples)] * 2
+            notes.append(f"{group[0].label} average: the archs share no seed or no image "
+                         "set, so the average has no interval")
         metrics = []
         for i, name in enumerate(METRICS):
             o = np.array([getattr(r, name).original for r in group])
             b = np.array([getattr(r, name).obfuscated for r in group])
             ci = cis[i]
-            scaled = BootstrapCI(100 * ci.estimate, 100 * ci.low, 100 * ci.high, level,
-                                 resamples)
-            metrics.append(MetricResult(float(o.mean()), math.nan, float(b.mean()), math.nan,
-                                        float(o.mean() - b.mean()), scaled.low, scaled.high,
-                                        verdict(scaled)))
-        seeds = sorted({s for r in group for s in r.seeds})
-        out.append(OverallRow("average", method, kind, group[0].label, seeds,
+            nan = math.nan
+            drop = float(o.mean() - b.mean())
+            metrics.append(MetricResult(
+                float(o.mean()), nan, float(b.mean()), nan, drop,
+                ci.low if ci else nan, ci.high if ci else nan,
+                verdict_from_p(drop, ci.pvalue, ci.seeds) if ci else "n/a",
+                pvalue=ci.pvalue if ci else nan, p_adjusted=ci.pvalue if ci else nan,
+                seed_se=ci.seed_se if ci else nan, image_se=ci.image_se if ci else nan))
+        out.append(OverallRow("average", method, kind, group[0].label, common,
                               group[0].images, metrics[0], metrics[1]))
     return out
 
@@ -208,19 +256,28 @@ def overall_frame(rows: list[OverallRow]) -> Any:
                     f"{name}_obfuscated": m.obfuscated,
                     f"{name}_obfuscated_sem": m.obfuscated_sem, f"{name}_drop": m.drop,
                     f"{name}_drop_ci_low": m.ci_low, f"{name}_drop_ci_high": m.ci_high,
+                    f"{name}_p": m.pvalue, f"{name}_p_holm": m.p_adjusted,
+                    f"{name}_seed_se": m.seed_se, f"{name}_image_se": m.image_se,
                     f"{name}_verdict": m.verdict}
         rec["top1_mcnemar_p_max"] = r.mcnemar_p_max
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
 
+OVERALL_CAPTION = (
+    "Accuracies in %: mean ± SEM over seeds (SEM = std with ddof=1 / sqrt(seeds)). Drop = "
+    "original - obfuscated (positive: the obfuscated model is worse). 95% CI over seeds and "
+    f"images ({INTERVAL_METHOD}). Reading: drop or gain when the p-value, Holm-adjusted "
+    "across the archs of the table, is below 0.05, else within noise; the average row is "
+    f"read on its own p-value; with one seed no reading ({ONE_SEED}). McNemar p: top-1, "
+    "the seed-k models compared on the same images, largest over seeds (it tests two "
+    "trained models, not the method).")
+
+
 def overall_markdown(rows: list[OverallRow], notes: list[str]) -> str:
     """One table per method and comparison, in the paper's layout plus CI and McNemar."""
     parts = ["# Overall accuracy: original vs obfuscated\n",
-             "Accuracies in %: mean ± SEM over seeds (ddof=1). Drop = original - obfuscated "
-             "(positive: the obfuscated model is worse). 95% CI: paired bootstrap over "
-             "validation images. McNemar p: top-1, largest over seeds. A drop whose CI "
-             "contains 0 is within noise.\n"]
+             OVERALL_CAPTION + "\n"]
     groups: dict[tuple[str, str], list[OverallRow]] = {}
     for r in rows:
         groups.setdefault((r.method, r.comparison), []).append(r)
@@ -237,12 +294,14 @@ def overall_markdown(rows: list[OverallRow], notes: list[str]) -> str:
                 m: MetricResult = getattr(r, name)
                 row += [fmt_mean_sem(m.original, m.original_sem),
                         fmt_mean_sem(m.obfuscated, m.obfuscated_sem), fmt(m.drop),
-                        fmt_ci(m.ci_low, m.ci_high), m.verdict]
-            row.insert(6, fmt_p(r.mcnemar_p_max))
+                        fmt_ci(m.ci_low, m.ci_high), fmt_p(m.p_adjusted), m.verdict]
+            row.insert(1, str(len(r.seeds)))
+            row.insert(8, fmt_p(r.mcnemar_p_max))
             table_rows.append(row)
-        headers = ["arch", "top-1 original", f"top-1 {method}", "top-1 drop", "95% CI",
-                   "reading", "McNemar p", "top-5 original", f"top-5 {method}", "top-5 drop",
-                   "95% CI", "reading"]
+        headers = ["arch", "seeds", "top-1 original (± SEM, ddof=1)", f"top-1 {method}",
+                   "top-1 drop", "95% CI (seeds+images)", "p (Holm)", "reading",
+                   "McNemar p", "top-5 original (± SEM, ddof=1)", f"top-5 {method}",
+                   "top-5 drop", "95% CI (seeds+images)", "p (Holm)", "reading"]
         parts.append(markdown_table(headers, table_rows))
     if notes:
         parts.append("\nNotes:\n" + "".join(f"- {n}\n" for n in notes))

@@ -1,6 +1,7 @@
 """`veil analyze RUN`: every table, plot and number of the study, into RUN/analysis/.
 
-Writes ``overall.{md,csv}`` (Table 3 / Table B with SEM, bootstrap CI and McNemar),
+Writes ``overall.{md,csv}`` (Table 3 / Table B with SEM, the seeds-and-images CI, Holm
+readings and McNemar),
 ``per_category_<m>.{md,csv}`` and ``lookalikes_<m>.csv`` (Table 4), ``faces.md``,
 ``faces_per_category.csv`` and ``supercategories.csv`` (Fig. 2, Table 2),
 ``correlation.{md,csv}``, the PNG plots, Grad-CAM grids, ``transfer.{md,csv,png}`` when
@@ -20,7 +21,7 @@ from typing import Any
 
 from veil import __version__
 from veil.analysis import plots
-from veil.analysis.correlation import correlation_markdown, correlations, joined
+from veil.analysis.correlation import adjust, correlation_markdown, correlations, joined
 from veil.analysis.faces import face_stats, faces_markdown
 from veil.analysis.gradcam import gradcam_grids
 from veil.analysis.overall import overall_frame, overall_markdown, overall_table
@@ -29,11 +30,12 @@ from veil.analysis.per_category import (
     DEFAULT_SWING,
     flagged_pairs,
     most_least_affected,
+    paper_categories,
     per_category,
     per_category_markdown,
 )
 from veil.analysis.run import StudyRun, load_run
-from veil.analysis.stats import MCNEMAR_EXACT_BELOW
+from veil.analysis.stats import INTERVAL_METHOD, MCNEMAR_EXACT_BELOW, ONE_SEED_NOTE
 from veil.analysis.tables import write_csv, write_text
 from veil.encoding import atomic_write_bytes
 from veil.errors import VeilError
@@ -99,9 +101,11 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
         files.append(path.name)
 
     # -- overall --------------------------------------------------------------------------
-    rows, overall_notes = overall_table(run, resamples=options.resamples,
-                                        seed=options.bootstrap_seed, level=options.level)
+    rows, overall_notes = overall_table(run, level=options.level)
     notes += overall_notes
+    one_seed = sorted({r.arch for r in rows if len(r.seeds) < 2 and r.arch != "average"})
+    if one_seed:
+        notes.insert(0, f"{', '.join(one_seed)}: {ONE_SEED_NOTE}")
     if not rows:
         raise VeilError(f"{run.root}: no arch has predictions for both train-original/"
                         "eval-original and an obfuscated condition")
@@ -133,27 +137,43 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
     # -- per category and correlation -----------------------------------------------------
     per_cat_summary: dict[str, Any] = {}
     corr_records: list[dict[str, Any]] = []
+    corr_data: dict[str, Any] = {}
     for method in run.methods:
         result = per_category(run, method, swing=options.swing,
                               ap_tolerance=options.ap_tolerance)
         if result is None:
             continue
         frame_m = result.frame
+        face_columns = ["share_with_faces", "mean_face_area", "share_with_faces_val",
+                        "mean_face_area_val"]
         if stats is not None:
-            frame_m = frame_m.merge(
-                stats.per_class[["class_index", "share_with_faces", "mean_face_area"]],
-                on="class_index", how="left")
+            present = [c for c in face_columns if c in stats.per_class.columns]
+            frame_m = frame_m.merge(stats.per_class[["class_index", *present]],
+                                    on="class_index", how="left")
         wrote(write_csv(out / f"per_category_{method}.csv", frame_m))
         wrote(write_csv(out / f"lookalikes_{method}.csv", result.lookalikes))
-        wrote(write_text(out / f"per_category_{method}.md",
-                         per_category_markdown(result, options.top_k)))
+        wrote(write_text(out / f"per_category_{method}.md", per_category_markdown(
+            result, options.top_k, faces=None if stats is None else stats.per_class,
+            wnids=run.class_wnids())))
         most, least, by = most_least_affected(result, options.top_k)
         wrote(plots.plot_affected(most, least, by, method, out / f"affected_{method}.png"))
         columns = ["class_index", "wnid", "name", "top1_drop", "top5_drop"]
         columns += ["ap_drop"] if result.ap_available else []
+        q = "ap" if by == "ap_drop" else "top1"
+        columns += [c for c in (f"{q}_p_bh", f"{q}_reading") if c in result.frame.columns]
+        if stats is not None:
+            most = most.merge(stats.per_class[["class_index", *present]], on="class_index",
+                              how="left")
+            least = least.merge(stats.per_class[["class_index", *present]],
+                                on="class_index", how="left")
+            columns += present
         flagged = flagged_pairs(result)
         per_cat_summary[method] = {
-            "ap_available": result.ap_available, "ranked_by": by, "archs": result.archs,
+            "ap_available": result.ap_available, "ap_source": result.ap_source,
+            "paper_categories": [
+                {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()}
+                for r in paper_categories(result, run.class_wnids())],
+            "ranked_by": by, "archs": result.archs,
             "most_affected": _records(most, columns), "least_affected": _records(least, columns),
             "lookalikes": flagged.to_dict(orient="records"),
             "lookalike_definition": {"swing_points": options.swing,
@@ -164,8 +184,11 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
             records = correlations(method, data)
             corr_records += records
             if records:
-                wrote(plots.plot_correlation(method, data, records,
-                                             out / f"correlation_{method}.png"))
+                corr_data[method] = data
+    adjust(corr_records)  # BH across every correlation of the table
+    for method, data in corr_data.items():
+        wrote(plots.plot_correlation(method, data, corr_records,
+                                     out / f"correlation_{method}.png"))
     if corr_records:
         import pandas as pd
 
@@ -192,9 +215,12 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
         "run": str(run.root),
         "study": _study_facts(run),
         "settings": {
+            "interval": {"level": options.level, "method": INTERVAL_METHOD,
+                         "reading": "Holm across archs (per method, comparison, metric); "
+                                    "Benjamini-Hochberg across categories and across "
+                                    "correlations"},
             "bootstrap": {"resamples": options.resamples, "seed": options.bootstrap_seed,
-                          "level": options.level, "method": "paired percentile bootstrap "
-                          "over validation images, correctness averaged over seeds per image"},
+                          "used_for": "transfer mAP only (image part of its interval)"},
             "sem": "std over seeds (ddof=1) / sqrt(seeds)",
             "mcnemar": f"top-1, per seed; exact binomial when discordant pairs < "
                        f"{MCNEMAR_EXACT_BELOW}, else chi-square with continuity correction; "
@@ -236,4 +262,31 @@ def _study_facts(run: StudyRun) -> dict[str, Any]:
     return {"data": s.get("data"), "faces": s.get("faces"), "profile": s.get("profile"),
             "status": s.get("status"), "archs": run.archs, "methods": run.methods,
             "seeds": s.get("seeds"), "classes": len(run.classes),
-            "conditions": sorted({str(c) for *_, c in run.found})}
+            "conditions": sorted({str(c) for *_, c in run.found}),
+            "face_matching": face_matching(s)}
+
+
+FACE_MATCHING_FIELDS = ("images", "with_faces", "face_records", "matched")
+
+
+def face_matching(study: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """study.json's per-split face matching ({split: {images, with_faces, face_records,
+    matched}}), or None when the run predates it."""
+    found = study.get("face_matching")
+    if not isinstance(found, dict) or not found:
+        return None
+    return {str(split): {k: (v or {}).get(k) for k in FACE_MATCHING_FIELDS}
+            for split, v in found.items() if isinstance(v, dict) or v is None}
+
+
+def face_matching_lines(matching: dict[str, dict[str, Any]] | None) -> list[str]:
+    """One line per split: images / with faces / face records matched."""
+    if not matching:
+        return ["face matching: not recorded (a run from before veil recorded it)"]
+    def num(value: Any) -> str:
+        return "?" if value is None else f"{value:,}"
+
+    return [f"face matching, {split}: {num(v.get('images'))} images, "
+            f"{num(v.get('with_faces'))} with faces, {num(v.get('matched'))} of "
+            f"{num(v.get('face_records'))} face records matched"
+            for split, v in matching.items()]

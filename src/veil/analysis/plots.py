@@ -30,7 +30,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_drops(rows: Sequence[Any], path: Path) -> Path:
-    """Top-1 and top-5 drop per arch with its bootstrap 95% CI, one panel per comparison."""
+    """Top-1 and top-5 drop per arch with its 95% CI (seeds and images), one panel per
+    comparison."""
     groups: dict[str, list[Any]] = {}
     for r in rows:
         groups.setdefault(r.label, []).append(r)
@@ -90,23 +91,28 @@ def plot_faces_per_image(histogram: Sequence[tuple[str, int]], path: Path) -> Pa
 
 def plot_correlation(method: str, data: Any, records: Sequence[dict[str, Any]],
                      path: Path) -> Path:
-    """Scatter of each category's drop against its face share and mean face area."""
+    """Scatter of each category's drop (val) against its face share and mean face area,
+    per face split (val, train)."""
     pairs = [(r["drop"], r["face_variable"], r) for r in records if r["method"] == method]
     cols = 2
     rows = math.ceil(len(pairs) / cols)
     fig = Figure(figsize=(9, 3.4 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     for ax, (drop, variable, rec) in zip(axes, pairs, strict=False):
-        ax.scatter(data[variable], data[drop], s=10, alpha=0.7)
+        split = rec.get("face_split", "train")
+        column = f"{variable}_val" if split == "val" else variable
+        ax.scatter(data[column], data[drop], s=10, alpha=0.7)
         ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_xlabel(variable.replace("_", " "))
-        ax.set_ylabel(f"{drop.replace('_', ' ')} (points)")
+        ax.set_xlabel(f"{variable.replace('_', ' ')} ({split} images)")
+        ax.set_ylabel(f"{drop.replace('_', ' ')} on val (points)")
         rho, r = rec["spearman"], rec["pearson"]
         if math.isnan(rho) or math.isnan(r):
             ax.set_title("no correlation defined (a constant or too few values)", fontsize=9)
         else:
-            ax.set_title(f"rho={rho:.2f} (p={rec['spearman_p']:.2g}), "
-                         f"r={r:.2f} (p={rec['pearson_p']:.2g})", fontsize=9)
+            sp = rec.get("spearman_p_bh", rec["spearman_p"])
+            pp = rec.get("pearson_p_bh", rec["pearson_p"])
+            ax.set_title(f"rho={rho:.2f} (p BH={sp:.2g}), r={r:.2f} (p BH={pp:.2g})",
+                         fontsize=9)
     for ax in axes[len(pairs):]:
         ax.set_visible(False)
     fig.suptitle(f"{method}: category drop vs faces")

@@ -1,8 +1,10 @@
 """Read a study run folder (written by `veil study`; the format is in the study contract).
 
 Only what analysis needs is loaded, one predictions file at a time: on ImageNet a file's
-class probabilities are 50,000 x 1000 floats, so they are read only to compute per-class
-AP and then dropped.
+class scores are 50,000 x 1000 floats, so they are read only to compute per-class AP and
+then dropped. AP ranks images by the ``logits`` column when the file has one (the
+authors' Table 4 takes AP on the raw ``output_scores``), else by ``probs`` (older runs;
+softmax changes each class's ranking of the images, so the tables say which was used).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class StudyRun:
     _cache: dict[Path, Predictions] = field(default_factory=dict, repr=False)
     _keys: list[np.ndarray] = field(default_factory=list, repr=False)
     _ap_cache: dict[Path, np.ndarray] = field(default_factory=dict, repr=False)
+    _ap_source: dict[Path, str] = field(default_factory=dict, repr=False)
 
     # -- what the run holds ---------------------------------------------------------------
     @property
@@ -114,17 +117,24 @@ class StudyRun:
         return self._cache[path]
 
     def class_ap(self, arch: str, seed: int, condition: Condition) -> np.ndarray | None:
-        """Per-class AP from the file's probabilities, or None when it has none."""
+        """Per-class AP from the file's logits (else probabilities), or None without
+        either."""
         from veil.analysis.stats import per_class_ap
 
         path = self.found[(arch, seed, condition)]
         if path not in self._ap_cache:
-            probs = read_probs(path, self.num_classes)
-            if probs is None:
+            found = read_scores(path, self.num_classes)
+            if found is None:
                 return None
+            scores, source = found
             labels = self.predictions(arch, seed, condition).labels
-            self._ap_cache[path] = per_class_ap(labels, probs)
+            self._ap_cache[path] = per_class_ap(labels, scores)
+            self._ap_source[path] = source
         return self._ap_cache[path]
+
+    def ap_source(self, arch: str, seed: int, condition: Condition) -> str | None:
+        """"logits" or "probs": what :meth:`class_ap` ranked by (after it ran)."""
+        return self._ap_source.get(self.found[(arch, seed, condition)])
 
     def faces(self) -> Any:
         """faces.parquet as a pandas DataFrame, or None when the run has none."""
@@ -205,19 +215,21 @@ def read_predictions(path: Path) -> Predictions:
                        correct5[order])
 
 
-def read_probs(path: Path, num_classes: int) -> np.ndarray | None:
-    """The (images, classes) probabilities in key order, or None without a probs column."""
+def read_scores(path: Path, num_classes: int) -> tuple[np.ndarray, str] | None:
+    """The (images, classes) class scores in key order and their column (``logits``,
+    preferred, or ``probs``), or None without either."""
     schema = pq.read_schema(path)
-    if "probs" not in schema.names:
+    column = next((c for c in ("logits", "probs") if c in schema.names), None)
+    if column is None:
         return None
-    table = pq.read_table(path, columns=["key", "probs"])
+    table = pq.read_table(path, columns=["key", column])
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
-    flat = table.column("probs").combine_chunks().flatten().to_numpy()
-    probs = np.asarray(flat, dtype=np.float32).reshape(len(keys), -1)
-    if probs.shape[1] != num_classes:
-        raise VeilError(f"{path}: probs have {probs.shape[1]} classes, study.json lists "
+    flat = table.column(column).combine_chunks().flatten().to_numpy()
+    scores = np.asarray(flat, dtype=np.float32).reshape(len(keys), -1)
+    if scores.shape[1] != num_classes:
+        raise VeilError(f"{path}: {column} have {scores.shape[1]} classes, study.json lists "
                         f"{num_classes}")
-    return probs[np.argsort(keys, kind="stable")]
+    return scores[np.argsort(keys, kind="stable")], column
 
 
 def paired(first: Predictions, second: Predictions, what: str) -> None:

@@ -6,13 +6,18 @@ method, the backbones trained on original images with those trained on obfuscate
 
 - the metric per seed, then mean ± SEM over seeds (ddof=1), in percentage points;
 - the difference original - obfuscated (positive: the obfuscated backbone transfers
-  worse) with a 95% bootstrap CI over *test images*. Every backbone of a transfer folder
-  is tested on the same images, so the resampling is paired: the same image indices for
-  both sides. For accuracy-type metrics the per-image correctness (CelebA: the share of
-  the 40 attributes right) is averaged over seeds and resampled with
-  :func:`veil.analysis.stats.paired_bootstrap`; for VOC mAP each resample reweights the
-  test images and recomputes mAP (detections are matched once; see
-  :mod:`veil.transfer.metrics`). Secondary metrics (CelebA's mean AP) get mean ± SEM only.
+  worse) with a 95% CI over *seeds and test images*
+  (:func:`veil.analysis.stats.seed_image_interval`: a seed-paired t interval, df =
+  seeds - 1, whose SE also carries the image part). Every backbone of a transfer folder is
+  tested on the same images. For accuracy-type metrics (CelebA: the share of the 40
+  attributes right) the image part is the between-seed covariance of per-image drops
+  (:func:`veil.analysis.stats.shared_image_variance`); for VOC mAP, which is no mean over
+  images, it is the variance of a paired bootstrap that reweights the test images and
+  recomputes mAP (detections are matched once; see :mod:`veil.transfer.metrics`), which
+  also counts a part of the seed noise again (conservative);
+- the verdict from the p-value Holm-adjusted across the archs of each task, mode and
+  method; with one seed no verdict ("one seed: training randomness unmeasured").
+  Secondary metrics (CelebA's mean AP) get mean ± SEM only.
 """
 
 from __future__ import annotations
@@ -27,8 +32,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from veil.analysis.stats import BootstrapCI, mean_sem, paired_bootstrap, verdict
-from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, markdown_table
+from veil.analysis.stats import (
+    ONE_SEED,
+    BootstrapCI,
+    DropInterval,
+    holm,
+    mean_sem,
+    seed_image_interval,
+    shared_image_variance,
+    verdict_from_p,
+)
+from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p, markdown_table
 from veil.encoding import atomic_write_bytes
 from veil.errors import VeilError
 
@@ -118,6 +132,8 @@ class TransferRow:
     paired: bool
     original_per_seed: list[float] = field(default_factory=list)
     obfuscated_per_seed: list[float] = field(default_factory=list)
+    pvalue: float = math.nan
+    p_holm: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -130,22 +146,20 @@ def _keys(table: Any) -> np.ndarray:
 
 def _per_image(output: TransferOutput, arch: str, seeds: list[int], condition: str
                ) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, per-image correctness averaged over seeds), sorted by key."""
+    """(keys, (seeds, images) per-image correctness), sorted by key."""
     keys: np.ndarray | None = None
-    total: np.ndarray | None = None
+    rows = []
     for seed in seeds:
         table = output.table(arch, seed, condition)
         k = _keys(table)
         order = np.argsort(k, kind="stable")
-        values = table.column("correct").to_numpy().astype(float)[order]
+        rows.append(table.column("correct").to_numpy().astype(float)[order])
         if keys is None:
-            keys, total = k[order], values
+            keys = k[order]
         elif not np.array_equal(keys, k[order]):
             raise VeilError(f"{output.root}: {arch} seeds were tested on different images")
-        else:
-            total = total + values  # type: ignore[operator]
-    assert keys is not None and total is not None
-    return keys, total / len(seeds)
+    assert keys is not None
+    return keys, np.stack(rows)
 
 
 def unpaired_bootstrap(first: np.ndarray, second: np.ndarray, *, resamples: int, seed: int,
@@ -156,7 +170,7 @@ def unpaired_bootstrap(first: np.ndarray, second: np.ndarray, *, resamples: int,
     b = rng.choice(second, size=(resamples, len(second))).mean(axis=1)
     low, high = np.quantile(a - b, [(1 - level) / 2, (1 + level) / 2])
     return BootstrapCI(float(first.mean() - second.mean()), float(low), float(high), level,
-                       resamples)
+                       resamples, float(np.var(a - b, ddof=1)))
 
 
 def detection_bootstrap(original: list[Any], obfuscated: list[Any], method: str, *,
@@ -178,7 +192,8 @@ def detection_bootstrap(original: list[Any], obfuscated: list[Any], method: str,
     estimate = (float(np.mean([mean_ap(m, method) for m in original]))
                 - float(np.mean([mean_ap(m, method) for m in obfuscated])))
     low, high = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return BootstrapCI(estimate, float(low), float(high), level, resamples)
+    return BootstrapCI(estimate, float(low), float(high), level, resamples,
+                       float(np.nanvar(values, ddof=1)))
 
 
 def _matched(output: TransferOutput, arch: str, seed: int, condition: str) -> Any:
@@ -219,36 +234,66 @@ def compare(output: TransferOutput, *, resamples: int = 2000, seed: int = 0,
                 b = [100 * float(other[s][metric]) for s in seeds]
                 mean_a, sem_a = mean_sem(a)
                 mean_b, sem_b = mean_sem(b)
-                ci, paired = None, True
+                ci: DropInterval | None = None
+                paired = True
                 if metric == output.primary:
                     ci, paired = _ci(output, arch, method, seeds, resamples, seed, level)
+                    ci = ci.scaled(100.0)
                 nan = math.nan
-                low = 100 * ci.low if ci else nan
-                high = 100 * ci.high if ci else nan
+                low = ci.low if ci else nan
+                high = ci.high if ci else nan
                 rows.append(TransferRow(
                     task=output.task, mode=output.mode, metric=metric,
                     primary=metric == output.primary, arch=arch, method=method, seeds=seeds,
                     n_test=int(base[seeds[0]].get("n_test", 0)), original=mean_a,
                     original_sem=sem_a, obfuscated=mean_b, obfuscated_sem=sem_b,
                     drop=mean_a - mean_b, ci_low=low, ci_high=high,
-                    verdict=verdict(ci) if ci else "n/a", paired=paired,
-                    original_per_seed=a, obfuscated_per_seed=b))
+                    verdict=(verdict_from_p(mean_a - mean_b, ci.pvalue, ci.seeds) if ci
+                             else "n/a"), paired=paired,
+                    original_per_seed=a, obfuscated_per_seed=b,
+                    pvalue=ci.pvalue if ci else nan))
+    _holm_across_archs(rows)
     return rows, notes
 
 
+def _holm_across_archs(rows: list[TransferRow]) -> None:
+    """Holm across the archs of each (task, mode, method) on the primary metric."""
+    families: dict[tuple[str, str, str], list[TransferRow]] = {}
+    for r in rows:
+        if r.primary:
+            families.setdefault((r.task, r.mode, r.method), []).append(r)
+    for family in families.values():
+        for r, p in zip(family, holm([r.pvalue for r in family]), strict=True):
+            r.p_holm = float(p)
+            r.verdict = verdict_from_p(r.drop, float(p), len(r.seeds))
+
+
 def _ci(output: TransferOutput, arch: str, method: str, seeds: list[int], resamples: int,
-        seed: int, level: float) -> tuple[BootstrapCI, bool]:
+        seed: int, level: float) -> tuple[DropInterval, bool]:
+    """The drop's interval over seeds and images (fractions), and whether it is paired."""
     if output.kind == "detection":
+        from veil.transfer.metrics import mean_ap
+
         ap_method = str(output.manifest["task"].get("ap_method", "area"))
         original = [_matched(output, arch, s, ORIGINAL) for s in seeds]
         obfuscated = [_matched(output, arch, s, method) for s in seeds]
-        return detection_bootstrap(original, obfuscated, ap_method, resamples=resamples,
-                                   seed=seed, level=level), True
+        boot = detection_bootstrap(original, obfuscated, ap_method, resamples=resamples,
+                                   seed=seed, level=level)
+        per_seed = [float(mean_ap(o, ap_method)) - float(mean_ap(b, ap_method))
+                    for o, b in zip(original, obfuscated, strict=True)]
+        n = int(original[0].positives.shape[0])
+        return seed_image_interval(per_seed, boot.variance * n, images=n, level=level), True
     keys_a, a = _per_image(output, arch, seeds, ORIGINAL)
     keys_b, b = _per_image(output, arch, seeds, method)
     if np.array_equal(keys_a, keys_b):
-        return paired_bootstrap(a, b, resamples=resamples, level=level, seed=seed)[0], True
-    return unpaired_bootstrap(a, b, resamples=resamples, seed=seed, level=level), False
+        drops = a - b
+        return seed_image_interval(drops.mean(axis=1), shared_image_variance(drops),
+                                   images=drops.shape[1], level=level), True
+    boot = unpaired_bootstrap(a.mean(axis=0), b.mean(axis=0), resamples=resamples,
+                              seed=seed, level=level)
+    per_seed = a.mean(axis=1) - b.mean(axis=1)
+    n = min(a.shape[1], b.shape[1])
+    return seed_image_interval(per_seed, boot.variance * n, images=n, level=level), False
 
 
 # --------------------------------------------------------------------------- outputs
@@ -259,7 +304,7 @@ def transfer_frame(rows: list[TransferRow]) -> Any:
 
     columns = ["task", "mode", "metric", "arch", "method", "seeds", "n_test", "original",
                "original_sem", "obfuscated", "obfuscated_sem", "drop", "ci_low", "ci_high",
-               "verdict", "paired"]
+               "pvalue", "p_holm", "verdict", "paired"]
     records = []
     for r in rows:
         record = {c: getattr(r, c) for c in columns}
@@ -268,11 +313,17 @@ def transfer_frame(rows: list[TransferRow]) -> Any:
     return pd.DataFrame.from_records(records, columns=columns)
 
 
+TRANSFER_CAPTION = (
+    "Metrics in %: mean ± SEM over seeds (ddof=1). Drop = original - obfuscated (points; "
+    "positive = the obfuscated backbone transfers worse), with a 95% CI over seeds and test "
+    "images (seed-paired t, df = seeds - 1, SE with the image part; primary metric only). "
+    "Verdict: p-value Holm-adjusted across the archs of each task, mode and method, below "
+    f"0.05; with one seed no verdict ({ONE_SEED}).")
+
+
 def transfer_markdown(rows: list[TransferRow], notes: list[str]) -> str:
     parts = ["# Transfer: original vs obfuscated backbones\n",
-             "Metrics in %: mean ± SEM over seeds. Drop = original - obfuscated (points; "
-             "positive = the obfuscated backbone transfers worse), with a paired bootstrap 95%"
-             " CI over test images (primary metric only).\n"]
+             TRANSFER_CAPTION + "\n"]
     groups: dict[tuple[str, str], list[TransferRow]] = {}
     for r in rows:
         groups.setdefault((r.task, r.mode), []).append(r)
@@ -281,11 +332,13 @@ def transfer_markdown(rows: list[TransferRow], notes: list[str]) -> str:
         table = [[r.arch, r.method, METRIC_LABELS.get(r.metric, r.metric), len(r.seeds),
                   fmt_mean_sem(r.original, r.original_sem, 2),
                   fmt_mean_sem(r.obfuscated, r.obfuscated_sem, 2), fmt(r.drop, 2),
-                  fmt_ci(r.ci_low, r.ci_high, 2) if r.primary else "n/a", r.verdict]
+                  fmt_ci(r.ci_low, r.ci_high, 2) if r.primary else "n/a",
+                  fmt_p(r.p_holm) if r.primary else "n/a", r.verdict]
                  for r in group]
-        parts.append(markdown_table(["arch", "method", "metric", "seeds", "original",
-                                     "obfuscated", "drop", "95% CI", "verdict"], table,
-                                    "lllrrrrrl"))
+        parts.append(markdown_table(["arch", "method", "metric", "seeds",
+                                     "original (± SEM, ddof=1)", "obfuscated", "drop",
+                                     "95% CI (seeds+images)", "p (Holm)", "verdict"], table,
+                                    "lllrrrrrrl"))
     if notes:
         parts.append("\nNotes:\n\n" + "".join(f"- {n}\n" for n in notes))
     return "".join(parts)

@@ -15,15 +15,17 @@ from veil.cli.common import fail_cleanly
                 type=click.Path(exists=True, file_okay=False))
 @click.option("--paper-pickles", "pickles_dir", default=None, metavar="DIR",
               type=click.Path(exists=True, file_okay=False),
-              help="Instead of a run: print the paper's Table 3 / Table B from the authors' "
-                   "eval_*_val_results.pickle files in DIR.")
+              help="Instead of a run: print the paper's Table 3 / Table B / Table 4 from the "
+                   "authors' eval_*_val_results.pickle files in DIR, each with veil's "
+                   "seeds-and-images intervals.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Where to write (default: RUN/analysis). With --paper-pickles: also "
                    "write the tables to DIR/paper_tables.txt.")
 @click.option("--bootstrap", "resamples", type=click.IntRange(min=100), default=2000,
-              show_default=True, help="Bootstrap resamples for the CI of each drop.")
+              show_default=True, help="Bootstrap resamples for the image part of a transfer "
+                                       "mAP interval (accuracy intervals need none).")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True,
-              help="Seed of the bootstrap, so the CIs are reproducible.")
+              help="Seed of that bootstrap, so the mAP intervals are reproducible.")
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many most / least affected categories to list.")
 @click.option("--swing", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -50,7 +52,8 @@ def analyze_command(run_dir: str | None, pickles_dir: str | None, out_dir: str |
                     ap_tolerance: float, gradcam: bool, gradcam_images: int,
                     faces: str | None, transfer_dirs: tuple[str, ...], sem_ddof: int) -> None:
     """Analyse a study RUN folder: overall accuracy per arch and method with SEM over
-    seeds, a paired bootstrap 95% CI and McNemar's test (the paper's Table 3 / Table B),
+    seeds, a 95% CI of each drop over seeds and images, read with Holm across archs, and
+    McNemar's test (the paper's Table 3 / Table B),
     per-category top-1/top-5/AP with look-alike pairs (Table 4), face statistics (Fig. 2,
     Table 2), the drop-vs-faces correlation, Grad-CAM grids and, when `veil transfer`
     ran on the run's backbones, the transfer table, into RUN/analysis/.
@@ -87,6 +90,10 @@ def analyze_command(run_dir: str | None, pickles_dir: str | None, out_dir: str |
                              gradcam_images=gradcam_images, faces=faces,
                              transfer=list(transfer_dirs) or None)
     result = analyze(run_dir, out_dir, options)
+    from veil.analysis.pipeline import face_matching_lines
+
+    for line in face_matching_lines(result.summary["study"].get("face_matching")):
+        click.echo(line)
     for sentence in result.summary["sentences"]:
         click.echo(sentence["text"])
     for note in result.summary["notes"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from veil import __version__
+from veil.analysis.correlation import CAPTION as CORRELATION_CAPTION
 from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p
 from veil.report.html import render, thumbnail_uri
 
@@ -27,6 +28,10 @@ def _png_uri(path: Path) -> str:
 
 def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None or math.isnan(float(value)) else f"{100 * float(value):.1f}%"
 
 
 def _overall_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -45,6 +50,7 @@ def _overall_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "obfuscated": fmt_mean_sem(_num(m["obfuscated"]), _num(m["obfuscated_sem"])),
                 "drop": fmt(_num(m["drop"])),
                 "ci": fmt_ci(_num(m["ci_low"]), _num(m["ci_high"])),
+                "p": fmt_p(_num(m.get("p_adjusted"))),
                 "verdict": m["verdict"],
             }
         group["rows"].append(cells)
@@ -66,6 +72,7 @@ def _transfer_groups(section: dict[str, Any] | None) -> list[dict[str, Any]]:
             "obfuscated": fmt_mean_sem(_num(r["obfuscated"]), _num(r["obfuscated_sem"]), 2),
             "drop": fmt(_num(r["drop"]), 2),
             "ci": fmt_ci(_num(r["ci_low"]), _num(r["ci_high"]), 2) if r["primary"] else "n/a",
+            "p": fmt_p(_num(r.get("p_holm"))) if r["primary"] else "n/a",
             "verdict": r["verdict"]})
     return list(groups.values())
 
@@ -96,8 +103,11 @@ def _examples(run: Any, count: int, faces: str | None
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *,
                  examples: int = 4, faces: str | None = None,
-                 analyze_options: Any = None) -> Path:
-    """Write the HTML report of RUN (default RUN/report.html); returns its path."""
+                 analyze_options: Any = None, demo: bool = False) -> Path:
+    """Write the HTML report of RUN (default RUN/report.html); returns its path.
+
+    ``demo``: the run is `make demo`'s miniature study; the page says that it shows the
+    mechanics, not a finding."""
     from veil.analysis import ANALYSIS_DIR, SUMMARY, analyze, load_run
 
     run = load_run(run_dir)
@@ -117,13 +127,30 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     per_category = []
     for method, data in (summary.get("per_category") or {}).items():
         basis = "ap_drop" if data["ranked_by"] == "ap_drop" else "top1_drop"
+        q = "ap" if basis == "ap_drop" else "top1"
+
+        def ranked(r: dict[str, Any], basis: str = basis, q: str = q) -> dict[str, Any]:
+            return {"name": r["name"], "drop": fmt(_num(r[basis]), 2),
+                    "top1": fmt(_num(r["top1_drop"]), 2),
+                    "faces_train": _pct(r.get("share_with_faces")),
+                    "faces_val": _pct(r.get("share_with_faces_val")),
+                    "p": fmt_p(_num(r.get(f"{q}_p_bh"))), "reading": r.get(f"{q}_reading", "")}
+
+        quantities = ["top1", "top5"] + (["ap"] if data["ap_available"] else [])
         per_category.append({
             "method": method, "basis": "AP" if basis == "ap_drop" else "top-1",
-            "ap_available": data["ap_available"],
-            "most": [{"name": r["name"], "drop": fmt(_num(r[basis]), 2),
-                      "top1": fmt(_num(r["top1_drop"]), 2)} for r in data["most_affected"]],
-            "least": [{"name": r["name"], "drop": fmt(_num(r[basis]), 2),
-                       "top1": fmt(_num(r["top1_drop"]), 2)} for r in data["least_affected"]],
+            "ap_available": data["ap_available"], "ap_source": data.get("ap_source", "probs"),
+            "paper_quantities": [{"top1": "top-1", "top5": "top-5", "ap": "AP"}[x]
+                                 for x in quantities],
+            "paper": [{"category": r["category"], "cells": [
+                c for x in quantities for c in (
+                    fmt_mean_sem(_num(r[f"{x}_original"][0]), _num(r[f"{x}_original"][1])),
+                    fmt_mean_sem(_num(r[f"{x}_obfuscated"][0]),
+                                 _num(r[f"{x}_obfuscated"][1])),
+                    fmt(_num(r[f"{x}_original"][0]) - _num(r[f"{x}_obfuscated"][0])))]}
+                for r in data.get("paper_categories") or []],
+            "most": [ranked(r) for r in data["most_affected"]],
+            "least": [ranked(r) for r in data["least_affected"]],
             "lookalikes": [{"a": p["name_a"], "b": p["name_b"], "reason": p["reason"],
                             "top1_a": fmt(_num(p["top1_drop_a"]), 2),
                             "top1_b": fmt(_num(p["top1_drop_b"]), 2),
@@ -139,6 +166,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
     if example_note:
         notes.append(example_note)
     destination = Path(out) if out is not None else run.root / REPORT_NAME
+    from veil.analysis.pipeline import face_matching_lines
+    from veil.analysis.stats import ONE_SEED_NOTE
+    from veil.analysis.transfer import TRANSFER_CAPTION
+
+    one_seed = sorted({r["arch"] for r in summary["overall"]
+                       if r["arch"] != "average" and len(r["seeds"]) < 2})
     return render(
         "study.html", destination,
         version=__version__, created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -148,13 +181,18 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *,
         faces_plots=[p for p in (plot("faces_per_category.png"), plot("faces_per_image.png"))
                      if p],
         correlation=[{**r, "spearman_s": fmt(_num(r["spearman"])),
-                      "spearman_p_s": fmt_p(_num(r["spearman_p"])),
+                      "spearman_p_s": fmt_p(_num(r.get("spearman_p_bh", r["spearman_p"]))),
                       "pearson_s": fmt(_num(r["pearson"])),
-                      "pearson_p_s": fmt_p(_num(r["pearson_p"]))}
+                      "pearson_p_s": fmt_p(_num(r.get("pearson_p_bh", r["pearson_p"])))}
                      for r in summary.get("correlation") or []],
+        correlation_caption=CORRELATION_CAPTION,
         gradcam={**summary["gradcam"],
                  "images": [u for u in (plot(f) for f in summary["gradcam"]["files"]) if u]},
         examples=example_rows, notes=notes,
         transfer=_transfer_groups(summary.get("transfer")), transfer_plot=plot("transfer.png"),
         pct=lambda v: "n/a" if v is None else f"{100 * v:.1f}%",
+        demo=demo,
+        face_matching=face_matching_lines((summary.get("study") or {}).get("face_matching")),
+        one_seed=f"{', '.join(one_seed)}: {ONE_SEED_NOTE}" if one_seed else None,
+        transfer_caption=TRANSFER_CAPTION,
     )
