@@ -13,8 +13,13 @@ import veil
 
 
 @pytest.mark.parametrize("name", sorted(set(veil.__all__) - {"__version__"}))
-def test_every_public_name_resolves(name):
-    assert getattr(veil, name) is not None
+def test_every_public_name_is_a_documented_veil_callable_of_that_name(name):
+    value = getattr(veil, name)
+    assert callable(value), f"veil.{name} is {value!r}"
+    assert value.__name__ == name, f"veil.{name} is an alias of {value.__name__}"
+    assert value.__module__.startswith("veil."), value.__module__
+    assert (value.__doc__ or "").strip(), f"veil.{name} has no docstring"
+    assert name in dir(veil)
 
 
 def test_unknown_name_is_an_attribute_error():

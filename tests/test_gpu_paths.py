@@ -8,7 +8,6 @@ without one they are skipped.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -37,9 +36,6 @@ from veil.study.evaluate import predict
 from veil.study.profiles import resolve_recipe
 from veil.study.train import RunFiles, train_model
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VEIL_SHARED", REPO.parent / "shared"))
-WIDER = SHARED / "data" / "wider-face-val-416" / "images"
 CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
 
@@ -48,11 +44,9 @@ cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (benchmarks/gpu_che
 
 
 @pytest.fixture(scope="module")
-def wider_images() -> list[np.ndarray]:
-    if not WIDER.is_dir():
-        pytest.skip(f"shared WIDER images not found at {WIDER}")
+def wider_images(wider: Path) -> list[np.ndarray]:
     # Every 9th image: crowds and single faces, several aspect ratios.
-    paths = sorted(WIDER.glob("*.jpg"))[::9][:10]
+    paths = sorted((wider / "images").glob("*.jpg"))[::9][:10]
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
