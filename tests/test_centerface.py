@@ -9,7 +9,7 @@ from PIL import Image
 
 from veil.boxes import Box
 from veil.detection import Detector, available_detectors, create_detector
-from veil.detection.centerface import decode
+from veil.detection.centerface_model import decode
 from veil.detection.nms import nms, pairwise_iou
 from veil.errors import ImageError, VeilError
 

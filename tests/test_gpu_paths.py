@@ -20,7 +20,7 @@ from PIL import Image
 from veil.boxes import Box
 from veil.cli.detect import detector_settings
 from veil.detection import create_detector
-from veil.detection.centerface import CenterFaceDetector
+from veil.detection.centerface_onnx import CenterFaceDetector
 from veil.detection.centerface_torch import CenterFaceNet, TorchCenterFaceDetector
 from veil.errors import VeilError
 from veil.study.data import (
@@ -82,10 +82,11 @@ def test_torch_port_finds_the_onnxruntime_boxes(wider_images, device):
 
 
 def test_torch_network_matches_onnxruntime_outputs():
-    from veil.detection.centerface import _INPUT, _OUTPUTS, load_session
+    from veil.detection.centerface_model import INPUT_NAME, OUTPUT_NAMES
+    from veil.detection.centerface_onnx import load_session
 
     x = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 96)).astype(np.float32)
-    expected = load_session(1, "cpu").run(_OUTPUTS, {_INPUT: x})
+    expected = load_session(1, "cpu").run(OUTPUT_NAMES, {INPUT_NAME: x})
     with torch.inference_mode():
         got = CenterFaceNet()(torch.from_numpy(x))
     for want, have in zip(expected, got, strict=True):
