@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports  # the layer and no-cycle contracts in pyproject.toml
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
