@@ -32,6 +32,12 @@ VERBS: dict[str, str] = {
 }
 
 
+class ConfigurationError(click.ClickException):
+    """A ClickException that says the command cannot run as given (exit code 2)."""
+
+    exit_code = exit_codes.USAGE
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use, and the one place where
     errors become exit codes (:mod:`veil.cli.exit_codes`)."""
@@ -41,13 +47,12 @@ class LazyGroup(click.Group):
         # clean") and Ctrl-C "Aborted!" with 1; a release gate must tell them apart.
         try:
             return super().invoke(ctx)
-        except click.ClickException as exc:  # UsageError and BadParameter included
-            exc.exit_code = exit_codes.USAGE
+        except click.UsageError:  # BadParameter included: exit code 2 already, with usage
             raise
+        except click.ClickException as exc:
+            raise ConfigurationError(exc.format_message()) from exc
         except VeilError as exc:  # raised on purpose, before or instead of a run
-            error = click.ClickException(str(exc))
-            error.exit_code = exit_codes.USAGE
-            raise error from exc
+            raise ConfigurationError(str(exc)) from exc
         except (KeyboardInterrupt, click.Abort):
             click.echo("\ninterrupted: run the same command again to resume", err=True)
             raise click.exceptions.Exit(exit_codes.INTERRUPTED) from None

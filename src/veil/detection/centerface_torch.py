@@ -168,6 +168,8 @@ def _conv_precision(device: torch.device, precision: str) -> Iterator[None]:
         yield
         return
     conv = getattr(torch.backends.cudnn, "conv", None)
+    holder: Any
+    value: str | bool
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
         holder, field, value = conv, "fp32_precision", "tf32" if precision == "tf32" else "ieee"
     else:
