@@ -122,7 +122,8 @@ def regions_from_ledger(out: Path) -> dict[str, list[Rect]] | None:
         for item in store.run_items(runs[-1].id, status="ok"):
             info = item.info or {}
             output = info.get("output", item.key)
-            regions[output] = [tuple(map(float, r)) for r in info.get("regions", [])]
+            regions[output] = [(float(x0), float(y0), float(x1), float(y1))
+                               for x0, y0, x1, y1 in info.get("regions", [])]
         return regions
 
 
