@@ -49,12 +49,12 @@ import numpy as np
 from PIL import Image
 
 from veil.boxes import Box, usable_boxes
+from veil.cores import available_cores
 from veil.datasets import open_dataset
 from veil.detection import create_detector
 from veil.faces import load_faces
 from veil.obfuscation import affected_region, blur, minimal_blur
 from veil.obfuscation.reference import minimal_blur_reference, paper_blur
-from veil.runner import default_workers
 from veil.stages.obfuscate import obfuscate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -259,7 +259,7 @@ def dataset_section(root: Path, faced: int | None, repeat: int, cores: set[int])
         # ceiling any method reaches on this mix: reading, decoding and re-encoding the
         # faced images, linking the rest, the ledger.
         configs = ((1, False, "blur"), (1, True, "blur"),
-                   (len(cores) or default_workers(), False, "blur"), (1, True, "overlay"))
+                   (len(cores) or available_cores(), False, "blur"), (1, True, "overlay"))
 
         def veil(workers: int, link: bool, method: str) -> Callable[[Path], object]:
             def run(out: Path) -> None:

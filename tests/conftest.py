@@ -84,3 +84,12 @@ def shared() -> Path:
     if not (root / "data").is_dir():
         pytest.fail(f"shared data not found at {root}; set VEIL_SHARED")
     return root
+
+
+@pytest.fixture(scope="session")
+def wider(shared: Path) -> Path:
+    """The WIDER FACE val sample (97 images and faces.json); fails loudly when missing."""
+    root = shared / "data" / "wider-face-val-416"
+    if not (root / "faces.json").is_file():
+        pytest.fail(f"WIDER FACE sample not found at {root}; set VEIL_SHARED")
+    return root

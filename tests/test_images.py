@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import re
-import time
 import warnings
 from pathlib import Path
 
@@ -67,9 +66,8 @@ def _assert_colours(case: CorpusCase, image: Image.Image) -> None:
 def test_corpus_case_behaves_as_recorded(corpus: dict[str, CorpusCase], name: str) -> None:
     case = corpus[name]
     if not case.ok:
-        with pytest.raises(ImageError) as caught:
+        with pytest.raises(ImageError, match=re.escape(case.error)):
             load_image(case.path)
-        assert case.error in str(caught.value)
         return
     loaded = load_image(case.path)
     assert loaded.image.mode == "RGB"
@@ -214,10 +212,9 @@ def test_bomb_is_refused_from_the_header_alone(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     for name, pixels in (("bomb_png", "900,000,000"), ("bomb_jpeg", "3,600,000,000")):
-        started = time.perf_counter()
-        with pytest.raises(ImageError) as caught:
+        # no_decoding: refused from the header, before any pixel
+        with pytest.raises(ImageError, match=f"{pixels} pixels") as caught:
             load_image(corpus[name].path)
-        assert time.perf_counter() - started < 1.0
         message = str(caught.value)
         assert pixels in message
         assert f"{DEFAULT_MAX_PIXELS:,}" in message
@@ -248,7 +245,7 @@ def test_max_pixels_argument_and_environment(
     assert not isinstance(caught.value, ImageError)  # a setup error, not a bad image
     monkeypatch.delenv("VEIL_MAX_PIXELS")
     assert max_pixels_limit() == DEFAULT_MAX_PIXELS
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_pixels must be positive, got 0"):
         max_pixels_limit(0)
 
 
@@ -256,7 +253,7 @@ def test_pillow_bomb_guard_never_leaks(
         corpus: dict[str, CorpusCase], monkeypatch: pytest.MonkeyPatch) -> None:
     """Pillow's global limit neither warns nor refuses: veil's own limit decides."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(Image.DecompressionBombError):
+    with pytest.raises(Image.DecompressionBombError, match="decompression bomb"):
         Image.open(corpus["rgb_jpeg"].path)  # 6,144 pixels: Pillow alone would refuse
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
@@ -27,10 +26,6 @@ from veil.interchange import (
     write_faces,
 )
 from veil.store import ImageRecord, RunItem
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VEIL_SHARED", REPO.parent / "shared"))
-WIDER = SHARED / "data" / "wider-face-val-416" / "faces.json"
 
 # x0 + (x1 - x0) != x1 in floating point: COCO's [x, y, w, h] alone would lose the last bit.
 INEXACT = (34.99966834278422, 746.4253574209)
@@ -153,10 +148,8 @@ def test_explicit_format_mismatch_is_an_error(tmp_path):
         read_faces(path, "parquet")
 
 
-def test_wider_faces_json_keeps_its_extra_flags():
-    if not WIDER.exists():
-        pytest.skip(f"shared data not found at {WIDER} (set VEIL_SHARED)")
-    faces = read_faces(WIDER)
+def test_wider_faces_json_keeps_its_extra_flags(wider):
+    faces = read_faces(wider / "faces.json")
     assert len(faces) == 97 and sum(len(b) for b in faces.values()) == 2042
     key = "images/0_Parade_Parade_0_102.jpg"
     extras = faces.extras(key)

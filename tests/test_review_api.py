@@ -541,16 +541,16 @@ def test_cli_add_annotator_prints_a_link_with_the_token_in_the_fragment(tmp_path
     saved = b"".join(p.read_bytes() for p in tmp_path.glob("f.sqlite*")).decode("latin-1")
     assert hash_token(token) in saved and token not in saved, "only the hash is stored"
     again = runner.invoke(main, ["review", "add-annotator", "alice", "--store", str(store)])
-    assert again.exit_code == 1 and "--rotate" in again.output
+    assert again.exit_code == 2 and "--rotate" in again.output
     bad = runner.invoke(main, ["review", "add-annotator", "veil:root", "--store", str(store)])
-    assert bad.exit_code == 1 and "annotator name" in bad.output
+    assert bad.exit_code == 2 and "annotator name" in bad.output
 
 
 def test_cli_serve_is_the_default_and_refuses_an_open_bind(dataset_root, tmp_path):
     runner = CliRunner()
     r = runner.invoke(main, ["review", str(dataset_root), "--store", str(tmp_path / "f.sqlite"),
                              "--host", "0.0.0.0", "-k", "3"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "refusing to listen on 0.0.0.0" in r.output and "add-annotator" in r.output
     with FaceStore(tmp_path / "f.sqlite") as store:
         assert ReviewSettings.load(ReviewLedger(store)).reviews_per_image == 1, (
@@ -565,7 +565,7 @@ def test_cli_gold_from_reviews_or_a_trusted_file(dataset_root, tmp_path):
         store.add_review("crowd/b.png", [Box(1, 2, 30, 40)], annotator="curator")
     runner = CliRunner()
     r = runner.invoke(main, ["review", "gold", "add", "crowd/a.jpg", "--store", str(store_path)])
-    assert r.exit_code == 1 and "never reviewed" in r.output
+    assert r.exit_code == 2 and "never reviewed" in r.output
     r = runner.invoke(main, ["review", "gold", "add", "crowd/b.png", "--store", str(store_path)])
     assert r.exit_code == 0 and "1 gold image" in r.output
     trusted = tmp_path / "trusted.json"

@@ -19,9 +19,31 @@ stack are imported only by the parts that need them).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veil.boxes import Box
+
+if TYPE_CHECKING:  # the lazy names below, as type checkers and editors see them
+    # ("X as X": an explicit re-export)
+    from veil.analysis.pipeline import analyze as analyze
+    from veil.datasets import Dataset as Dataset
+    from veil.datasets import open_dataset as open_dataset
+    from veil.demo import run_demo as run_demo
+    from veil.detection import create_detector as create_detector
+    from veil.evaluation.faces import evaluate_faces as evaluate_faces
+    from veil.faces import load_faces as load_faces
+    from veil.images import load_image as load_image
+    from veil.obfuscation import obfuscate as obfuscate
+    from veil.report.study import build_report as build_report
+    from veil.stages.audit import audit as audit
+    from veil.stages.detect import detect as detect
+    from veil.stages.obfuscate import obfuscate_dataset as obfuscate_dataset
+    from veil.store import FaceStore as FaceStore
+    from veil.study import StudyConfig as StudyConfig
+    from veil.study import run_study as run_study
+    from veil.transfer import TransferConfig as TransferConfig
+    from veil.transfer import run_transfer as run_transfer
+    from veil.transforms import Obfuscate as Obfuscate
 
 __version__ = "0.1.0"
 

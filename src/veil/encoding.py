@@ -324,12 +324,13 @@ def _temp_name(target: str) -> str:
     return os.path.join(head, f".{stem}{_TEMP_MARK}{secrets.token_hex(6)}")
 
 
-def _discard(path: Path) -> None:
+def _discard(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
+                       durable: bool = True) -> None:
     """Write ``data`` to ``path`` all at once: temp file, fsync, ``os.replace``.
 
     Parent directories are created. On any failure (or a kill) the temp file is removed
@@ -339,12 +340,12 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     disk: a stage writing many small files may pass ``durable=False`` and call
     ``os.sync()`` once per shard before recording the shard as done.
     """
-    path = os.fspath(path)
-    tmp = _temp_name(path)
+    target = os.fspath(path)
+    tmp = _temp_name(target)
     try:
         fd = os.open(tmp, _WRITE_FLAGS, 0o666)  # the umask decides, as for any new file
     except FileNotFoundError:  # the first file of its folder: make the folder, once
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         fd = os.open(tmp, _WRITE_FLAGS, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -352,7 +353,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         _discard(tmp)
         raise

@@ -13,9 +13,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from veil.boxes import Box
 from veil.errors import FacesFileError, VeilError
+
+if TYPE_CHECKING:
+    from veil.store import FaceStore
 
 STORE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -56,7 +60,9 @@ def is_store_location(spec: str | os.PathLike[str]) -> bool:
     return False
 
 
-def load_faces(source: str | os.PathLike[str] | Mapping[str, Sequence[Box]]) -> FacesSnapshot:
+def load_faces(
+    source: str | os.PathLike[str] | FaceStore | Mapping[str, Sequence[Box]],
+) -> FacesSnapshot:
     """Read the current boxes of every image from a store, a faces file or a mapping."""
     if isinstance(source, Mapping):
         return FacesSnapshot({k: list(v) for k, v in source.items()}, "boxes given in Python")

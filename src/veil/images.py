@@ -162,13 +162,9 @@ def _check_pixels(size: tuple[int, int], limit: int) -> None:
 # --------------------------------------------------------------------------- opening
 
 
-def _is_bytes(source: object) -> bool:
-    return isinstance(source, bytes | bytearray | memoryview)
-
-
 def _open_file(source: str | os.PathLike[str] | bytes, stack: ExitStack) -> IO[bytes]:
     """A readable, seekable binary stream for ``source``; file-system trouble -> ImageError."""
-    if _is_bytes(source):
+    if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise ImageError("empty file (0 bytes)")
         return io.BytesIO(bytes(source))
@@ -504,7 +500,8 @@ def _opened(
     limit = max_pixels_limit(max_pixels)
     fp = _open_file(source, stack)
     try:
-        im = _open_unchecked(fp, "" if _is_bytes(source) else os.fspath(source))
+        raw = isinstance(source, bytes | bytearray | memoryview)
+        im = _open_unchecked(fp, "" if raw else os.fsdecode(source))
     except ImageError:
         raise
     except _PIL_ERRORS as e:

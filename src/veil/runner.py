@@ -19,31 +19,15 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
-from veil.backends import Backend, available_cores, get_backend
-from veil.boxes import Box
-from veil.store import FaceStore, ImageRecord, RunItem
+from veil.backends import Backend, get_backend
+from veil.backends.base import ShardResult, ShardTask
+from veil.store import FaceStore
 
 DEFAULT_SHARD_SIZE = 256
-
-
-@dataclass
-class ShardResult:
-    index: int
-    items: list[RunItem] = field(default_factory=list)
-    images: list[ImageRecord] = field(default_factory=list)
-    detections: dict[str, list[Box]] = field(default_factory=dict)
-    counts: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-
-
-class ShardTask(Protocol):
-    def setup(self) -> None: ...
-
-    def __call__(self, index: int, keys: Sequence[str]) -> ShardResult: ...
 
 
 @dataclass
@@ -66,11 +50,6 @@ class RunSummary:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-def default_workers() -> int:
-    """The cores this process may use (respects affinity masks and cgroup pinning)."""
-    return available_cores()
 
 
 def make_shards(keys: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> list[list[str]]:

@@ -7,13 +7,15 @@ per-shard status, resumption, nothing recorded twice.
 
 from __future__ import annotations
 
-from veil.backends.base import Backend, run_timed
-from veil.backends.local import LocalBackend, available_cores
+from veil.backends.base import Backend, ShardResult, ShardTask, run_timed
+from veil.backends.local import LocalBackend
+from veil.cores import available_cores
 from veil.errors import VeilError
 
 BACKENDS = ("local", "ray")
 
-__all__ = ["BACKENDS", "Backend", "LocalBackend", "available_cores", "get_backend", "run_timed"]
+__all__ = ["BACKENDS", "Backend", "LocalBackend", "ShardResult", "ShardTask", "available_cores",
+           "get_backend", "run_timed"]
 
 
 def get_backend(backend: str | Backend | None = None, *, address: str | None = None) -> Backend:

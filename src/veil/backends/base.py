@@ -1,20 +1,45 @@
-"""What a backend is: the thing that runs a stage's shards and hands back each result.
+"""The backend contract: a shard task, its result, and the thing that runs the one to get
+the other.
 
-The runner owns the store and the bookkeeping; a backend only decides *where* a
-:class:`~veil.runner.ShardTask` runs (this process, a local process pool, a Ray
-cluster) and yields ``(index, keys, result-or-exception)`` as shards finish, in any
-order. A shard a backend could not finish comes back as an exception, never silently
+A stage supplies a :class:`ShardTask`; the runner (:mod:`veil.runner`) owns the store
+and the bookkeeping; a backend only decides *where* the task runs (this process, a local
+process pool, a Ray cluster) and yields ``(index, keys, result-or-exception)`` as shards
+finish, in any order. A shard a backend could not finish comes back as an exception, never silently
 dropped: the runner records it as failed and the next run of the same command does it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-if TYPE_CHECKING:
-    from veil.runner import ShardResult, ShardTask
+if TYPE_CHECKING:  # plain records; importing veil.store for real would load SQLAlchemy
+    from veil.boxes import Box
+    from veil.store.records import ImageRecord, RunItem
+
+
+@dataclass
+class ShardResult:
+    """What one shard produced; the runner writes it to the store in one transaction."""
+
+    index: int
+    items: list[RunItem] = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
+    detections: dict[str, list[Box]] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+class ShardTask(Protocol):
+    """A stage's work, picklable: ``setup()`` once per worker, then a call per shard."""
+
+    def setup(self) -> None: ...
+
+    def __call__(self, index: int, keys: Sequence[str]) -> ShardResult: ...
+
 
 Pending: TypeAlias = "list[tuple[int, list[str]]]"
 Outcome: TypeAlias = "tuple[int, list[str], ShardResult | BaseException]"

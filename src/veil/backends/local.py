@@ -8,24 +8,12 @@ work in flight.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from veil.backends.base import Outcome, Pending, run_timed
-
-if TYPE_CHECKING:
-    from veil.runner import ShardResult, ShardTask
-
-
-def available_cores() -> int:
-    """The cores this process may use (respects affinity masks and cgroup pinning)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
+from veil.backends.base import Outcome, Pending, ShardResult, ShardTask, run_timed
+from veil.cores import available_cores
 
 _worker_task: ShardTask | None = None
 

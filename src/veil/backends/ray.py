@@ -34,13 +34,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from veil.backends.base import Outcome, Pending, run_timed
+from veil.backends.base import Outcome, Pending, ShardResult, ShardTask, run_timed
 from veil.errors import VeilError
-
-if TYPE_CHECKING:
-    from veil.runner import ShardResult, ShardTask
 
 DEFAULT_MAX_RETRIES = 2
 QUEUED_PER_WORKER = 2

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from veil import __version__
+from veil.cli import exit_codes
 from veil.cli.common import (
     dataset_options,
     echo_summary,
@@ -111,7 +112,8 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, profile
             metadata[f.key].append(f.detail)
     faces = [{"key": f.key, "detail": f.detail, "crop": _crop(dataset, f),
               "box": [round(v, 1) for v in f.box or ()]} for f in findings if f.kind == "face"]
-    clean = not findings and not summary.errors
+    # an interrupted audit, or one with failed shards, has not looked at every image
+    clean = not findings and summary.ok
     render("audit.html", Path(report), version=__version__, target=str(root),
            created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), detector=label,
            min_score=min_score, counts=dict(summary.counts), clean=clean, faces=faces,
@@ -130,4 +132,6 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, profile
     if len(findings) > 10:
         click.echo(f"  ... and {len(findings) - 10} more in the report", err=True)
     click.echo(f"{'CLEAN' if clean else 'NOT CLEAN'}: report {Path(report).resolve()}")
-    sys.exit(0 if clean else 1)
+    if summary.interrupted:
+        sys.exit(exit_codes.INTERRUPTED)
+    sys.exit(exit_codes.OK if clean else exit_codes.FINDINGS)

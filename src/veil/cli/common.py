@@ -12,13 +12,12 @@ from typing import Any
 import click
 
 from veil.backends import BACKENDS, get_backend
+from veil.cli import exit_codes
 from veil.datasets import LAYOUTS, open_dataset
 from veil.errors import VeilError
 from veil.runner import RunSummary
 
 DEFAULT_STORE = "faces.sqlite"
-EXIT_INPUT_ERRORS = 1
-EXIT_INTERRUPTED = 130
 
 
 def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,7 +112,8 @@ def want_progress(flag: bool | None) -> bool:
 
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn veil's own errors into one clear line and exit code 2, never a traceback."""
+    """Turn veil's own errors into one clear line, never a traceback (exit code 2, set
+    where :mod:`veil.cli` turns every ClickException into a usage error)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -157,9 +157,10 @@ def echo_summary(title: str, summary: RunSummary, *, order: tuple[str, ...] = ()
 
 
 def exit_code(summary: RunSummary) -> int:
+    """A sharded run's exit code (:mod:`veil.cli.exit_codes`)."""
     if summary.interrupted:
-        return EXIT_INTERRUPTED
-    return 0 if summary.ok else EXIT_INPUT_ERRORS
+        return exit_codes.INTERRUPTED
+    return exit_codes.OK if summary.ok else exit_codes.FINDINGS
 
 
 def resolve_path(path: str) -> Path:

@@ -105,8 +105,9 @@ def detector_settings(detector: str, threshold: float | None, profile: str | Non
     detector; otherwise ``detector`` runs alone with ``threshold``. ``device`` goes to
     the detector that runs the network (the base detector of a multi-scale one).
     """
-    augment = {"scales": _parse_scales(scales), "flip": flip, "tile_size": tile_size,
-               "fusion": fusion, "fusion_score": fusion_score, "dedupe_iou": dedupe_iou}
+    augment: dict[str, Any] = {
+        "scales": _parse_scales(scales), "flip": flip, "tile_size": tile_size,
+        "fusion": fusion, "fusion_score": fusion_score, "dedupe_iou": dedupe_iou}
     on_device = {} if device is None else {"device": device}
     if profile is None and all(v is None for v in augment.values()):
         plain = {} if threshold is None else {"threshold": threshold}

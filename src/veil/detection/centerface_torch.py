@@ -8,14 +8,14 @@ BatchNormalization, Relu, Add, Sigmoid); an attribute or operator outside what t
 port implements is refused when the module is built rather than run wrongly. The
 landmark head, which veil never reads, is pruned.
 
-:class:`TorchCenterFaceDetector` is :class:`~veil.detection.centerface.CenterFaceDetector`
-with the network swapped: the same grouping by rounded size, the same resize
-(``cv2.resize``, bilinear, on the uint8 image, exactly what ``blobFromImages`` does),
-the same decoding and NMS. Batches travel to the device as uint8 (a quarter of the
-bytes of the float blob) and become float there. ``precision='fp32'`` (default) turns
-TF32 off for its convolutions, so CUDA computes what the CPU computes to within float
-rounding; 'tf32' and 'fp16' trade that for speed (benchmarks/gpu_check.sh measures
-both the speed and how far their boxes move).
+:class:`TorchCenterFaceDetector` is the onnxruntime engine's peer: both are
+:class:`~veil.detection.centerface_model.CenterFaceBase`, so they share the grouping by
+rounded size and the decoding and NMS; the resize is ``cv2.resize`` (bilinear, on the
+uint8 image), exactly what ``blobFromImages`` does. Batches travel to the device as
+uint8 (a quarter of the bytes of the float blob) and become float there.
+``precision='fp32'`` (default) turns TF32 off for its convolutions, so CUDA computes
+what the CPU computes to within float rounding; 'tf32' and 'fp16' trade that for speed
+(benchmarks/gpu_check.sh measures both the speed and how far their boxes move).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from veil.detection.centerface import (
-    _INPUT,
-    _OUTPUTS,
-    CenterFaceDetector,
-    _dynamic_model,
+from veil.detection.centerface_model import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    CenterFaceBase,
+    Outputs,
+    dynamic_model,
 )
 from veil.errors import VeilError
 
@@ -91,7 +92,7 @@ class CenterFaceNet(nn.Module):
 
     def __init__(self, model: onnx.ModelProto | None = None) -> None:
         super().__init__()
-        model = model or onnx.load_from_string(_dynamic_model())
+        model = model or onnx.load_from_string(dynamic_model())
         weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self._slots: dict[str, str] = {}  # ONNX tensor name -> buffer name
         for index, (name, array) in enumerate(weights.items()):
@@ -99,18 +100,18 @@ class CenterFaceNet(nn.Module):
             self.register_buffer(slot, torch.from_numpy(np.array(array, copy=True)))
             self._slots[name] = slot
         self._steps = [(node.op_type, list(node.input), node.output[0], _attributes(node))
-                       for node in _needed(model, _OUTPUTS)]
+                       for node in _needed(model, OUTPUT_NAMES)]
 
     def _tensor(self, name: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
         slot = self._slots.get(name)
         return getattr(self, slot) if slot is not None else values[name]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        values: dict[str, torch.Tensor] = {_INPUT: x}
+        values: dict[str, torch.Tensor] = {INPUT_NAME: x}
         for op, inputs, output, attrs in self._steps:
             args = [self._tensor(name, values) for name in inputs if name]
             values[output] = _apply(op, args, attrs)
-        heatmap, scale, offset = (values[name] for name in _OUTPUTS)
+        heatmap, scale, offset = (values[name] for name in OUTPUT_NAMES)
         return heatmap, scale, offset
 
 
@@ -167,6 +168,8 @@ def _conv_precision(device: torch.device, precision: str) -> Iterator[None]:
         yield
         return
     conv = getattr(torch.backends.cudnn, "conv", None)
+    holder: Any
+    value: str | bool
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
         holder, field, value = conv, "fp32_precision", "tf32" if precision == "tf32" else "ieee"
     else:
@@ -179,7 +182,7 @@ def _conv_precision(device: torch.device, precision: str) -> Iterator[None]:
         setattr(holder, field, saved)
 
 
-class TorchCenterFaceDetector(CenterFaceDetector):
+class TorchCenterFaceDetector(CenterFaceBase):
     """CenterFace's torch port on ``device`` ('cpu', 'cuda', 'cuda:N'; None: CUDA when
     torch sees a GPU). ``threads`` sets torch's CPU threads (process-wide) when the
     device is the CPU. ``precision``: 'fp32' (reference boxes), 'tf32' or 'fp16'."""
@@ -196,7 +199,8 @@ class TorchCenterFaceDetector(CenterFaceDetector):
         device: str | None = None,
         precision: str = "fp32",
     ) -> None:
-        self._set_options(threshold, nms_iou, batch_size, threads)
+        super().__init__(threshold=threshold, nms_iou=nms_iou, batch_size=batch_size,
+                         threads=threads)
         if precision not in PRECISIONS:
             raise VeilError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                             f"{precision!r}")
@@ -214,8 +218,7 @@ class TorchCenterFaceDetector(CenterFaceDetector):
         return {**super().options, "precision": self.precision}
 
     @torch.inference_mode()
-    def _infer(self, size: tuple[int, int], images: list[np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(self, size: tuple[int, int], images: list[np.ndarray]) -> Outputs:
         stacked = np.stack([
             image if (image.shape[1], image.shape[0]) == size
             else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)

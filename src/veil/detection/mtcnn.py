@@ -302,10 +302,12 @@ class MTCNNDetector:
         valid = (coords[:, 2] > coords[:, 0]) & (coords[:, 3] > coords[:, 1])
         valid &= np.isfinite(found).all(axis=1)
         order = np.argsort(-found[:, 4], kind="stable")
-        return [
-            Box(*(float(v) for v in coords[i]), score=float(found[i, 4]), source=self.name)
-            for i in order if valid[i]
-        ]
+        boxes = []
+        for i in order:
+            if valid[i]:
+                x0, y0, x1, y1 = (float(v) for v in coords[i])
+                boxes.append(Box(x0, y0, x1, y1, score=float(found[i, 4]), source=self.name))
+        return boxes
 
 
 def _pnet_boxes(prob: np.ndarray, reg: np.ndarray, scale: float, threshold: float) -> np.ndarray:

@@ -132,7 +132,8 @@ def _parse_annotation(ann: dict[str, Any], where: str, path: Path) -> tuple[Box,
     extra = {k: v for k, v in ann.items() if k not in _ANNOTATION_FIELDS}
     if not extra.get("iscrowd"):
         extra.pop("iscrowd", None)
-    return Box(*corners, score=score, source=source), extra
+    x0, y0, x1, y1 = corners
+    return Box(x0, y0, x1, y1, score=score, source=source), extra
 
 
 def write_coco(

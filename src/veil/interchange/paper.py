@@ -70,7 +70,8 @@ def _parse_box(raw: Any, where: str, path: Path) -> tuple[Box, dict[str, Any]]:
     if source is not None and not isinstance(source, str):
         raise FacesFileError(f"{path}: {where}: \"source\" must be a string")
     extra = {k: v for k, v in raw.items() if k not in _BOX_FIELDS}
-    return Box(*coords, score=score, source=source), extra
+    x0, y0, x1, y1 = coords
+    return Box(x0, y0, x1, y1, score=score, source=source), extra
 
 
 def write_paper(

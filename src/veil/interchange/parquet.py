@@ -104,7 +104,8 @@ def _box(raw: dict[str, Any]) -> tuple[Box, dict[str, Any]]:
     score = raw.get("score")
     source = raw.get("source")
     extra = {k: v for k, v in raw.items() if k not in _BOX_FIELDS and v is not None}
-    return Box(*coords, score=None if score is None else float(score),
+    x0, y0, x1, y1 = coords
+    return Box(x0, y0, x1, y1, score=None if score is None else float(score),
                source=None if source is None else str(source)), extra
 
 

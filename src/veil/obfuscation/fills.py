@@ -31,9 +31,9 @@ from veil.obfuscation._common import (
 
 def _cover(
     size: tuple[int, int], boxes: Sequence[Box], expand_fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(enlarged float boxes, clipped integer rects of the pixels they touch), row-aligned;
-    boxes that miss the image are dropped."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(enlarged float boxes, clipped integer rects of the pixels they touch, the same
+    rects unclipped), row-aligned; boxes that miss the image are dropped."""
     expand_fraction = check_fraction("expand_fraction", expand_fraction)
     xyxy = usable_array(boxes)
     if len(xyxy) and expand_fraction:

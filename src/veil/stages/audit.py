@@ -19,20 +19,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from veil.backends import Backend, get_backend
+from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box
 from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
 from veil.evaluation.faces import covered_fraction
 from veil.images import load_image, probe
-from veil.runner import (
-    DEFAULT_SHARD_SIZE,
-    RunSummary,
-    ShardResult,
-    execute,
-    prepare_run,
-)
+from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.store import FaceStore, RunItem
 
 Rect = tuple[float, float, float, float]
@@ -128,7 +122,8 @@ def regions_from_ledger(out: Path) -> dict[str, list[Rect]] | None:
         for item in store.run_items(runs[-1].id, status="ok"):
             info = item.info or {}
             output = info.get("output", item.key)
-            regions[output] = [tuple(map(float, r)) for r in info.get("regions", [])]
+            regions[output] = [(float(x0), float(y0), float(x1), float(y1))
+                               for x0, y0, x1, y1 in info.get("regions", [])]
         return regions
 
 

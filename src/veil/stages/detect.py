@@ -11,18 +11,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from veil.backends import Backend, get_backend
+from veil.backends import Backend, ShardResult, get_backend
 from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
 from veil.images import load_image
-from veil.runner import (
-    DEFAULT_SHARD_SIZE,
-    RunSummary,
-    ShardResult,
-    execute,
-    prepare_run,
-)
+from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.store import FaceStore, ImageRecord, RunItem
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from veil import wds
-from veil.backends import Backend, get_backend
+from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
 from veil.encoding import (
@@ -47,13 +47,7 @@ from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
 from veil.images import load_image, plain_jpeg, probe
 from veil.obfuscation import METHODS, affected_region, obfuscate
-from veil.runner import (
-    DEFAULT_SHARD_SIZE,
-    RunSummary,
-    ShardResult,
-    execute,
-    prepare_run,
-)
+from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.store import FaceStore, RunItem
 
 FORMATS = ("keep", "png", "jpeg")

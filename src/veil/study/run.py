@@ -40,10 +40,10 @@ import torch
 import torchvision
 
 from veil import __version__
+from veil.cores import available_cores as default_workers
 from veil.errors import VeilError
 from veil.faces import FacesSnapshot, load_faces, match_faces
 from veil.interchange.common import atomic_path
-from veil.runner import default_workers
 from veil.study.data import (
     ORIGINAL,
     CacheSource,

@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 import torch
 
 from veil import __version__
+from veil.cores import available_cores
 from veil.errors import VeilError
 from veil.interchange.common import atomic_path
-from veil.runner import default_workers
 from veil.study.train import mix_seed, write_json
 from veil.transfer import metrics as M
 from veil.transfer.backbone import Backbone, find_backbones
@@ -176,7 +176,7 @@ class Transfer:
         self.cache_dir = (Path(config.cache_dir).expanduser() if config.cache_dir is not None
                           else self.out / "cache")
         self.device = pick_device(config.device)
-        self.workers = config.workers or default_workers()
+        self.workers = config.workers or available_cores()
         self.stats = FeatureStats()
         self._pixels: dict[tuple[str, int], np.ndarray] = {}
         self._fingerprints: dict[str, str] = {}
