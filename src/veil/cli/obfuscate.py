@@ -20,6 +20,10 @@ from veil.faces import load_faces
 from veil.obfuscation import METHODS, parse_method_options
 from veil.stages.obfuscate import FORMATS, OUT_FORMATS, UNANNOTATED_POLICIES, obfuscate_dataset
 
+JPEG_COUNTS = {"keep": ("jpeg-domain", "re-encoded whole")}
+"""Summary lines of --format keep: obfuscated JPEGs changed in the JPEG domain, and those
+re-encoded whole instead (the ledger says why for each)."""
+
 
 def _methods_help() -> str:
     return "\n\n".join("\b\n" + spec.describe() for spec in METHODS.values())
@@ -45,9 +49,14 @@ METHODS_EPILOG = "\b\nMethods (options are given with -o KEY=VALUE):\n\n" + _met
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="A method option, e.g. -o color=0,0,0 -o shape=ellipse (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="keep", show_default=True,
-              help="keep: faceless images copied byte for byte, obfuscated JPEGs re-encoded with "
-                   "the source's quantisation tables; png: every image as a lossless PNG; "
-                   "jpeg: every image as JPEG.")
+              help="keep: faceless images copied byte for byte; obfuscated JPEGs changed in the "
+                   "JPEG domain: only the 8x8-block groups (MCUs) the faces touch are re-encoded, "
+                   "with the source's tables, every other block keeps the source's coefficients "
+                   "(needs libjpeg-turbo's libturbojpeg; files it cannot handle, e.g. CMYK or "
+                   "arithmetic coding, are re-encoded whole, with the reason in the ledger and a "
+                   "count in the summary); other formats stay lossless. png: every image as a "
+                   "lossless PNG. jpeg: every image as JPEG, obfuscated ones re-encoded whole "
+                   "(a second lossy generation of every block).")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="Quality for images that become JPEG without JPEG tables of their own.")
 @click.option("--link", is_flag=True,
@@ -94,5 +103,5 @@ def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
         out_format=out_format, backend=backend,
     )
     echo_summary(f"obfuscate ({method}) -> {out}", summary,
-                 order=("faces", "obfuscated", "copied", "errors"))
+                 order=("faces", "obfuscated", *JPEG_COUNTS.get(fmt, ()), "copied", "errors"))
     sys.exit(exit_code(summary))

@@ -1,7 +1,11 @@
 """The obfuscate stage: write a mirrored copy of a dataset with every face obfuscated.
 
 Faceless images are copied byte for byte (or hard-linked); only images with faces are
-decoded, obfuscated and re-encoded, JPEGs with their own quantisation tables. Every
+decoded and obfuscated. With ``fmt="keep"`` an obfuscated JPEG is changed in the JPEG
+domain (:mod:`veil.jpeg_domain`): only the MCUs its affected region touches are
+re-encoded, every other block keeps the source's DCT coefficients; a JPEG that cannot be
+handled so is re-encoded whole with its own quantisation tables, and its ledger record
+says why (``encoding``: ``jpeg-domain`` or ``reencoded`` with ``reencoded_because``). Every
 file is written atomically, and the run is recorded shard by shard in a ledger inside
 the output folder (``OUT/.veil/ledger.sqlite``), so a killed run resumes and produces
 exactly the bytes an uninterrupted run would have.
@@ -37,6 +41,7 @@ from veil.backends import Backend, get_backend
 from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
 from veil.encoding import (
+    SUFFIXES,
     atomic_copy,
     atomic_write_bytes,
     encode_image,
@@ -157,13 +162,38 @@ class ObfuscateTask:
                 f"{len(outside)} box(es) lie entirely outside the {size} image"
             )
         image = obfuscate(loaded.image, kept, self.method, **self.options) if kept else loaded.image
-        data, suffix = encode_image(image, loaded, fmt=self.fmt, jpeg_quality=self.jpeg_quality)
+        regions = affected_region((loaded.width, loaded.height), kept, self.method,
+                                  **self.options) if kept else []
+        data = None
+        if kept and self.fmt == "keep" and loaded.jpeg is not None:
+            data = self._jpeg_domain(source, image, loaded.orientation, regions, info)
+        if data is None:
+            data, suffix = encode_image(image, loaded, fmt=self.fmt,
+                                        jpeg_quality=self.jpeg_quality)
+        else:
+            suffix = SUFFIXES["JPEG"]
         target = output_key(key, suffix)
         info.update(action="obfuscated" if kept else "converted", output=target)
         if kept:
-            info["regions"] = [list(r) for r in affected_region(
-                (loaded.width, loaded.height), kept, self.method, **self.options)]
+            info["regions"] = [list(r) for r in regions]
         return Rendered(info, data, target, applied)
+
+    @staticmethod
+    def _jpeg_domain(source: Path | bytes, image: Any, orientation: int,
+                     regions: list[tuple[int, int, int, int]],
+                     info: dict[str, Any]) -> bytes | None:
+        """The JPEG-domain output (only the MCUs the regions touch re-encoded), or None
+        with the reason in ``info`` when the whole image must be re-encoded instead."""
+        from veil import jpeg_domain  # ctypes and the library: only for faced JPEGs
+
+        try:
+            raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+            spliced = jpeg_domain.splice(raw, image, orientation, regions)
+        except jpeg_domain.Unsupported as exc:
+            info.update(encoding="reencoded", reencoded_because=str(exc))
+            return None
+        info.update(encoding="jpeg-domain", mcus=[spliced.mcus, spliced.total_mcus])
+        return strip_identifying_metadata(spliced.data)
 
     def _copy(self, key: str, source: Path | bytes, info: dict[str, Any],
               boxes: list[Box] | None) -> Rendered:
@@ -310,9 +340,18 @@ def _record(result: ShardResult, key: str, rendered: Rendered) -> None:
         result.items.append(RunItem(key, status="error", error=UNANNOTATED_MESSAGE))
         result.counts["errors"] += 1
         return
-    result.counts[info["action"]] += 1
-    result.counts["faces"] += info.get("faces", 0)
+    _count(result.counts, info)
     result.items.append(RunItem(key, info=info))
+
+
+def _count(counts: Counter[str], info: Mapping[str, Any]) -> None:
+    """An image's contribution to the summary: its action, faces and JPEG encoding."""
+    counts[info.get("action", "copied")] += 1
+    counts["faces"] += info.get("faces", 0)
+    if info.get("encoding") == "jpeg-domain":
+        counts["jpeg-domain"] += 1
+    elif info.get("encoding") == "reencoded":
+        counts["re-encoded whole"] += 1
 
 
 def _record_error(result: ShardResult, key: str, exc: Exception) -> None:
@@ -476,8 +515,6 @@ def _add_earlier_counts(ledger: FaceStore, run_id: int, summary: RunSummary) -> 
             counts["errors"] += 1
             errors.append((item.key, item.error or "error"))
             continue
-        info = item.info or {}
-        counts[info.get("action", "copied")] += 1
-        counts["faces"] += info.get("faces", 0)
+        _count(counts, item.info or {})
     summary.counts = counts
     summary.errors = errors
