@@ -24,7 +24,7 @@ from veil.encoding import encode_image
 from veil.faces import load_faces
 from veil.images import load_image, probe
 from veil.obfuscation import affected_region, obfuscate
-from veil.stages.obfuscate import LEDGER, obfuscate_dataset
+from veil.stages.obfuscate import ledger_path, obfuscate_dataset
 from veil.store import FaceStore
 
 jpeglib = pytest.importorskip("jpeglib")
@@ -80,7 +80,7 @@ def _run(tmp_path: Path, files: dict[str, bytes], **kwargs):
     out = tmp_path / "out"
     summary = obfuscate_dataset(open_dataset(data), load_faces(str(faces_file)), out,
                                 workers=1, progress=False, **kwargs)
-    with FaceStore(out / LEDGER, create=False) as ledger:
+    with FaceStore(ledger_path(out), create=False) as ledger:
         run = ledger.runs("obfuscate")[-1]
         infos = {item.key: item.info for item in ledger.run_items(run.id)}
     return out, faces, infos, summary

@@ -68,9 +68,14 @@ METHODS_EPILOG = "\b\nMethods (options are given with -o KEY=VALUE):\n\n" + _met
               show_default=True,
               help="Images the faces source knows nothing about: count them as errors, copy them "
                    "unchanged, or leave them out.")
+@click.option("--ledger", "ledger", type=click.Path(dir_okay=False), default=None,
+              help="Where the run is recorded (for resuming and for `veil audit`). Default: "
+                   "OUT.veil-ledger.sqlite beside OUT, never inside it: the ledger names this "
+                   "machine and its absolute paths, and OUT is what gets published.")
 @sharded_run_options
 @click.option("--overwrite", is_flag=True,
-              help="Delete OUT first if it holds output made with other settings.")
+              help="Delete OUT (and its ledger) first if it holds output made with other "
+                   "settings.")
 @progress_option
 @fail_cleanly
 def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
@@ -78,7 +83,7 @@ def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
                       keep_metadata: bool, unannotated: str, workers: int | None,
                       shard_size: int, max_pixels: int | None, overwrite: bool,
                       progress: bool | None, out_format: str = "auto",
-                      backend: Any = None) -> None:
+                      backend: Any = None, ledger: str | None = None) -> None:
     """Write DATASET with every face obfuscated into OUT.
 
     Writes are atomic and the run is resumable: kill it, run the same command again,
@@ -100,7 +105,7 @@ def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
         jpeg_quality=jpeg_quality, link=link, strip_metadata=not keep_metadata,
         unannotated=unannotated, workers=workers, shard_size=shard_size,
         max_pixels=max_pixels, overwrite=overwrite, progress=want_progress(progress),
-        out_format=out_format, backend=backend,
+        out_format=out_format, backend=backend, ledger=ledger,
     )
     echo_summary(f"obfuscate ({method}) -> {out}", summary,
                  order=("faces", "obfuscated", *JPEG_COUNTS.get(fmt, ()), "copied", "errors"))

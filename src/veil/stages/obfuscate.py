@@ -6,9 +6,12 @@ domain (:mod:`veil.jpeg_domain`): only the MCUs its affected region touches are
 re-encoded, every other block keeps the source's DCT coefficients; a JPEG that cannot be
 handled so is re-encoded whole with its own quantisation tables, and its ledger record
 says why (``encoding``: ``jpeg-domain`` or ``reencoded`` with ``reencoded_because``). Every
-file is written atomically, and the run is recorded shard by shard in a ledger inside
-the output folder (``OUT/.veil/ledger.sqlite``), so a killed run resumes and produces
-exactly the bytes an uninterrupted run would have.
+file is written atomically, and the run is recorded shard by shard in a ledger, so a
+killed run resumes and produces exactly the bytes an uninterrupted run would have. The
+ledger records the host name and absolute paths of the machine that made the output, so
+it lives *beside* the output folder, not in it (``OUT.veil-ledger.sqlite`` by default,
+see :func:`ledger_path`): publishing OUT publishes none of it. A ledger an older veil left
+inside (``OUT/.veil/ledger.sqlite``) is moved there on the next run into OUT.
 
 A WebDataset input is written as WebDataset shards (``out_format="webdataset"``): each
 input tar becomes the output tar of the same name, one shard of the run, written whole
@@ -64,7 +67,39 @@ from veil.store import FaceStore, RunItem
 FORMATS = ("keep", "png", "jpeg")
 OUT_FORMATS = ("auto", "files", "webdataset")
 UNANNOTATED_POLICIES = ("error", "copy", "skip")
-LEDGER = PurePosixPath(".veil") / "ledger.sqlite"
+LEGACY_LEDGER = PurePosixPath(".veil") / "ledger.sqlite"
+"""Where veil before issue 14 kept the ledger: inside the output, published with it."""
+LEDGER_SUFFIX = ".veil-ledger.sqlite"
+_SQLITE_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def ledger_path(out: str | Path, ledger: str | Path | None = None) -> Path:
+    """The run's ledger: ``ledger`` if given, else ``OUT.veil-ledger.sqlite`` beside
+    ``out`` (never inside it: it names the host and absolute paths)."""
+    if ledger is not None:
+        return Path(ledger)
+    out = Path(os.path.abspath(out))
+    return out.with_name(out.name + LEDGER_SUFFIX)
+
+
+def _adopt_legacy_ledger(out: Path, ledger: Path) -> None:
+    """Move an older veil's ``OUT/.veil/ledger.sqlite`` out of the published folder."""
+    legacy = out / LEGACY_LEDGER
+    if not legacy.is_file() or ledger.exists():
+        return
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in _SQLITE_SIDECARS:
+        part = Path(f"{legacy}{suffix}")
+        if part.exists():
+            os.replace(part, f"{ledger}{suffix}")
+    with contextlib.suppress(OSError):
+        legacy.parent.rmdir()  # .veil, if nothing else is in it
+
+
+def _remove_ledger(ledger: Path) -> None:
+    for suffix in _SQLITE_SIDECARS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{ledger}{suffix}")
 UNANNOTATED_MESSAGE = (
     "no face record for this image (never detected or reviewed): run `veil detect` on it,"
     " or pass --unannotated copy to copy it unchanged"
@@ -412,8 +447,12 @@ def obfuscate_dataset(
     progress: bool = True,
     out_format: str = "auto",
     backend: str | Backend | None = None,
+    ledger: str | Path | None = None,
 ) -> RunSummary:
     """Write ``dataset`` with every face in ``faces`` obfuscated into ``out``.
+
+    ``ledger``: where the run is recorded (default ``OUT.veil-ledger.sqlite`` beside
+    ``out``, see :func:`ledger_path`); it must not be inside ``out``.
 
     ``out_format``: ``files`` (a folder mirroring the keys), ``webdataset`` (tar shards
     mirroring a WebDataset input, one run shard per tar; ``shard_size`` does not apply)
@@ -440,11 +479,19 @@ def obfuscate_dataset(
     }
     if out_format == "webdataset":
         config["out_format"] = out_format
-    ledger_path = out / LEDGER
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    with FaceStore(ledger_path) as ledger:
+    ledger_file = ledger_path(out, ledger)
+    if out.resolve() in ledger_file.resolve().parents:
+        raise VeilError(f"the ledger {ledger_file} must not be inside the output folder {out}: "
+                        "it records this machine's name and paths, and would be published")
+    if overwrite:
+        if out.exists():
+            shutil.rmtree(out)
+        _remove_ledger(ledger_file)
+    else:
+        _adopt_legacy_ledger(out, ledger_file)
+    ledger_file.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with FaceStore(ledger_file) as ledger:
         previous = [r for r in ledger.runs("obfuscate") if r.config != config]
         if previous:
             raise VeilError(
