@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -294,6 +295,9 @@ def test_the_ledger_is_kept_beside_the_published_folder_not_in_it(tmp_path):
     other = CliRunner().invoke(main, [*args, "--out", str(out), "--method", "overlay"])
     assert other.exit_code != 0  # the ledger beside OUT still guards OUT
     assert "already holds output made with other settings" in other.output
+    shutil.rmtree(out)  # deleting OUT is starting over: its ledger beside is not in the way
+    fresh = CliRunner().invoke(main, [*args, "--out", str(out), "--method", "overlay"])
+    assert fresh.exit_code == 0, fresh.output
 
     chosen = tmp_path / "records" / "run.sqlite"
     elsewhere = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"),

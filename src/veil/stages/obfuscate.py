@@ -483,7 +483,8 @@ def obfuscate_dataset(
     if out.resolve() in ledger_file.resolve().parents:
         raise VeilError(f"the ledger {ledger_file} must not be inside the output folder {out}: "
                         "it records this machine's name and paths, and would be published")
-    if overwrite:
+    if overwrite or not out.exists():
+        # with OUT gone its ledger describes nothing: deleting OUT is starting over
         if out.exists():
             shutil.rmtree(out)
         _remove_ledger(ledger_file)
