@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageCms
 
 from veil import jpeg_domain
 from veil.boxes import Box
@@ -29,6 +29,7 @@ from veil.store import FaceStore
 
 jpeglib = pytest.importorskip("jpeglib")
 
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 LAYOUTS = {"4:4:4": ((1, 1), 3), "4:2:0": ((2, 2), 3), "4:2:2": ((2, 1), 3), "grey": (None, 1)}
 
 
@@ -152,7 +153,8 @@ def test_restart_markers_and_exif_orientation_are_honoured(photos, tmp_path):
         exif[0x0112] = 6
         exif[0x010F] = "CameraMaker"  # identifying: must not reach the output
         turned = io.BytesIO()
-        im.save(turned, "JPEG", quality="keep", exif=exif.tobytes())
+        im.save(turned, "JPEG", quality="keep", exif=exif.tobytes(), icc_profile=SRGB,
+                comment=b"Jane Doe, at home", xmp=b"<x:xmpmeta>GPS 51.5N</x:xmpmeta>")
         restart = io.BytesIO()
         im.save(restart, "JPEG", quality="keep", restart_marker_blocks=3)
     files = {"turned.jpg": turned.getvalue(), "restart.jpg": restart.getvalue()}
@@ -164,6 +166,10 @@ def test_restart_markers_and_exif_orientation_are_honoured(photos, tmp_path):
         assert infos[name]["encoding"] == "jpeg-domain"
         assert probe(result).orientation == orientation
         assert probe(result).metadata == ()
+        for secret in (b"CameraMaker", b"Jane Doe", b"GPS 51.5N"):
+            assert secret not in result
+        with Image.open(io.BytesIO(result)) as shown:  # colour is not identity: kept
+            assert shown.info.get("icc_profile") == (SRGB if name == "turned.jpg" else None)
         before, after = _coefficients(source, tmp_path), _coefficients(result, tmp_path)
         masks = _block_masks(source, infos[name]["regions"], orientation)
         for a, b, mask in zip(before, after, masks, strict=True):

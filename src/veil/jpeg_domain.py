@@ -180,6 +180,7 @@ _Transform._fields_ = [("r", _Region), ("op", ctypes.c_int), ("options", ctypes.
 
 _TJXOPT_NOOUTPUT = 16
 _TJXOPT_PROGRESSIVE = 32
+_TJXOPT_COPYNONE = 64  # no marker of the source: the caller adds back what may stay
 _TJFLAG_STOPONWARNING = 8192
 LIBRARY_ENV = "VEIL_LIBTURBOJPEG"
 
@@ -230,7 +231,7 @@ def _transform(data: bytes, blocks_filter: object, *, output: bool,
 
     c_filter = _FILTER(callback)
     transform = _Transform()
-    transform.options = (0 if output else _TJXOPT_NOOUTPUT) | (
+    transform.options = _TJXOPT_COPYNONE | (0 if output else _TJXOPT_NOOUTPUT) | (
         _TJXOPT_PROGRESSIVE if progressive else 0)
     transform.customFilter = c_filter
     handle = lib.tjInitTransform()
@@ -324,9 +325,10 @@ def _encode_patch(patch: Image.Image, frame: Frame) -> bytes:
 class Spliced:
     """The JPEG-domain output and what it changed."""
 
-    data: bytes  # the output file (metadata as the source's: strip it afterwards)
+    data: bytes  # the output file: libjpeg's JFIF header, no marker of the source
     mcus: int  # MCUs replaced
     total_mcus: int
+    grey: bool  # one component
 
 
 def splice(source: bytes, obfuscated: Image.Image, orientation: int,
@@ -346,41 +348,25 @@ def splice(source: bytes, obfuscated: Image.Image, orientation: int,
     if obfuscated.size != displayed:
         raise Unsupported(f"decoded size {obfuscated.size} is not the frame's {displayed}")
     stored = obfuscated if orientation == 1 else obfuscated.transpose(_TO_STORED[orientation])
-    mask = _mcu_mask(frame, [stored_rect(r, orientation, (frame.width, frame.height))
-                             for r in regions])
+    stored_rects = [stored_rect(r, orientation, (frame.width, frame.height)) for r in regions]
+    mask = _mcu_mask(frame, stored_rects)
     if not mask.any():
-        return Spliced(source, 0, mask.size)
-    mw, mh = frame.mcu
-    rows, cols = np.nonzero(mask)
-    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-    box = (c0 * mw, r0 * mh, min(c1 * mw, frame.width), min(r1 * mh, frame.height))
-    patch = _encode_patch(stored.crop(box), frame)
-    patch_frame = parse_frame(patch)
-    if [(c[0], c[1]) for c in patch_frame.components] != [
-            (c[0], c[1]) for c in frame.components] or \
-            patch_frame.component_tables() != frame.component_tables():
-        raise Unsupported("the encoder did not reproduce the source's tables and sampling")
-    patch_coeffs = read_coefficients(patch)
-    # per component and block row: (first block, bytes of the patch's blocks) for each
-    # run of replaced blocks, so the filter only copies memory
-    plans: list[dict[int, list[tuple[int, bytes]]]] = []
-    for (h, v, _), coeffs in zip(frame.components, patch_coeffs, strict=True):
-        if len(frame.components) == 1:
-            h = v = 1
-        block_mask = np.repeat(np.repeat(mask, v, axis=0), h, axis=1)
-        plan: dict[int, list[tuple[int, bytes]]] = {}
-        for row in np.flatnonzero(block_mask.any(axis=1)):
-            cols = np.flatnonzero(block_mask[row])
-            breaks = np.flatnonzero(np.diff(cols) > 1) + 1
-            runs = []
-            for run in np.split(cols, breaks):
-                first, last = int(run[0]), int(run[-1]) + 1
-                prow, pcol = int(row) - r0 * v, first - c0 * h
-                pcols = min(last - first, coeffs.shape[1] - pcol)
-                if 0 <= prow < coeffs.shape[0] and pcols > 0:
-                    runs.append((first, coeffs[prow, pcol:pcol + pcols].tobytes()))
-            plan[int(row)] = runs
-        plans.append(plan)
+        raise Unsupported("the affected region lies outside the image")
+    single = len(frame.components) == 1
+    factors = [(1, 1) if single else (h, v) for h, v, _ in frame.components]
+    # per component and block row: (first block, the patch's blocks as bytes) for each run
+    # of replaced blocks, so the filter only copies memory
+    plans: list[dict[int, list[tuple[int, bytes]]]] = [{} for _ in frame.components]
+    for r0, r1, c0, c1 in _patches(frame, stored_rects):
+        coefficients = _patch_coefficients(stored, frame, (r0, r1, c0, c1))
+        for row in range(r0, r1):
+            for first, last in _runs(mask[row], c0, c1):
+                for (h, v), coeffs, plan in zip(factors, coefficients, plans, strict=True):
+                    for sub in range(v):
+                        prow = (row - r0) * v + sub
+                        if prow < coeffs.shape[0]:
+                            plan.setdefault(row * v + sub, []).append((first * h, coeffs[
+                                prow, (first - c0) * h:(last - c0) * h].tobytes()))
 
     def replace(coeffs, row, width, component):  # type: ignore[no-untyped-def]
         runs = plans[component].get(row)
@@ -393,4 +379,66 @@ def splice(source: bytes, obfuscated: Image.Image, orientation: int,
         return 0
 
     out = _transform(source, replace, output=True, progressive=frame.progressive)
-    return Spliced(out, int(mask.sum()), int(mask.size))
+    return Spliced(out, int(mask.sum()), int(mask.size), single)
+
+
+def _patches(frame: Frame, rects: Sequence[Rect]) -> list[tuple[int, int, int, int]]:
+    """MCU rows and columns (r0, r1, c0, c1) to encode: each rectangle's MCUs, rectangles
+    merged where their bounding box is no larger than the two apart (near faces)."""
+    mw, mh = frame.mcu
+    boxes = []
+    for x0, y0, x1, y1 in rects:
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, frame.width), min(y1, frame.height)
+        if x0 < x1 and y0 < y1:
+            boxes.append((y0 // mh, -(-y1 // mh), x0 // mw, -(-x1 // mw)))
+
+    def area(b: tuple[int, int, int, int]) -> int:
+        return (b[1] - b[0]) * (b[3] - b[2])
+
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                both = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                if area(both) <= area(a) + area(b):
+                    boxes[i] = both
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def _patch_coefficients(stored: Image.Image, frame: Frame,
+                        patch: tuple[int, int, int, int]) -> list[np.ndarray]:
+    """The quantised coefficients of ``stored``'s MCU rows r0..r1, columns c0..c1,
+    encoded with ``frame``'s tables and sampling (MCU-aligned, so each block is what a
+    whole-image encode gives it)."""
+    mw, mh = frame.mcu
+    r0, r1, c0, c1 = patch
+    box = (c0 * mw, r0 * mh, min(c1 * mw, frame.width), min(r1 * mh, frame.height))
+    encoded = _encode_patch(stored.crop(box), frame)
+    written = parse_frame(encoded)
+    if [c[:2] for c in written.components] != [c[:2] for c in frame.components] or \
+            written.component_tables() != frame.component_tables():
+        raise Unsupported("the encoder did not reproduce the source's tables and sampling")
+    return read_coefficients(encoded)
+
+
+def _runs(line: np.ndarray, start: int, stop: int) -> list[tuple[int, int]]:
+    """(first, last + 1) of each run of True in ``line[start:stop]``."""
+    cells = line[start:stop].tolist()
+    runs, col = [], 0
+    while col < len(cells):
+        if cells[col]:
+            end = col
+            while end < len(cells) and cells[end]:
+                end += 1
+            runs.append((start + col, start + end))
+            col = end
+        else:
+            col += 1
+    return runs

@@ -48,12 +48,13 @@ from veil.encoding import (
     atomic_copy,
     atomic_write_bytes,
     encode_image,
+    jpeg_with_colour_and_orientation,
     remove_stale_temps,
     strip_identifying_metadata,
 )
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
-from veil.images import load_image, plain_jpeg, probe
+from veil.images import LoadedImage, load_image, plain_jpeg, probe
 from veil.obfuscation import METHODS, affected_region, obfuscate
 from veil.runner import (
     DEFAULT_SHARD_SIZE,
@@ -201,7 +202,7 @@ class ObfuscateTask:
                                   **self.options) if kept else []
         data = None
         if kept and self.fmt == "keep" and loaded.jpeg is not None:
-            data = self._jpeg_domain(source, image, loaded.orientation, regions, info)
+            data = self._jpeg_domain(source, image, loaded, regions, info)
         if data is None:
             data, suffix = encode_image(image, loaded, fmt=self.fmt,
                                         jpeg_quality=self.jpeg_quality)
@@ -214,7 +215,7 @@ class ObfuscateTask:
         return Rendered(info, data, target, applied)
 
     @staticmethod
-    def _jpeg_domain(source: Path | bytes, image: Any, orientation: int,
+    def _jpeg_domain(source: Path | bytes, image: Any, loaded: LoadedImage,
                      regions: list[tuple[int, int, int, int]],
                      info: dict[str, Any]) -> bytes | None:
         """The JPEG-domain output (only the MCUs the regions touch re-encoded), or None
@@ -223,12 +224,13 @@ class ObfuscateTask:
 
         try:
             raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-            spliced = jpeg_domain.splice(raw, image, orientation, regions)
+            spliced = jpeg_domain.splice(raw, image, loaded.orientation, regions)
         except jpeg_domain.Unsupported as exc:
             info.update(encoding="reencoded", reencoded_because=str(exc))
             return None
         info.update(encoding="jpeg-domain", mcus=[spliced.mcus, spliced.total_mcus])
-        return strip_identifying_metadata(spliced.data)
+        return jpeg_with_colour_and_orientation(spliced.data, loaded.icc_profile,
+                                                loaded.orientation, grey=spliced.grey)
 
     def _copy(self, key: str, source: Path | bytes, info: dict[str, Any],
               boxes: list[Box] | None) -> Rendered:
