@@ -29,6 +29,11 @@ The last run obfuscates with ``overlay`` (a fill: no blur work at all), the ceil
 method on this mix: what decoding and re-encoding the faced images, linking the rest and
 keeping the ledger cost.
 
+JPEG-domain options (``--skip jpeg-options``): on 60 full-size photos, Pillow's decode and
+decode + re-encode against libjpeg-turbo's ``tjTransform`` with a coefficient filter (what
+``veil.jpeg_domain`` uses), ``jpegtran -drop`` as a subprocess and ``jpeglib``'s coefficient
+read + write, where those are installed.
+
 Full-size photos (``--skip photos`` leaves it out): the 405 ILSVRC photos of
 ``imagenet-samples`` with their original encodings, faces from ``veil detect --profile
 fast`` (run here into a temp store unless ``--photo-faces`` names one), as a dataset at
@@ -48,6 +53,7 @@ from the pixel-domain result, of both paths. Last, the start-up: the whole
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import os
@@ -429,6 +435,62 @@ def _photos_share(root: Path, tmp: Path, keys: list[str], snapshot, label: str,
               f"{outside} outside")
 
 
+def jpeg_options_section(root: Path, repeat: int, limit: int = 60) -> None:
+    """The ways to write a JPEG-domain output, timed on full-size photos (ms per image,
+    best of ``repeat``): what :mod:`veil.jpeg_domain` chose among."""
+    from veil import jpeg_domain
+
+    datas = [p.read_bytes() for p in sorted((root / PHOTOS).iterdir())[:limit]]
+
+    def pillow_decode(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+
+    def pillow_reencode(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            image.save(io.BytesIO(), "JPEG", quality="keep")
+
+    options: dict[str, Callable[[bytes], object]] = {
+        "Pillow decode": pillow_decode,
+        "Pillow decode + re-encode (today's path)": pillow_reencode,
+    }
+    if jpeg_domain.available() is None:
+        options["tjTransform + coefficient filter"] = lambda data: jpeg_domain._transform(
+            data, lambda *_: 0, output=True)
+        options["tjTransform, read coefficients only"] = jpeg_domain.read_coefficients
+    with tempfile.TemporaryDirectory(prefix="veil-jpeg-") as tmp:
+        source, dropped, out = (Path(tmp) / n for n in ("s.jpg", "d.jpg", "o.jpg"))
+        if shutil.which("jpegtran"):
+            def jpegtran_drop(data: bytes) -> None:  # one region; files in and out
+                source.write_bytes(data)
+                dropped.write_bytes(data)
+                subprocess.run(["jpegtran", "-drop", "+0+0", str(dropped), "-outfile",
+                                str(out), str(source)], check=True)
+            options["jpegtran -drop (subprocess)"] = jpegtran_drop
+        try:
+            import jpeglib
+        except ImportError:
+            jpeglib = None
+        if jpeglib is not None:
+            def jpeglib_roundtrip(data: bytes) -> None:
+                source.write_bytes(data)
+                coefficients = jpeglib.read_dct(str(source))
+                coefficients.Y  # noqa: B018 (jpeglib reads lazily)
+                coefficients.write_dct(str(out))
+            options["jpeglib read_dct + write_dct"] = jpeglib_roundtrip
+        best = dict.fromkeys(options, float("inf"))
+        for _ in range(repeat):
+            for name, option in options.items():
+                start = time.perf_counter()
+                for data in datas:
+                    option(data)
+                best[name] = min(best[name], time.perf_counter() - start)
+    print(f"JPEG-domain options on {len(datas)} full-size photos, 1 core, best of {repeat}")
+    for name, seconds in best.items():
+        print(f"  {name:<42} {1000 * seconds / len(datas):6.2f} ms/image")
+
+
 def startup_section(root: Path, tmp: Path, repeat: int) -> None:
     """`veil obfuscate` on one small image, the whole process: wall and CPU seconds."""
     data = tmp / "one"
@@ -461,7 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--photo-faces", type=Path, default=None,
                         help="faces of the full-size photos (store or file; default: run "
                              "`veil detect --profile fast` into a temp store)")
-    parser.add_argument("--skip", choices=("wider", "imagenette", "dataset", "photos"),
+    parser.add_argument("--skip", choices=("wider", "imagenette", "dataset", "photos",
+                                           "jpeg-options"),
                         action="append",
                         default=[], help="leave out a section (repeatable)")
     args = parser.parse_args(argv)
@@ -478,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The paper script and veil with 1 worker run on one core; the last veil run uses
         # every core, as `veil obfuscate` does by default.
         dataset_section(root, None, args.repeat, cores)
+    if "jpeg-options" not in args.skip:
+        jpeg_options_section(root, args.repeat)
     if "photos" not in args.skip:
         photos_section(root, args.repeat, args.photo_faces)
     return 0
