@@ -9,21 +9,35 @@ block keeps the source's coefficients exactly, so its pixels decode identically.
 entropy coding is libjpeg-turbo's (its lossless-transform API, ``tjTransform`` with a
 coefficient filter), never ours.
 
-Options measured here (one core, the 405 full-size ILSVRC photos of
-``imagenet-samples``, 500x375 typical; ``benchmarks/obfuscate.py --jpeg-options``
-re-measures them):
+Options measured (``python benchmarks/obfuscate.py --repeat 5 --skip wider --skip
+imagenette --skip dataset --skip photos``: 60 of the full-size ILSVRC photos of
+``imagenet-samples``, ~500x375, one core, ms per image; the 2-core machine was shared, so
+the ratios matter more than the absolute figures):
+
+=========================================  =====  =====
+                                           quiet  loaded
+=========================================  =====  =====
+Pillow decode                               2.53   7.47
+Pillow decode + re-encode (today's path)    4.74  13.51
+tjTransform + coefficient filter (chosen)   3.20   8.36
+tjTransform, read coefficients only         1.69   6.07
+``jpegtran -drop`` as a subprocess            --  25.37
+jpeglib ``read_dct`` + ``write_dct``           --  58.95
+=========================================  =====  =====
 
 * ``tjTransform`` + coefficient filter through ctypes (this module): one call reads the
-  source's coefficients, swaps the affected blocks and entropy-codes the result in C.
-* ``jpegtran -drop`` (Debian's libjpeg-turbo-progs) as a subprocess: the same library
-  work plus a process start and temp files per image, one ``-drop`` (one rectangle) per
-  call.
-* ``jpeglib`` (PyPI, bundles libjpeg builds): ``read_dct`` + ``write_dct`` in Python;
-  issue 14 measured ~80 img/s, slower than Pillow's whole decode + re-encode (~380).
+  source's coefficients, lets the filter swap the affected blocks, and entropy-codes the
+  result in C. About a Pillow decode's cost.
+* ``jpegtran -drop`` (Debian's libjpeg-turbo-progs): the same library work plus a process
+  start and temp files per image, and one rectangle per call: ~3x slower, and not on PyPI.
+* ``jpeglib`` (PyPI, bundles libjpeg builds): coefficient read + write through temp files
+  in Python, ~7x slower than the transform (issue 14 measured ~80 img/s); veil's tests use
+  it as an independent coefficient reader.
 * PyPI bindings of the transform API: ``PyTurboJPEG`` is ctypes over a system
-  libturbojpeg (no bundled library) and exposes no coefficient filter for a caller;
-  ``jpegtran-cffi`` (2015) and ``jpegtran-cffi-wheels`` (a 2023 dev build) and the
-  ``turbojpeg`` pybind module (0.0.2) bundle a libturbojpeg but offer crop/rotate only.
+  libturbojpeg (its wheel bundles no library) and gives a caller no coefficient filter;
+  ``jpegtran-cffi`` (2015), ``jpegtran-cffi-wheels`` (a 2023 dev build) and the
+  ``turbojpeg`` pybind module (0.0.2) bundle a libturbojpeg 2.1.9x but offer crop and
+  rotate only.
 
 Chosen: ``tjTransform`` through ctypes, loaded from the TurboJPEG library the system
 provides (Debian/Ubuntu ``libturbojpeg0``, Homebrew/conda ``jpeg-turbo``), or from the
