@@ -224,6 +224,27 @@ def test_without_libturbojpeg_every_image_is_reencoded_whole(photos, tmp_path, m
     assert summary.counts["obfuscated"] == 1
 
 
+def test_the_cli_says_when_the_jpeg_domain_is_unavailable(photos, tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jpg").write_bytes(photos["grey"])
+    faces = tmp_path / "faces.json"
+    faces.write_text(json.dumps([{"url": "a.jpg", "bboxes": _faces((500, 375))}]))
+    monkeypatch.setenv(jpeg_domain.LIBRARY_ENV, str(tmp_path / "no-such-library.so"))
+    jpeg_domain._library.cache_clear()
+    try:
+        result = CliRunner().invoke(main, [
+            "obfuscate", str(tmp_path / "data"), "--faces", str(faces), "--out",
+            str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    finally:
+        monkeypatch.undo()
+        jpeg_domain._library.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "warning: JPEG-domain output unavailable: no TurboJPEG library found" in result.output
+    counts = {ln.rsplit(None, 1)[0].strip(): ln.split()[-1]
+              for ln in result.output.splitlines()[1:] if ln.startswith("  ")}
+    assert counts["re-encoded whole"] == "1" and counts["jpeg-domain"] == "0"
+
+
 def test_format_jpeg_reencodes_whole_and_the_summary_counts_both(photos, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -55,9 +55,10 @@ import ctypes.util
 import io
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -207,9 +208,9 @@ def _library() -> ctypes.CDLL | str:
     for candidate in candidates:
         try:
             lib = ctypes.CDLL(candidate)
-        except OSError:
+            lib.tjInitTransform.restype = ctypes.c_void_p  # TurboJPEG >= 1.2 API
+        except (OSError, AttributeError):
             continue
-        lib.tjInitTransform.restype = ctypes.c_void_p
         lib.tjDestroy.argtypes = [ctypes.c_void_p]
         lib.tjFree.argtypes = [ctypes.c_void_p]
         lib.tjGetErrorStr2.restype = ctypes.c_char_p
@@ -229,7 +230,10 @@ def available() -> str | None:
     return lib if isinstance(lib, str) else None
 
 
-def _transform(data: bytes, blocks_filter: object, *, output: bool,
+BlocksFilter = Callable[[Any, int, int, int], int]
+
+
+def _transform(data: bytes, blocks_filter: BlocksFilter, *, output: bool,
                progressive: bool = False) -> bytes:
     """Run libjpeg-turbo's lossless transform (no geometry change) over ``data``, calling
     ``blocks_filter(coeffs, row, width_in_blocks, component)`` for each block row."""

@@ -100,6 +100,13 @@ def obfuscate_command(dataset: Any, faces_source: str, out: str, method: str,
     if unknown:
         click.echo(f"warning: {len(unknown)} key(s) in the faces source are not images of the "
                    f"dataset, e.g. {', '.join(unknown[:3])}", err=True)
+    if fmt == "keep":
+        from veil.jpeg_domain import available
+
+        missing = available()
+        if missing is not None:
+            click.echo(f"warning: JPEG-domain output unavailable: {missing}; obfuscated JPEGs "
+                       "are re-encoded whole (counted as 're-encoded whole')", err=True)
     summary = obfuscate_dataset(
         dataset, faces, out, method=method, options=options, fmt=fmt,
         jpeg_quality=jpeg_quality, link=link, strip_metadata=not keep_metadata,
