@@ -192,8 +192,16 @@ def _cmyk_jpeg() -> bytes:
     return out.getvalue()
 
 
+def _rgb_coded_jpeg() -> bytes:
+    """A JPEG whose three components are R, G and B, not YCbCr (Adobe APP14 transform 0)."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 40)).save(out, "JPEG", keep_rgb=True)
+    return out.getvalue()
+
+
 def test_files_it_cannot_handle_are_reencoded_whole_with_the_reason(photos, tmp_path):
-    files = {"cmyk.jpg": _cmyk_jpeg(), "photo.jpg": photos["4:4:4"]}
+    files = {"cmyk.jpg": _cmyk_jpeg(), "photo.jpg": photos["4:4:4"],
+             "rgb.jpg": _rgb_coded_jpeg()}
     if shutil.which("jpegtran"):
         files["arithmetic.jpg"] = subprocess.run(
             ["jpegtran", "-arithmetic"], input=photos["4:2:0"], capture_output=True,
@@ -201,6 +209,7 @@ def test_files_it_cannot_handle_are_reencoded_whole_with_the_reason(photos, tmp_
     out, _, infos, summary = _run(tmp_path, files)
     assert infos["cmyk.jpg"]["encoding"] == "reencoded"
     assert "CMYK" in infos["cmyk.jpg"]["reencoded_because"]
+    assert infos["rgb.jpg"]["reencoded_because"].startswith("RGB-coded JPEG")
     if "arithmetic.jpg" in files:
         assert infos["arithmetic.jpg"]["reencoded_because"] == "arithmetic coding"
     assert infos["photo.jpg"]["encoding"] == "jpeg-domain"

@@ -120,6 +120,7 @@ def parse_frame(data: bytes) -> Frame:
     tables: dict[int, tuple[int, ...]] = {}
     frame: tuple[int, int, int, list[tuple[int, int, int]]] | None = None
     adobe: int | None = None
+    ids = b""
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             raise Unsupported("malformed marker segments")
@@ -154,6 +155,7 @@ def parse_frame(data: bytes) -> Frame:
             count = data[start + 5]
             comps = [(data[start + 7 + 3 * i] >> 4, data[start + 7 + 3 * i] & 15,
                       data[start + 8 + 3 * i]) for i in range(count)]
+            ids = bytes(data[start + 6 + 3 * i] for i in range(count))
             frame = (width, height, marker, comps)
         elif marker == 0xEE and data[start:start + 5] == b"Adobe" and length >= 14:
             adobe = data[start + 11]
@@ -163,7 +165,7 @@ def parse_frame(data: bytes) -> Frame:
     width, height, marker, comps = frame
     if len(comps) not in (1, 3):
         raise Unsupported(f"{len(comps)} colour components (CMYK/YCCK)")
-    if len(comps) == 3 and adobe == 0:
+    if len(comps) == 3 and (adobe == 0 or (adobe is None and ids == b"RGB")):
         raise Unsupported("RGB-coded JPEG (no YCbCr transform)")
     if any(c[2] not in tables for c in comps):
         raise Unsupported("a component's quantisation table is missing")
