@@ -330,3 +330,25 @@ def test_an_older_veils_ledger_inside_is_flagged_and_moved_out(tmp_path):
     assert published_ledger(out) is None
     with FaceStore(ledger_path(out), create=False) as ledger:
         assert len(ledger.runs("obfuscate")) == 2  # the old run came along with its file
+
+
+def test_a_small_job_does_not_load_the_compiled_blur(tmp_path):
+    """numba's import and dispatcher cost most of a second per process, which a job with
+    few faced images never wins back: it blurs with the Pillow passes (same pixels)."""
+    root, boxes = _faces_dataset(tmp_path / "data", 2, size=64)
+    faces_file = _write_paper(tmp_path / "faces.json", {
+        k: [b.to_dict() for b in v] for k, v in boxes.items()})
+    script = (
+        "import sys\n"
+        "from veil.datasets import open_dataset\n"
+        "from veil.faces import load_faces\n"
+        "from veil.stages.obfuscate import obfuscate_dataset\n"
+        f"s = obfuscate_dataset(open_dataset({str(root)!r}), load_faces({str(faces_file)!r}),"
+        f" {str(tmp_path / 'out')!r}, workers=1, progress=False)\n"
+        "assert s.ok and s.counts['obfuscated'] >= 1, s\n"
+        "print('numba' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
