@@ -9,29 +9,29 @@ block keeps the source's coefficients exactly, so its pixels decode identically.
 entropy coding is libjpeg-turbo's (its lossless-transform API, ``tjTransform`` with a
 coefficient filter), never ours.
 
-Options measured (``python benchmarks/obfuscate.py --repeat 5 --skip wider --skip
+Options measured (``python benchmarks/obfuscate.py --repeat 2 --skip wider --skip
 imagenette --skip dataset --skip photos``: 60 of the full-size ILSVRC photos of
-``imagenet-samples``, ~500x375, one core, ms per image; the 2-core machine was shared, so
-the ratios matter more than the absolute figures):
+``imagenet-samples``, ~500x375, one core, ms per image, on the shared 2-core machine in a
+quieter and a heavily loaded moment; the ratios matter more than the absolute figures):
 
-=========================================  =====  =====
+=========================================  =====  ======
                                            quiet  loaded
-=========================================  =====  =====
-Pillow decode                               2.53   7.47
-Pillow decode + re-encode (today's path)    4.74  13.51
-tjTransform + coefficient filter (chosen)   3.20   8.36
-tjTransform, read coefficients only         1.69   6.07
-``jpegtran -drop`` as a subprocess            --  25.37
-jpeglib ``read_dct`` + ``write_dct``           --  58.95
-=========================================  =====  =====
+=========================================  =====  ======
+Pillow decode                               1.99    7.47
+Pillow decode + re-encode (today's path)    2.80   13.51
+tjTransform + coefficient filter (chosen)   2.31    8.36
+tjTransform, read coefficients only         1.92    6.07
+``jpegtran -drop`` as a subprocess          16.21   25.37
+jpeglib ``read_dct`` + ``write_dct``         22.44   58.95
+=========================================  =====  ======
 
 * ``tjTransform`` + coefficient filter through ctypes (this module): one call reads the
   source's coefficients, lets the filter swap the affected blocks, and entropy-codes the
   result in C. About a Pillow decode's cost.
 * ``jpegtran -drop`` (Debian's libjpeg-turbo-progs): the same library work plus a process
-  start and temp files per image, and one rectangle per call: ~3x slower, and not on PyPI.
+  start and temp files per image, and one rectangle per call: 3-7x slower, not on PyPI.
 * ``jpeglib`` (PyPI, bundles libjpeg builds): coefficient read + write through temp files
-  in Python, ~7x slower than the transform (issue 14 measured ~80 img/s); veil's tests use
+  in Python, 7-10x slower than the transform (issue 14 measured ~80 img/s); veil's tests use
   it as an independent coefficient reader.
 * PyPI bindings of the transform API: ``PyTurboJPEG`` is ctypes over a system
   libturbojpeg (its wheel bundles no library) and gives a caller no coefficient filter;
