@@ -29,16 +29,38 @@ The last run obfuscates with ``overlay`` (a fill: no blur work at all), the ceil
 method on this mix: what decoding and re-encoding the faced images, linking the rest and
 keeping the ledger cost.
 
+JPEG-domain options (``--skip jpeg-options``): on 60 full-size photos, Pillow's decode and
+decode + re-encode against libjpeg-turbo's ``tjTransform`` with a coefficient filter (what
+``veil.jpeg_domain`` uses), ``jpegtran -drop`` as a subprocess and ``jpeglib``'s coefficient
+read + write, where those are installed.
+
+Full-size photos (``--skip photos`` leaves it out): the 405 ILSVRC photos of
+``imagenet-samples`` with their original encodings, faces from ``veil detect --profile
+fast`` (run here into a temp store unless ``--photo-faces`` names one), as a dataset at
+ILSVRC's 17% faced share and at the detector's own share. On one core, best of
+``--repeat``, taking turns: the authors' loop; the floor (faceless files copied, faced ones
+decoded and re-encoded by Pillow, no obfuscation); ``veil obfuscate`` with ``--format
+keep`` (JPEG-domain: only the MCUs a face touches re-encoded) in its own timing and as a
+whole process; and with ``--format jpeg`` (today's whole re-encode). Then the faced
+outputs' size against their inputs, and the largest pixel difference inside the faces
+from the pixel-domain result, of both paths. Last, the start-up: the whole
+``veil obfuscate`` process on one small image.
+
     python benchmarks/obfuscate.py --repeat 5
+    python benchmarks/obfuscate.py --repeat 3 --skip wider --skip imagenette --skip dataset
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -53,13 +75,15 @@ from veil.cores import available_cores
 from veil.datasets import open_dataset
 from veil.detection import create_detector
 from veil.faces import load_faces
-from veil.obfuscation import affected_region, blur, minimal_blur
+from veil.images import load_image
+from veil.obfuscation import affected_region, blur, minimal_blur, obfuscate
 from veil.obfuscation.reference import minimal_blur_reference, paper_blur
 from veil.stages.obfuscate import obfuscate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WIDER = Path("data") / "wider-face-val-416"
 IMAGENETTE = Path("data") / "imagenette"
+PHOTOS = Path("data") / "imagenet-samples" / "images"
 FACE_SHARE = 0.17  # ILSVRC: 243,198 of 1.43M images contain faces
 
 Method = Callable[[Image.Image, Sequence[Box]], Image.Image]
@@ -288,6 +312,224 @@ def dataset_section(root: Path, faced: int | None, repeat: int, cores: set[int])
                   f"ratio {reference / engine:5.2f}x")
 
 
+def detect_photos(root: Path, store: Path) -> Path:
+    """Faces of the full-size photos: `veil detect --profile fast` into ``store``."""
+    subprocess.run([sys.executable, "-m", "veil", "detect", str(root / PHOTOS), "--profile",
+                    "fast", "--store", str(store), "--workers", "1", "--no-progress"],
+                   check=True, stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
+    return store
+
+
+def floor_run(data: Path, keys: list[str], faces: dict[str, list[dict]], out: Path) -> None:
+    """The least any tool can do: copy faceless files, decode + re-encode faced ones."""
+    for key in keys:
+        target = out / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not faces[key]:
+            shutil.copyfile(data / key, target)
+            continue
+        with Image.open(data / key) as image:
+            image.load()
+            image.save(target, "JPEG", quality="keep")
+
+
+def veil_process(data: Path, faces_file: Path, out: Path, fmt: str = "keep") -> float:
+    """Wall seconds of a whole `veil obfuscate` process (start-up, imports, ledger)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "veil", "obfuscate", str(data), "--faces",
+                    str(faces_file), "--out", str(out), "--workers", "1", "--no-progress",
+                    "--format", fmt], check=True, stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
+    return time.perf_counter() - start
+
+
+def _quality(data: Path, out: Path, faces: dict[str, list[dict]]) -> tuple[float, int, int, int]:
+    """Over the faced images: (output/input bytes; the largest pixel difference from the
+    pixel-domain result inside the affected regions; from the decoded source outside the
+    MCUs the regions touch; the same beyond those MCUs' one-pixel ring, which subsampled
+    chroma's interpolating upsampling reads across)."""
+    from veil import jpeg_domain
+
+    size_in = size_out = 0
+    inside = outside = beyond = 0
+    for key, raw in faces.items():
+        if not raw:
+            continue
+        size_in += (data / key).stat().st_size
+        size_out += (out / key).stat().st_size
+        source = (data / key).read_bytes()
+        loaded = load_image(source)
+        boxes = usable_boxes([Box(b["x0"], b["y0"], b["x1"], b["y1"]) for b in raw])[0]
+        expected = np.asarray(obfuscate(loaded.image, boxes, "blur"), np.int16)
+        shown = np.asarray(load_image(out / key).image, np.int16)
+        regions = affected_region(loaded.image.size, boxes, "blur")
+        mask = np.zeros(expected.shape[:2], bool)
+        for x0, y0, x1, y1 in regions:
+            mask[y0:y1, x0:x1] = True
+        inside = max(inside, int(np.abs(shown - expected).max(axis=2)[mask].max(initial=0)))
+        frame = jpeg_domain.parse_frame(source)
+        if loaded.orientation != 1:
+            continue  # the MCU grid is the stored picture's
+        mw, mh = frame.mcu
+        mcus = jpeg_domain._mcu_mask(frame, regions)
+        changed = np.repeat(np.repeat(mcus, mh, 0), mw, 1)[:frame.height, :frame.width]
+        ring = changed.copy()
+        ring[1:] |= changed[:-1]
+        ring[:-1] |= changed[1:]
+        ring[:, 1:] |= ring[:, :-1].copy()
+        ring[:, :-1] |= ring[:, 1:].copy()
+        diff = np.abs(shown - np.asarray(loaded.image, np.int16)).max(axis=2)
+        outside = max(outside, int(diff[~changed].max(initial=0)))
+        beyond = max(beyond, int(diff[~ring].max(initial=0)))
+    return size_out / max(size_in, 1), inside, outside, beyond
+
+
+def photos_section(root: Path, repeat: int, faces_source: Path | None) -> None:
+    """Full-size ILSVRC photos: authors' loop vs veil (JPEG domain and whole re-encode,
+    own timing and whole process) vs the copy + decode/encode floor."""
+    with tempfile.TemporaryDirectory(prefix="veil-photos-") as tmp:
+        source = faces_source or detect_photos(root, Path(tmp) / "faces.sqlite")
+        snapshot = load_faces(str(source))
+        names = sorted(p.name for p in (root / PHOTOS).iterdir())
+        faced = [k for k in names if snapshot.boxes.get(k)]
+        faceless = [k for k in names if not snapshot.boxes.get(k)]
+        detector_share = len(faced) / len(names)
+        for label, share in ((f"ILSVRC's {FACE_SHARE:.0%}", FACE_SHARE),
+                             (f"detector's {detector_share:.0%}", detector_share)):
+            n_faced = min(len(faced), round(share / (1 - share) * len(faceless)))
+            n_faceless = min(len(faceless), round(n_faced * (1 - share) / share))
+            keys = sorted(faced[:n_faced] + faceless[:n_faceless])
+            _photos_share(root, Path(tmp) / label.split("'")[0], keys, snapshot, label, repeat)
+        startup_section(root, Path(tmp), repeat)
+
+
+def _photos_share(root: Path, tmp: Path, keys: list[str], snapshot, label: str,
+                  repeat: int) -> None:
+    data = tmp / "data"
+    data.mkdir(parents=True)
+    faces: dict[str, list[dict]] = {}
+    for key in keys:
+        shutil.copyfile(root / PHOTOS / key, data / key)
+        faces[key] = [b.to_dict() for b in snapshot.boxes.get(key, [])]
+    faces_file = tmp / "faces.json"
+    faces_file.write_text(json.dumps([{"url": k, "bboxes": v} for k, v in faces.items()]))
+    dataset = open_dataset(data)
+    loaded = load_faces(str(faces_file))
+    n_faced = sum(1 for v in faces.values() if v)
+    print(f"full-size photos at {label} faced: {len(keys)} images, {n_faced} with faces "
+          f"({100 * n_faced / len(keys):.0f}%), 1 core, {repeat} rounds (each run's best)")
+
+    def veil(fmt: str) -> Callable[[Path], object]:
+        def run(out: Path) -> None:
+            summary = obfuscate_dataset(dataset, loaded, out, workers=1, fmt=fmt,
+                                        progress=False)
+            assert summary.ok, summary.errors[:3]
+        return run
+
+    runs: dict[str, Callable[[Path], object]] = {
+        "authors' loop": lambda out: paper_script(data, keys, faces, out),
+        "floor: copy + decode/encode": lambda out: floor_run(data, keys, faces, out),
+        "veil --format keep (JPEG domain)": veil("keep"),
+        "veil --format jpeg (re-encode)": veil("jpeg"),
+        "veil keep, whole process": lambda out: veil_process(data, faces_file, out),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    out = tmp / "out"
+    for _ in range(repeat):
+        for name, run in runs.items():
+            best[name] = min(best[name], _timed_run(run, out))
+    authors = best["authors' loop"]
+    for name, seconds in best.items():
+        print(f"  {name:<34} {len(keys) / seconds:7.1f} img/s   "
+              f"{authors / seconds:5.2f}x the authors' loop")
+    keep = best["veil --format keep (JPEG domain)"]
+    print(f"  JPEG domain vs whole re-encode: {best['veil --format jpeg (re-encode)'] / keep:.2f}x"
+          f"   veil keep vs the floor: {best['floor: copy + decode/encode'] / keep:.2f}x")
+    for fmt in ("keep", "jpeg"):
+        veil(fmt)(out)
+        ratio, inside, outside, beyond = _quality(data, out, faces)
+        shutil.rmtree(out)
+        print(f"  --format {fmt}: faced outputs {ratio:.3f}x their inputs' bytes; largest pixel "
+              f"difference: {inside} from the pixel-domain result inside the regions; from the "
+              f"source {outside} outside the changed MCUs, {beyond} beyond their 1-px ring")
+
+
+def jpeg_options_section(root: Path, repeat: int, limit: int = 60) -> None:
+    """The ways to write a JPEG-domain output, timed on full-size photos (ms per image,
+    best of ``repeat``): what :mod:`veil.jpeg_domain` chose among."""
+    from veil import jpeg_domain
+
+    datas = [p.read_bytes() for p in sorted((root / PHOTOS).iterdir())[:limit]]
+
+    def pillow_decode(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+
+    def pillow_reencode(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            image.save(io.BytesIO(), "JPEG", quality="keep")
+
+    options: dict[str, Callable[[bytes], object]] = {
+        "Pillow decode": pillow_decode,
+        "Pillow decode + re-encode (today's path)": pillow_reencode,
+    }
+    if jpeg_domain.available() is None:
+        options["tjTransform + coefficient filter"] = lambda data: jpeg_domain._transform(
+            data, lambda *_: 0, output=True)
+        options["tjTransform, read coefficients only"] = jpeg_domain.read_coefficients
+    with tempfile.TemporaryDirectory(prefix="veil-jpeg-") as tmp:
+        source, dropped, out = (Path(tmp) / n for n in ("s.jpg", "d.jpg", "o.jpg"))
+        if shutil.which("jpegtran"):
+            def jpegtran_drop(data: bytes) -> None:  # one region; files in and out
+                source.write_bytes(data)
+                dropped.write_bytes(data)
+                subprocess.run(["jpegtran", "-drop", "+0+0", str(dropped), "-outfile",
+                                str(out), str(source)], check=True)
+            options["jpegtran -drop (subprocess)"] = jpegtran_drop
+        try:
+            import jpeglib
+        except ImportError:
+            jpeglib = None
+        if jpeglib is not None:
+            def jpeglib_roundtrip(data: bytes) -> None:
+                source.write_bytes(data)
+                coefficients = jpeglib.read_dct(str(source))
+                coefficients.Y  # noqa: B018 (jpeglib reads lazily)
+                coefficients.write_dct(str(out))
+            options["jpeglib read_dct + write_dct"] = jpeglib_roundtrip
+        best = dict.fromkeys(options, float("inf"))
+        for _ in range(repeat):
+            for name, option in options.items():
+                start = time.perf_counter()
+                for data in datas:
+                    option(data)
+                best[name] = min(best[name], time.perf_counter() - start)
+    print(f"JPEG-domain options on {len(datas)} full-size photos, 1 core, best of {repeat}")
+    for name, seconds in best.items():
+        print(f"  {name:<42} {1000 * seconds / len(datas):6.2f} ms/image")
+
+
+def startup_section(root: Path, tmp: Path, repeat: int) -> None:
+    """`veil obfuscate` on one small image, the whole process: wall and CPU seconds."""
+    data = tmp / "one"
+    data.mkdir()
+    name = sorted(p.name for p in (root / PHOTOS).iterdir())[0]
+    shutil.copyfile(root / PHOTOS / name, data / name)
+    faces_file = tmp / "one.json"
+    faces_file.write_text(json.dumps([{"url": name, "bboxes": [
+        {"x0": 100, "y0": 80, "x1": 180, "y1": 170}]}]))
+    wall = cpu = float("inf")
+    for _ in range(max(repeat, 3)):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds = veil_process(data, faces_file, tmp / "one-out")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        shutil.rmtree(tmp / "one-out")
+        wall = min(wall, seconds)
+        cpu = min(cpu, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    print(f"start-up: `veil obfuscate` on one small image, whole process: {wall:.2f} s wall, "
+          f"{cpu:.2f} s CPU (best of {max(repeat, 3)})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5,
@@ -296,7 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="shared data root (default: $VEIL_SHARED or ../shared)")
     parser.add_argument("--imagenette-limit", type=int, default=None,
                         help="detect faces in only the first N Imagenette val images")
-    parser.add_argument("--skip", choices=("wider", "imagenette", "dataset"), action="append",
+    parser.add_argument("--photo-faces", type=Path, default=None,
+                        help="faces of the full-size photos (store or file; default: run "
+                             "`veil detect --profile fast` into a temp store)")
+    parser.add_argument("--skip", choices=("wider", "imagenette", "dataset", "photos",
+                                           "jpeg-options"),
+                        action="append",
                         default=[], help="leave out a section (repeatable)")
     args = parser.parse_args(argv)
     root = args.shared.resolve() if args.shared else shared_root()
@@ -312,6 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The paper script and veil with 1 worker run on one core; the last veil run uses
         # every core, as `veil obfuscate` does by default.
         dataset_section(root, None, args.repeat, cores)
+    if "jpeg-options" not in args.skip:
+        jpeg_options_section(root, args.repeat)
+    if "photos" not in args.skip:
+        photos_section(root, args.repeat, args.photo_faces)
     return 0
 
 

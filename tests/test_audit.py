@@ -86,3 +86,31 @@ def test_faces_option_for_outputs_made_elsewhere(photos: Path, tmp_path: Path) -
     code, out = _run("audit", str(elsewhere), "--faces", str(store), "--report",
                      str(tmp_path / "b.html"))
     assert code == 0, out
+
+
+def test_the_ledger_is_found_beside_the_output_and_flagged_inside_it(photos: Path,
+                                                                     tmp_path: Path) -> None:
+    """The obfuscate ledger names the host and absolute paths: audit reads it from beside
+    the folder (or --ledger) and reports one left inside the folder as a finding."""
+    store = tmp_path / "faces.sqlite"
+    assert _run("detect", str(photos), "--store", str(store))[0] == 0
+    blurred = tmp_path / "blurred"
+    ledger = tmp_path / "records" / "blurred.sqlite"
+    code, out = _run("obfuscate", str(photos), "--faces", str(store), "--out", str(blurred),
+                     "--ledger", str(ledger))
+    assert code == 0, out
+    code, out = _run("audit", str(blurred), "--ledger", str(ledger), "--report",
+                     str(tmp_path / "a.html"))
+    assert code == 0 and "CLEAN" in out, out
+    code, out = _run("audit", str(blurred), "--ledger", str(tmp_path / "none.sqlite"),
+                     "--report", str(tmp_path / "b.html"))
+    assert code == 2 and "no finished obfuscate run there" in out
+
+    (blurred / ".veil").mkdir()
+    shutil.move(ledger, blurred / ".veil" / "ledger.sqlite")  # where veil once kept it
+    code, out = _run("audit", str(blurred), "--report", str(tmp_path / "c.html"), "--json",
+                     str(tmp_path / "c.json"))
+    assert code == 1 and "NOT CLEAN" in out, out
+    found = json.loads((tmp_path / "c.json").read_text())["findings"]
+    assert [f["key"] for f in found] == [".veil/ledger.sqlite"]
+    assert "host name and absolute paths" in found[0]["detail"]

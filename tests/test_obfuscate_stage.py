@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -24,7 +25,9 @@ from veil.datasets import open_dataset
 from veil.faces import load_faces
 from veil.images import load_image, probe
 from veil.obfuscation import affected_region, blur
-from veil.stages.obfuscate import obfuscate_dataset
+from veil.stages.audit import find_ledger, published_ledger, regions_from_ledger
+from veil.stages.obfuscate import LEGACY_LEDGER, ledger_path, obfuscate_dataset
+from veil.store import FaceStore
 
 
 def _centre_box(size: tuple[int, int]) -> dict[str, float]:
@@ -87,7 +90,7 @@ def test_broken_inputs_get_clear_errors_and_the_rest_completes(corpus_dataset, t
     # nothing half-written: no temp files anywhere
     assert not [p for p in out.rglob("*veil-tmp*")]
     # boxes outside the image are clipped and obfuscate what is inside; bad ones are skipped
-    with sqlite3.connect(out / ".veil" / "ledger.sqlite") as db:
+    with sqlite3.connect(ledger_path(out)) as db:
         info = dict(db.execute(
             "select i.key, r.info from run_items r join images i on i.id = r.image_id"
         ).fetchall())
@@ -236,7 +239,7 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    ledger = out / ".veil" / "ledger.sqlite"
+    ledger = ledger_path(out)
     deadline = time.monotonic() + 60
     while _done_shards(ledger) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -270,3 +273,82 @@ def test_small_jobs_obfuscate_in_one_local_worker_unless_told_otherwise() -> Non
     assert default_obfuscate_workers(local, 10**7) == 8
     assert default_obfuscate_workers(Cores("local", 1), 10**7) == 1
     assert default_obfuscate_workers(Cores("ray", 8), 571) == 8  # a cluster was asked for
+
+
+def test_the_ledger_is_kept_beside_the_published_folder_not_in_it(tmp_path):
+    """It records the host name and absolute paths: publishing OUT must not publish it."""
+    root, boxes = _faces_dataset(tmp_path / "data", 3, size=64)
+    faces_file = _write_paper(tmp_path / "faces.json", {
+        k: [b.to_dict() for b in v] for k, v in boxes.items()})
+    out = tmp_path / "published"
+    args = ["obfuscate", str(root), "--faces", str(faces_file), "--workers", "1",
+            "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (out / ".veil").exists()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                  if p.is_file()) == sorted(boxes)
+    beside = tmp_path / "published.veil-ledger.sqlite"
+    assert ledger_path(out) == beside and beside.is_file()
+    assert find_ledger(out) == beside
+    assert set(regions_from_ledger(out)) == set(boxes)  # audit reads it from there
+    other = CliRunner().invoke(main, [*args, "--out", str(out), "--method", "overlay"])
+    assert other.exit_code != 0  # the ledger beside OUT still guards OUT
+    assert "already holds output made with other settings" in other.output
+    shutil.rmtree(out)  # deleting OUT is starting over: its ledger beside is not in the way
+    fresh = CliRunner().invoke(main, [*args, "--out", str(out), "--method", "overlay"])
+    assert fresh.exit_code == 0, fresh.output
+
+    chosen = tmp_path / "records" / "run.sqlite"
+    elsewhere = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"),
+                                          "--ledger", str(chosen)])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert chosen.is_file() and not (tmp_path / "b.veil-ledger.sqlite").exists()
+    assert regions_from_ledger(tmp_path / "b") is None
+    assert set(regions_from_ledger(tmp_path / "b", chosen)) == set(boxes)
+
+    inside = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "c"),
+                                       "--ledger", str(tmp_path / "c" / "ledger.sqlite")])
+    assert inside.exit_code != 0
+    assert "must not be inside the output folder" in inside.output
+
+
+def test_an_older_veils_ledger_inside_is_flagged_and_moved_out(tmp_path):
+    root, boxes = _faces_dataset(tmp_path / "data", 3, size=64)
+    faces = load_faces(str(_write_paper(tmp_path / "faces.json", {
+        k: [b.to_dict() for b in v] for k, v in boxes.items()})))
+    out = tmp_path / "out"
+    obfuscate_dataset(open_dataset(root), faces, out, workers=1, progress=False)
+    legacy = out / LEGACY_LEDGER
+    legacy.parent.mkdir()
+    os.replace(ledger_path(out), legacy)  # as veil before issue 14 left it
+    assert find_ledger(out) == legacy and published_ledger(out) == legacy
+    assert set(regions_from_ledger(out)) == set(boxes)
+    summary = obfuscate_dataset(open_dataset(root), faces, out, workers=1, progress=False)
+    assert summary.ok
+    assert not (out / ".veil").exists() and ledger_path(out).is_file()
+    assert published_ledger(out) is None
+    with FaceStore(ledger_path(out), create=False) as ledger:
+        assert len(ledger.runs("obfuscate")) == 2  # the old run came along with its file
+
+
+def test_a_small_job_does_not_load_the_compiled_blur(tmp_path):
+    """numba's import and dispatcher cost most of a second per process, which a job with
+    few faced images never wins back: it blurs with the Pillow passes (same pixels)."""
+    root, boxes = _faces_dataset(tmp_path / "data", 2, size=64)
+    faces_file = _write_paper(tmp_path / "faces.json", {
+        k: [b.to_dict() for b in v] for k, v in boxes.items()})
+    script = (
+        "import sys\n"
+        "from veil.datasets import open_dataset\n"
+        "from veil.faces import load_faces\n"
+        "from veil.stages.obfuscate import obfuscate_dataset\n"
+        f"s = obfuscate_dataset(open_dataset({str(root)!r}), load_faces({str(faces_file)!r}),"
+        f" {str(tmp_path / 'out')!r}, workers=1, progress=False)\n"
+        "assert s.ok and s.counts['obfuscated'] >= 1, s\n"
+        "print('numba' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -6,6 +6,10 @@
   No EXIF, XMP, IPTC or comment is ever written: the pixels are already as displayed,
   so no orientation tag is needed either. The ICC profile is kept when it describes the
   output's colour space. Same input, same bytes.
+* ``jpeg_with_colour_and_orientation`` gives a JPEG that libjpeg wrote without any
+  marker of the source (the JPEG-domain output) the two the rules keep: the ICC profile
+  when it describes the image's colour space, and a minimal EXIF holding only the
+  orientation when the stored pixels are not as displayed.
 * ``strip_identifying_metadata`` cleans a file that is copied rather than re-encoded
   (an image without faces), without touching its compressed pixel data.
 * ``atomic_write_bytes`` / ``atomic_copy`` write through a temp file and ``os.replace``,
@@ -36,6 +40,7 @@ __all__ = [
     "atomic_copy",
     "atomic_write_bytes",
     "encode_image",
+    "jpeg_with_colour_and_orientation",
     "remove_stale_temps",
     "strip_identifying_metadata",
 ]
@@ -146,6 +151,35 @@ def encode_image(
     else:
         image.save(out, target)
     return out.getvalue(), SUFFIXES[target]
+
+
+_ICC_CHUNK = 65519 - 14  # an APP2 segment's payload, less "ICC_PROFILE\0", seq, count
+
+
+def jpeg_with_colour_and_orientation(data: bytes, icc_profile: bytes | None, orientation: int,
+                                     *, grey: bool) -> bytes:
+    """``data`` (a JPEG libjpeg wrote with no copied markers) with the ICC profile, if it
+    describes the image's colour space, and the orientation tag, if not 1, put back.
+
+    Nothing else is added: the rules of :func:`strip_identifying_metadata`, without
+    walking the entropy-coded data to find out what is there.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG")
+    at = 2
+    if data[2:4] == b"\xff\xe0":  # libjpeg's JFIF APP0 stays first
+        at = 4 + struct.unpack(">H", data[4:6])[0]
+    segments = bytearray()
+    if orientation != 1:
+        payload = _orientation_exif(orientation)
+        segments += b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    icc = _icc_for(icc_profile, "L" if grey else "RGB")
+    if icc:
+        chunks = [icc[i:i + _ICC_CHUNK] for i in range(0, len(icc), _ICC_CHUNK)]
+        for seq, chunk in enumerate(chunks, 1):
+            payload = b"ICC_PROFILE\0" + bytes((seq, len(chunks))) + chunk
+            segments += b"\xff\xe2" + struct.pack(">H", len(payload) + 2) + payload
+    return data[:at] + bytes(segments) + data[at:]
 
 
 # --------------------------------------------------------------------------- strip

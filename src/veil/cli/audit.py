@@ -33,6 +33,8 @@ from veil.stages.audit import (
     DEFAULT_MIN_SCORE,
     Finding,
     audit,
+    find_ledger,
+    published_ledger,
     regions_from_faces,
     regions_from_ledger,
 )
@@ -54,7 +56,11 @@ def _crop(dataset: Any, finding: Finding) -> str:
 @dataset_options
 @click.option("--faces", "faces_source", default=None, metavar="STORE_OR_FILE",
               help="The boxes the images were obfuscated with, for folders not written by "
-                   "`veil obfuscate` (its own output records the regions in OUT/.veil).")
+                   "`veil obfuscate` (it records the regions in its ledger, beside the output "
+                   "folder: OUT.veil-ledger.sqlite).")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False), default=None,
+              help="The ledger `veil obfuscate --ledger` wrote, if it is not beside DATASET "
+                   "(default: DATASET.veil-ledger.sqlite, or an older veil's DATASET/.veil).")
 @click.option("--detector", type=click.Choice(available_detectors()), default="centerface",
               show_default=True, help="The detector that looks for residual faces.")
 @click.option("--profile", type=click.Choice(available_profiles()), default=None,
@@ -73,7 +79,7 @@ def _crop(dataset: Any, finding: Finding) -> str:
 @progress_option
 @fail_cleanly
 def audit_command(dataset: Any, faces_source: str | None, detector: str, profile: str | None,
-                  min_score: float,
+                  min_score: float, ledger_path: str | None,
                   report: str, json_path: str | None, store_url: str | None,
                   workers: int | None, shard_size: int, max_pixels: int | None,
                   progress: bool | None, backend: Any = None) -> None:
@@ -84,8 +90,11 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, profile
     gate a release pipeline.
     """
     root = dataset.root
-    regions = regions_from_ledger(root)
-    source = f"the obfuscate ledger in {root / '.veil'}"
+    ledger = Path(ledger_path) if ledger_path else None
+    regions = regions_from_ledger(root, ledger)
+    source = f"the obfuscate ledger {find_ledger(root, ledger)}"
+    if ledger is not None and regions is None and faces_source is None:
+        raise click.UsageError(f"--ledger {ledger_path}: no finished obfuscate run there")
     if faces_source is not None:
         keys = dataset.keys()
         matched = match_faces(load_faces(faces_source), keys, min_share=0.0).snapshot
@@ -106,6 +115,14 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, profile
     finally:
         if store is not None:
             store.close()
+    inside = published_ledger(root)
+    if inside is not None:  # an older veil's ledger, published with the images
+        findings.append(Finding(
+            inside.relative_to(root).as_posix(), "metadata",
+            "veil's obfuscate ledger inside the folder: it records the host name and absolute "
+            "paths; run `veil obfuscate` again (it moves the ledger beside the folder) or "
+            "delete it before publishing"))
+        summary.counts["metadata findings"] += 1
     metadata: dict[str, list[str]] = defaultdict(list)
     for f in findings:
         if f.kind == "metadata":

@@ -21,7 +21,6 @@ from veil.errors import FacesFileError, VeilError
 from veil.interchange.coco import read_coco, write_coco
 from veil.interchange.common import FORMATS, FacesFile, KeyResolver, flat_val_key, load_json
 from veil.interchange.paper import read_paper, write_paper
-from veil.interchange.parquet import read_parquet, write_parquet
 from veil.store import FaceStore, ImageRecord, RunItem
 
 __all__ = [
@@ -62,6 +61,8 @@ def read_faces(path: str | os.PathLike[str], fmt: str = "auto") -> FacesFile:
     if fmt not in ("auto", *FORMATS):
         raise ValueError(f"unknown faces format {fmt!r}; use auto, {', '.join(FORMATS)}")
     if fmt == "parquet" or (fmt == "auto" and guess_format(path) == "parquet"):
+        from veil.interchange.parquet import read_parquet  # pyarrow: only for Parquet
+
         return read_parquet(path)
     document = load_json(path)
     if fmt == "auto":
@@ -91,6 +92,8 @@ def write_faces(
     if fmt == "coco":
         return write_coco(faces, path, images=images)
     if fmt == "parquet":
+        from veil.interchange.parquet import write_parquet
+
         return write_parquet(faces, path, images=images)
     raise ValueError(f"unknown faces format {fmt!r}; use {', '.join(FORMATS)}")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -40,9 +41,28 @@ def _kernel() -> Kernel | None:
     return vertical_box_pass
 
 
+_compiled = True
+
+
+@contextmanager
+def compiled_passes(enabled: bool) -> Iterator[None]:
+    """Within the block, use (or, with ``enabled=False``, skip) the numba passes.
+
+    Same pixels either way. Loading the compiled passes costs most of a second per process
+    (numba's import and its dispatcher), which a job with few faced images never wins
+    back: a stage that knows its size turns them off, and numba is then not even imported.
+    """
+    global _compiled
+    before, _compiled = _compiled, enabled
+    try:
+        yield
+    finally:
+        _compiled = before
+
+
 def available(blur: Blur) -> bool:
     """Whether the array path can run ``blur`` exactly (numba present, radius known)."""
-    return blur.radius is not None and _kernel() is not None
+    return _compiled and blur.radius is not None and _kernel() is not None
 
 
 def _passes(block: np.ndarray, lo: int, start: int, stop: int, limit: int,

@@ -4,7 +4,9 @@ It re-detects faces in the *output* images. A detection that is not inside a reg
 veil obfuscated is a residual face: a face the boxes missed, or a face copied
 unobfuscated. It also flags identifying metadata (EXIF thumbnails still show the face;
 GPS says where it was taken). Obfuscated regions come from the output's own ledger
-(``OUT/.veil/ledger.sqlite``, written by ``veil obfuscate``) or, for folders made by
+(``OUT.veil-ledger.sqlite`` beside it, written by ``veil obfuscate``; an older veil's
+``OUT/.veil/ledger.sqlite`` is read too, and flagged: it names the host and absolute
+paths, and would be published with the folder) or, for folders made by
 other tools, from the faces they were obfuscated with (``--faces``).
 """
 
@@ -109,10 +111,34 @@ class AuditTask:
         return findings
 
 
-def regions_from_ledger(out: Path) -> dict[str, list[Rect]] | None:
-    """Output key -> obfuscated rectangles, from the newest obfuscate run in ``out``."""
-    ledger = out / ".veil" / "ledger.sqlite"
-    if not ledger.is_file():
+def find_ledger(out: Path, ledger: Path | None = None) -> Path | None:
+    """The obfuscate ledger of output folder ``out``: ``ledger`` if given, else the one
+    beside ``out``, else one an older veil left inside it; None when there is none."""
+    from veil.stages.obfuscate import LEGACY_LEDGER, ledger_path
+
+    for candidate in (ledger_path(out, ledger), Path(out) / LEGACY_LEDGER):
+        if candidate.is_file():
+            return candidate
+        if ledger is not None:
+            return None
+    return None
+
+
+def published_ledger(out: Path) -> Path | None:
+    """A ledger inside ``out`` (an older veil's ``.veil/ledger.sqlite``): a metadata
+    finding, since it records the host name and absolute paths."""
+    from veil.stages.obfuscate import LEGACY_LEDGER
+
+    inside = Path(out) / LEGACY_LEDGER
+    return inside if inside.is_file() else None
+
+
+def regions_from_ledger(out: Path, ledger: Path | None = None
+                        ) -> dict[str, list[Rect]] | None:
+    """Output key -> obfuscated rectangles, from the newest obfuscate run recorded for
+    ``out`` (its ledger as :func:`find_ledger` finds it)."""
+    ledger = find_ledger(out, ledger)
+    if ledger is None:
         return None
     with FaceStore(ledger, create=False) as store:
         runs = [r for r in store.runs("obfuscate") if r.status == "done"]

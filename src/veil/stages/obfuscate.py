@@ -1,10 +1,17 @@
 """The obfuscate stage: write a mirrored copy of a dataset with every face obfuscated.
 
 Faceless images are copied byte for byte (or hard-linked); only images with faces are
-decoded, obfuscated and re-encoded, JPEGs with their own quantisation tables. Every
-file is written atomically, and the run is recorded shard by shard in a ledger inside
-the output folder (``OUT/.veil/ledger.sqlite``), so a killed run resumes and produces
-exactly the bytes an uninterrupted run would have.
+decoded and obfuscated. With ``fmt="keep"`` an obfuscated JPEG is changed in the JPEG
+domain (:mod:`veil.jpeg_domain`): only the MCUs its affected region touches are
+re-encoded, every other block keeps the source's DCT coefficients; a JPEG that cannot be
+handled so is re-encoded whole with its own quantisation tables, and its ledger record
+says why (``encoding``: ``jpeg-domain`` or ``reencoded`` with ``reencoded_because``). Every
+file is written atomically, and the run is recorded shard by shard in a ledger, so a
+killed run resumes and produces exactly the bytes an uninterrupted run would have. The
+ledger records the host name and absolute paths of the machine that made the output, so
+it lives *beside* the output folder, not in it (``OUT.veil-ledger.sqlite`` by default,
+see :func:`ledger_path`): publishing OUT publishes none of it. A ledger an older veil left
+inside (``OUT/.veil/ledger.sqlite``) is moved there on the next run into OUT.
 
 A WebDataset input is written as WebDataset shards (``out_format="webdataset"``): each
 input tar becomes the output tar of the same name, one shard of the run, written whole
@@ -37,23 +44,58 @@ from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
 from veil.encoding import (
+    SUFFIXES,
     atomic_copy,
     atomic_write_bytes,
     encode_image,
+    jpeg_with_colour_and_orientation,
     remove_stale_temps,
     strip_identifying_metadata,
 )
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
-from veil.images import load_image, plain_jpeg, probe
+from veil.images import LoadedImage, load_image, plain_jpeg, probe
 from veil.obfuscation import METHODS, affected_region, obfuscate
+from veil.obfuscation.array_stages import compiled_passes
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.store import FaceStore, RunItem
 
 FORMATS = ("keep", "png", "jpeg")
 OUT_FORMATS = ("auto", "files", "webdataset")
 UNANNOTATED_POLICIES = ("error", "copy", "skip")
-LEDGER = PurePosixPath(".veil") / "ledger.sqlite"
+LEGACY_LEDGER = PurePosixPath(".veil") / "ledger.sqlite"
+"""Where veil before issue 14 kept the ledger: inside the output, published with it."""
+LEDGER_SUFFIX = ".veil-ledger.sqlite"
+_SQLITE_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def ledger_path(out: str | Path, ledger: str | Path | None = None) -> Path:
+    """The run's ledger: ``ledger`` if given, else ``OUT.veil-ledger.sqlite`` beside
+    ``out`` (never inside it: it names the host and absolute paths)."""
+    if ledger is not None:
+        return Path(ledger)
+    out = Path(os.path.abspath(out))
+    return out.with_name(out.name + LEDGER_SUFFIX)
+
+
+def _adopt_legacy_ledger(out: Path, ledger: Path) -> None:
+    """Move an older veil's ``OUT/.veil/ledger.sqlite`` out of the published folder."""
+    legacy = out / LEGACY_LEDGER
+    if not legacy.is_file() or ledger.exists():
+        return
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in _SQLITE_SIDECARS:
+        part = Path(f"{legacy}{suffix}")
+        if part.exists():
+            os.replace(part, f"{ledger}{suffix}")
+    with contextlib.suppress(OSError):
+        legacy.parent.rmdir()  # .veil, if nothing else is in it
+
+
+def _remove_ledger(ledger: Path) -> None:
+    for suffix in _SQLITE_SIDECARS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{ledger}{suffix}")
 UNANNOTATED_MESSAGE = (
     "no face record for this image (never detected or reviewed): run `veil detect` on it,"
     " or pass --unannotated copy to copy it unchanged"
@@ -88,14 +130,26 @@ class ObfuscateTask:
     max_pixels: int | None = None
     reader: ImageReader | None = None  # default: files under root
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the blur's compiled (numba) passes pay for their loading in this job:
+        only from :data:`COMPILED_BLUR_FROM` faced images on."""
+        return sum(1 for boxes in self.faces.values() if boxes) >= COMPILED_BLUR_FROM
+
     def setup(self) -> None:
         """Run the method once on a tiny image: compiled kernels it loads on first use
         (the blur's numba passes) count as the worker's start-up, not its first shard."""
+        if not self.compiled:
+            return  # nothing to load: the blur runs its Pillow passes
         with contextlib.suppress(VeilError):  # bad options fail on the first real image
             obfuscate(np.zeros((32, 32, 3), np.uint8), [Box(8, 8, 24, 24)], self.method,
                       **self.options)
 
     def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
+        with compiled_passes(self.compiled):
+            return self._shard(index, keys)
+
+    def _shard(self, index: int, keys: Sequence[str]) -> ShardResult:
         result = ShardResult(index)
         for key in keys:
             try:
@@ -151,13 +205,39 @@ class ObfuscateTask:
                 f"{len(outside)} box(es) lie entirely outside the {size} image"
             )
         image = obfuscate(loaded.image, kept, self.method, **self.options) if kept else loaded.image
-        data, suffix = encode_image(image, loaded, fmt=self.fmt, jpeg_quality=self.jpeg_quality)
+        regions = affected_region((loaded.width, loaded.height), kept, self.method,
+                                  **self.options) if kept else []
+        data = None
+        if kept and self.fmt == "keep" and loaded.jpeg is not None:
+            data = self._jpeg_domain(source, image, loaded, regions, info)
+        if data is None:
+            data, suffix = encode_image(image, loaded, fmt=self.fmt,
+                                        jpeg_quality=self.jpeg_quality)
+        else:
+            suffix = SUFFIXES["JPEG"]
         target = output_key(key, suffix)
         info.update(action="obfuscated" if kept else "converted", output=target)
         if kept:
-            info["regions"] = [list(r) for r in affected_region(
-                (loaded.width, loaded.height), kept, self.method, **self.options)]
+            info["regions"] = [list(r) for r in regions]
         return Rendered(info, data, target, applied)
+
+    @staticmethod
+    def _jpeg_domain(source: Path | bytes, image: Any, loaded: LoadedImage,
+                     regions: list[tuple[int, int, int, int]],
+                     info: dict[str, Any]) -> bytes | None:
+        """The JPEG-domain output (only the MCUs the regions touch re-encoded), or None
+        with the reason in ``info`` when the whole image must be re-encoded instead."""
+        from veil import jpeg_domain  # ctypes and the library: only for faced JPEGs
+
+        try:
+            raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+            spliced = jpeg_domain.splice(raw, image, loaded.orientation, regions)
+        except jpeg_domain.Unsupported as exc:
+            info.update(encoding="reencoded", reencoded_because=str(exc))
+            return None
+        info.update(encoding="jpeg-domain", mcus=[spliced.mcus, spliced.total_mcus])
+        return jpeg_with_colour_and_orientation(spliced.data, loaded.icc_profile,
+                                                loaded.orientation, grey=spliced.grey)
 
     def _copy(self, key: str, source: Path | bytes, info: dict[str, Any],
               boxes: list[Box] | None) -> Rendered:
@@ -191,7 +271,7 @@ class ShardObfuscateTask(ObfuscateTask):
     folder, every other member copied byte for byte, the boxes added to each sample's
     JSON, the whole shard written atomically (it is the unit of resumption)."""
 
-    def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
+    def _shard(self, index: int, keys: Sequence[str]) -> ShardResult:
         result = ShardResult(index)
         if not keys:
             return result
@@ -304,9 +384,18 @@ def _record(result: ShardResult, key: str, rendered: Rendered) -> None:
         result.items.append(RunItem(key, status="error", error=UNANNOTATED_MESSAGE))
         result.counts["errors"] += 1
         return
-    result.counts[info["action"]] += 1
-    result.counts["faces"] += info.get("faces", 0)
+    _count(result.counts, info)
     result.items.append(RunItem(key, info=info))
+
+
+def _count(counts: Counter[str], info: Mapping[str, Any]) -> None:
+    """An image's contribution to the summary: its action, faces and JPEG encoding."""
+    counts[info.get("action", "copied")] += 1
+    counts["faces"] += info.get("faces", 0)
+    if info.get("encoding") == "jpeg-domain":
+        counts["jpeg-domain"] += 1
+    elif info.get("encoding") == "reencoded":
+        counts["re-encoded whole"] += 1
 
 
 def _record_error(result: ShardResult, key: str, exc: Exception) -> None:
@@ -367,8 +456,12 @@ def obfuscate_dataset(
     progress: bool = True,
     out_format: str = "auto",
     backend: str | Backend | None = None,
+    ledger: str | Path | None = None,
 ) -> RunSummary:
     """Write ``dataset`` with every face in ``faces`` obfuscated into ``out``.
+
+    ``ledger``: where the run is recorded (default ``OUT.veil-ledger.sqlite`` beside
+    ``out``, see :func:`ledger_path`); it must not be inside ``out``.
 
     ``out_format``: ``files`` (a folder mirroring the keys), ``webdataset`` (tar shards
     mirroring a WebDataset input, one run shard per tar; ``shard_size`` does not apply)
@@ -395,11 +488,20 @@ def obfuscate_dataset(
     }
     if out_format == "webdataset":
         config["out_format"] = out_format
-    ledger_path = out / LEDGER
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    with FaceStore(ledger_path) as ledger:
+    ledger_file = ledger_path(out, ledger)
+    if out.resolve() in ledger_file.resolve().parents:
+        raise VeilError(f"the ledger {ledger_file} must not be inside the output folder {out}: "
+                        "it records this machine's name and paths, and would be published")
+    if overwrite or not out.exists():
+        # with OUT gone its ledger describes nothing: deleting OUT is starting over
+        if out.exists():
+            shutil.rmtree(out)
+        _remove_ledger(ledger_file)
+    else:
+        _adopt_legacy_ledger(out, ledger_file)
+    ledger_file.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with FaceStore(ledger_file) as ledger:
         previous = [r for r in ledger.runs("obfuscate") if r.config != config]
         if previous:
             raise VeilError(
@@ -430,6 +532,12 @@ def obfuscate_dataset(
             _add_earlier_counts(ledger, run_id, summary)
     return summary
 
+
+COMPILED_BLUR_FROM = 750
+"""Faced images from which a job loads the blur's numba passes. Measured on the full-size
+ILSVRC photos, one core: loading them costs ~0.9 s per process (numba's import and its
+dispatcher), and they save ~1.2 ms per faced image over the Pillow passes (1.1 vs 2.2 ms),
+so below some 750 faced images the Pillow passes finish first (same pixels either way)."""
 
 IMAGES_PER_LOCAL_WORKER = 5000
 """A local worker process costs ~1.5 s to start (forkserver, imports, the blur's compiled
@@ -470,8 +578,6 @@ def _add_earlier_counts(ledger: FaceStore, run_id: int, summary: RunSummary) -> 
             counts["errors"] += 1
             errors.append((item.key, item.error or "error"))
             continue
-        info = item.info or {}
-        counts[info.get("action", "copied")] += 1
-        counts["faces"] += info.get("faces", 0)
+        _count(counts, item.info or {})
     summary.counts = counts
     summary.errors = errors
