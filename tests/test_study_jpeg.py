@@ -85,3 +85,21 @@ def test_jpeg_conditions_decode_every_image_into_the_cache(dataset: Path) -> Non
 def test_jpeg_conditions_take_no_options() -> None:
     with pytest.raises(VeilError, match="blur_q75 reproduces the authors' files exactly"):
         make_condition("blur_q75", {"sigma_fraction": 0.2})
+
+
+def test_the_reports_examples_show_a_jpeg_condition_as_the_study_saw_it(dataset: Path) -> None:
+    """analyze's example images (Grad-CAM, report) go through the study's own condition:
+    blur_q75 is the blur and then the authors' q75 save, not an unknown method."""
+    from types import SimpleNamespace
+
+    from veil.analysis.examples import Example, obfuscated
+
+    data = open_study_data(dataset)
+    boxes = face_boxes(load_faces(dataset / "faces.json"))
+    key, path = next((k, p) for k, p in zip(data.val.keys, data.val.paths, strict=True)
+                     if boxes.get(k))
+    image = Image.open(path).convert("RGB")
+    run = SimpleNamespace(study={"method_options": {}})
+    shown = obfuscated(Example(key, 0, image, boxes[key]), run, "blur_q75")  # type: ignore[arg-type]
+    expected = load_condition_image(path, key, boxes, make_condition("blur_q75"))
+    assert np.array_equal(np.asarray(shown), np.asarray(expected))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from veil.analysis.run import StudyRun
 from veil.errors import VeilError
-from veil.faces import FacesSnapshot, load_faces
+from veil.faces import FacesSnapshot, load_faces, match_faces
 from veil.images import load_image
 
 _DESCRIPTION_PREFIXES = ("faces file ", "face store ")
@@ -93,7 +93,10 @@ def pick_examples(run: StudyRun, count: int, faces: str | None = None
     first = val.drop_duplicates("label")
     ordered = list(first["key"]) + [k for k in val["key"] if k not in set(first["key"])]
     root = data_root(run)
-    snapshot = load_faces(faces_source(run, faces))
+    # the study matched face records to its images with the one resolver every stage
+    # uses (the authors' val/<file> keys meet an ImageFolder val/<wnid>/<file>): so here
+    snapshot = match_faces(load_faces(faces_source(run, faces)), list(frame["key"]),
+                           splits=["val"], min_share=0.0).snapshot
     labels = dict(zip(val["key"], val["label"], strict=True))
     examples = []
     for key in ordered:
@@ -111,7 +114,9 @@ def pick_examples(run: StudyRun, count: int, faces: str | None = None
 
 
 def obfuscated(example: Example, run: StudyRun, method: str) -> Image.Image:
-    from veil.obfuscation import obfuscate
+    """The example as the study's ``method`` condition showed it (``blur_q75`` and
+    ``recompress_q75`` included: their JPEG re-save is part of the condition)."""
+    from veil.study.data import condition_image, make_condition
 
-    result = obfuscate(example.original, example.boxes, method, **method_options(run, method))
-    return result if isinstance(result, Image.Image) else Image.fromarray(result)
+    condition = make_condition(method, method_options(run, method))
+    return condition_image(example.original, example.boxes, condition)

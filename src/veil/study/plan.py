@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from veil.runner import default_workers
+from veil.cores import available_cores
 from veil.study.data import ORIGINAL, load_condition_image
 from veil.study.evaluate import autocast
 from veil.study.profiles import Recipe
@@ -117,14 +117,12 @@ def measure_decode(study: Any, count: int = PLAN_DECODES) -> float:
 
 def make_plan(study: Any, measure: bool = True) -> dict[str, Any]:
     """The plan of a :class:`veil.study.run.Study` that has not opened its folder."""
-    from veil.study.run import condition_plan
-
     recipe: Recipe = study.recipe
     n_train, n_val = len(study.data.train), len(study.data.val)
     conditions = [ORIGINAL, *study.methods]
     jobs = [(a, s, c) for a in study.archs for s in study.seeds for c in conditions]
     parallel = study.parallel_jobs(len(jobs))
-    threads = study.config.threads or max(1, default_workers() // parallel)
+    threads = study.config.threads or max(1, available_cores() // parallel)
     workers = study.workers
     cache_bytes = 0
     if recipe.loader == "cache":
@@ -156,7 +154,7 @@ def make_plan(study: Any, measure: bool = True) -> dict[str, Any]:
     decode_seconds = (len(conditions) * (n_train + n_val) * decode / workers
                       if recipe.loader == "cache" else 0.0)
     rows = []
-    for item in condition_plan(study.archs, study.seeds, study.methods):
+    for item in study.condition_plan():
         per_arch = recipe.for_arch(item.arch)
         rows.append({"arch": item.arch, "seed": item.seed, "train": item.train,
                      "eval": item.eval, "lr": per_arch.lr,

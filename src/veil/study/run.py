@@ -217,6 +217,10 @@ class Study:
 
     # ----------------------------------------------------------------- setup
 
+    def condition_plan(self) -> list[ConditionResult]:
+        """Every (arch, seed, train, eval) this study produces, in order."""
+        return condition_plan(self.archs, self.seeds, self.methods)
+
     def _log(self, message: str) -> None:
         if self.env.is_main:
             (self.config.log or _stderr)(message)
