@@ -65,7 +65,7 @@ def test_the_readme_team_commands_work_twice_in_a_row(dataset_root, tmp_path, se
     stats = run("review", "stats", "--store", store).output
     assert "last server start" in stats and "changed: nothing" in stats
     again = run("review", "add-annotator", "alice", "--store", store)
-    assert again.exit_code == 1 and "--rotate" in again.output, "a link is shown once"
+    assert again.exit_code == 2 and "--rotate" in again.output, "a link is shown once"
 
 
 def test_given_settings_override_stored_ones_and_the_change_is_shown(dataset_root, tmp_path,
@@ -240,9 +240,9 @@ def test_running_out_of_lives_says_what_it_discards_and_a_batch_can_be_reinstate
         "append-only: the set-aside rows stay, the answer is added again")
     assert len(export_paper(store, tmp_path / "faces.json")["crowd/a.jpg"]) == 4
     again = run("review", "reinstate", "--batch", str(batch), "--store", store)
-    assert again.exit_code == 1 and "reinstated already" in again.output
+    assert again.exit_code == 2 and "reinstated already" in again.output
     missing = run("review", "reinstate", "--batch", "999", "--store", store)
-    assert missing.exit_code == 1 and "no review batch 999" in missing.output
+    assert missing.exit_code == 2 and "no review batch 999" in missing.output
     assert "reinstated 20" in run("review", "stats", "--store", store).output
 
 

@@ -11,7 +11,7 @@ from veil.cli.common import fail_cleanly, progress_option, want_progress
 from veil.datasets import LAYOUTS
 from veil.errors import VeilError
 from veil.obfuscation import METHODS, parse_method_options
-from veil.study.data import JPEG_CONDITIONS, STUDY_CONDITIONS
+from veil.study.conditions import JPEG_CONDITIONS, STUDY_CONDITIONS
 from veil.study.profiles import (
     LOADERS,
     PRECISIONS,

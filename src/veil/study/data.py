@@ -57,8 +57,9 @@ from veil.errors import DatasetError, VeilError
 from veil.faces import FacesSnapshot
 from veil.images import load_image, probe
 from veil.interchange.common import atomic_path
-from veil.obfuscation import METHODS, obfuscate
+from veil.obfuscation import obfuscate
 from veil.obfuscation.jpeg import pillow_default_jpeg
+from veil.study.conditions import JPEG_CONDITIONS, STUDY_CONDITIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -179,14 +180,6 @@ def class_names(root: Path, classes: Sequence[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- faces
 
 
-#: Conditions that reproduce the JPEG re-save of the authors' released files (see
-#: :mod:`veil.obfuscation.jpeg`): every image of the split, faces or not, goes through
-#: Pillow's default JPEG save (quality 75). ``blur_q75`` is the authors' blurred files
-#: (the paper's blur, then the save); ``recompress_q75`` the control with the original
-#: pixels through the same save, so blur and recompression can be told apart.
-JPEG_CONDITIONS: dict[str, str | None] = {"blur_q75": "blur", "recompress_q75": None}
-#: Every name a study accepts besides "original".
-STUDY_CONDITIONS = (*METHODS, *JPEG_CONDITIONS)
 
 
 @dataclass(frozen=True)
