@@ -21,9 +21,9 @@ from veil.cli.common import (
     sharded_run_options,
     want_progress,
 )
-from veil.cli.detect import detector_settings
 from veil.detection import available_detectors
 from veil.detection.profiles import available_profiles
+from veil.detection.settings import detector_settings
 from veil.encoding import atomic_write_bytes
 from veil.faces import load_faces, match_faces
 from veil.images import load_image
@@ -104,7 +104,7 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, profile
         regions, source = {}, "none (no ledger and no --faces): every detection is reported"
         click.echo(f"warning: {root} has no veil ledger and --faces was not given; "
                    "every detected face will be reported", err=True)
-    name, options = detector_settings(detector, None, profile, None, None, None, None)
+    name, options = detector_settings(detector, profile=profile)
     label = f"{detector}, profile {profile}" if profile else detector
     store = FaceStore(store_url) if store_url else None
     try:
