@@ -238,7 +238,7 @@ class Bench:
             path = self._fresh("audit.sqlite")
             with FaceStore(path) as store:
                 start = time.perf_counter()
-                summary, _ = audit(target, regions, store=store, **common)
+                summary = audit(target, regions, store=store, **common).summary
                 seconds = time.perf_counter() - start
                 busy = shard_seconds(store, summary.run_id)
             path.unlink()
