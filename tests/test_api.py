@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import veil
+import veil.errors
 
 
 @pytest.mark.parametrize("name", sorted(set(veil.__all__) - {"__version__"}))
@@ -104,3 +105,6 @@ def test_audit_finds_the_obfuscated_regions_in_the_outputs_ledger(tmp_path):
     assert "Not clean" in html and "astronaut.png" in html
     assert html.count("data:image/jpeg;base64,") == len(faces)  # a crop per residual face
     assert "Clean: no residual face" in clean.write_html(tmp_path / "clean.html").read_text()
+    with pytest.raises(veil.errors.VeilError, match="no finished obfuscate run there"):
+        veil.audit(veil.open_dataset(tmp_path / "copied"), ledger=tmp_path / "none.sqlite",
+                   progress=False, workers=1)
