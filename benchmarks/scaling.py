@@ -51,8 +51,8 @@ from PIL import Image
 
 import veil
 from veil.backends import Backend, LocalBackend
-from veil.cli.detect import detector_settings
 from veil.datasets import Dataset, is_image_name, open_dataset
+from veil.detection.settings import detector_settings
 from veil.faces import load_faces
 from veil.stages.audit import audit, regions_from_ledger
 from veil.stages.detect import detect
@@ -207,8 +207,7 @@ class Bench:
         start = time.perf_counter()
         if name in ("detect", "detect-fast"):
             detector, options = detector_settings(
-                "centerface", None, "fast" if name == "detect-fast" else None,
-                None, None, None, None)
+                "centerface", profile="fast" if name == "detect-fast" else None)
             path = self._fresh(f"{name}.sqlite")
             with FaceStore(path) as store:
                 summary = detect(self.dataset, store, detector=detector, options=options,
@@ -239,7 +238,7 @@ class Bench:
             path = self._fresh("audit.sqlite")
             with FaceStore(path) as store:
                 start = time.perf_counter()
-                summary, _ = audit(target, regions, store=store, **common)
+                summary = audit(target, regions, store=store, **common).summary
                 seconds = time.perf_counter() - start
                 busy = shard_seconds(store, summary.run_id)
             path.unlink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 import veil
+import veil.errors
 
 
 @pytest.mark.parametrize("name", sorted(set(veil.__all__) - {"__version__"}))
@@ -84,9 +86,25 @@ def test_audit_finds_the_obfuscated_regions_in_the_outputs_ledger(tmp_path):
                            tmp_path / "blurred", progress=False, workers=1)
     veil.obfuscate_dataset(data, veil.load_faces({"astronaut.png": []}),
                            tmp_path / "copied", progress=False, workers=1)
-    clean, _ = veil.audit(veil.open_dataset(tmp_path / "blurred"), progress=False, workers=1)
-    leaky, findings = veil.audit(veil.open_dataset(tmp_path / "copied"), progress=False,
-                                 workers=1)
-    assert clean.counts["residual faces"] == 0
-    assert leaky.counts["residual faces"] >= 1
-    assert findings[0].key == "astronaut.png"
+    clean = veil.audit(veil.open_dataset(tmp_path / "blurred"), progress=False, workers=1)
+    leaky = veil.audit(veil.open_dataset(tmp_path / "copied"), progress=False, workers=1)
+    assert clean.counts["residual faces"] == 0 and clean.clean
+    assert leaky.counts["residual faces"] >= 1 and not leaky.clean
+    assert leaky.findings[0].key == "astronaut.png"
+    assert "obfuscate ledger" in clean.regions_source
+
+    # the report `veil audit` writes, from the library
+    written = leaky.write_json(tmp_path / "leaky.json")
+    report = json.loads(written.read_text())
+    assert report == leaky.to_json()
+    assert report["clean"] is False and report["target"] == str(tmp_path / "copied")
+    faces = [f for f in report["findings"] if f["kind"] == "face"]
+    assert faces and {f["key"] for f in faces} == {"astronaut.png"}
+    assert all(len(f["box"]) == 4 and f["score"] >= 0.5 for f in faces)
+    html = leaky.write_html(tmp_path / "leaky.html").read_text()
+    assert "Not clean" in html and "astronaut.png" in html
+    assert html.count("data:image/jpeg;base64,") == len(faces)  # a crop per residual face
+    assert "Clean: no residual face" in clean.write_html(tmp_path / "clean.html").read_text()
+    with pytest.raises(veil.errors.VeilError, match="no finished obfuscate run there"):
+        veil.audit(veil.open_dataset(tmp_path / "copied"), ledger=tmp_path / "none.sqlite",
+                   progress=False, workers=1)

@@ -255,27 +255,51 @@ def test_profiles_build_by_name_and_take_overrides():
         profile_options("medium")
 
 
-def test_cli_flags_map_onto_detector_settings():
-    from veil.cli.detect import detector_settings
+def test_settings_map_onto_a_detector_and_its_options():
+    from veil.detection import detector_settings
 
-    assert detector_settings("centerface", 0.3, None, None, None, None, None) == (
-        "centerface", {"threshold": 0.3})
-    name, options = detector_settings("centerface", None, "thorough", "1,2", False, 1024, "nms")
+    assert detector_settings("centerface", threshold=0.3) == ("centerface", {"threshold": 0.3})
+    name, options = detector_settings("centerface", profile="thorough", scales=(1, 2),
+                                      flip=False, tile_size=1024, fusion="nms")
     assert name == "multiscale" and options["scales"] == (1.0, 2.0)
     assert options["flip"] is False and options["tile_size"] == 1024 and options["fusion"] == "nms"
     assert options["candidate_threshold"] == PROFILES["thorough"]["candidate_threshold"]
-    assert detector_settings("mtcnn", None, None, "1,2", None, None, None) == (
+    assert detector_settings("mtcnn", scales=[1, 2]) == (
         "multiscale", {"base": "mtcnn", "scales": (1.0, 2.0)})
     with pytest.raises(VeilError, match="already multi-scale"):
-        detector_settings("thorough", None, "fast", None, None, None, None)
+        detector_settings("thorough", profile="fast")
     # thorough's fusion settings are flags too; unset, the profile's values stand
-    name, options = detector_settings("centerface", None, "thorough", None, None, None, None)
+    name, options = detector_settings("centerface", profile="thorough")
     assert (options["fusion_score"], options["dedupe_iou"]) == ("rms", 0.3)
-    name, options = detector_settings("centerface", None, "thorough", None, None, None, None,
+    name, options = detector_settings("centerface", profile="thorough",
                                       fusion_score="mean", dedupe_iou=0.5)
     assert (options["fusion_score"], options["dedupe_iou"]) == ("mean", 0.5)
-    assert detector_settings("centerface", None, None, None, None, None, None,
-                             fusion_score="max")[1] == {"base": "centerface", "fusion_score": "max"}
+    assert detector_settings("centerface", fusion_score="max")[1] == {
+        "base": "centerface", "fusion_score": "max"}
+
+
+def test_settings_refuse_bad_scales_with_a_veil_error():
+    from veil.detection.settings import detector_settings, parse_scales
+
+    assert parse_scales("1, 2,") == (1.0, 2.0)
+    with pytest.raises(VeilError, match="numbers separated by commas"):
+        parse_scales("1,x")
+    with pytest.raises(VeilError, match=r"must be in \(0, 8\]"):
+        parse_scales("0,2")
+    with pytest.raises(VeilError, match=r"must be in \(0, 8\]"):
+        detector_settings("centerface", scales=(9,))
+
+
+def test_the_library_settings_import_no_cli():
+    """Scripts and benchmarks build detectors without click or veil.cli."""
+    import subprocess
+    import sys
+
+    code = ("import sys, veil.detection.settings; "
+            "print(sorted(m for m in sys.modules if m == 'click' or m.startswith('veil.cli')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_detect_cli_takes_the_fusion_flags(tmp_path):

@@ -273,3 +273,34 @@ def test_cli_errors_are_one_line(files, tmp_path, args, message):
     result = CliRunner().invoke(eval_faces, [a.format(**values) for a in args])
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
+
+
+# --- "is this a face store?": one rule for --faces, GT and PRED ------------------------------
+
+def test_one_store_rule_for_eval_faces_and_faces_sources(files, tmp_path, monkeypatch):
+    """The cases where eval-faces (by header only) and veil.faces (by suffix first) used
+    to disagree: content decides for an existing file, the suffix for a missing one."""
+    import veil.cli.eval_faces as cli_eval
+    from veil.faces import is_store_location, load_faces
+    from veil.store import FaceStore
+
+    _, pred = files
+    json_named_db = tmp_path / "faces.db"  # a faces file with a store's suffix
+    json_named_db.write_bytes(pred.read_bytes())
+    home = tmp_path / "home"
+    home.mkdir()
+    FaceStore(str(home / "faces.sqlite")).close()
+    monkeypatch.setenv("HOME", str(home))
+    assert not is_store_location(json_named_db)  # was a store to veil.faces
+    assert is_store_location("~/faces.sqlite")  # eval-faces did not expand ~
+    assert is_store_location(tmp_path / "new.sqlite")  # missing: eval-faces said a file
+    assert not is_store_location(tmp_path / "new.json")
+    assert not is_store_location(tmp_path)  # a folder is neither
+    assert is_store_location("postgresql+psycopg://u@h/db")
+    # both callers follow it: the .db JSON is read as faces, and nothing else decides
+    assert load_faces(json_named_db).face_count == 2
+    assert not hasattr(cli_eval, "is_store")
+    result = CliRunner().invoke(eval_faces, [str(json_named_db), "~/faces.sqlite"])
+    assert result.exit_code != 0 and "no detection run" in result.output
+    result = CliRunner().invoke(eval_faces, [str(pred), str(tmp_path / "new.sqlite")])
+    assert result.exit_code != 0 and "no face store at" in result.output

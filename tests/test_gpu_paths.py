@@ -18,8 +18,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from veil.boxes import Box
-from veil.cli.detect import detector_settings
-from veil.detection import create_detector
+from veil.detection import create_detector, detector_settings
 from veil.detection.centerface_onnx import CenterFaceDetector
 from veil.detection.centerface_torch import CenterFaceNet, TorchCenterFaceDetector
 from veil.errors import VeilError
@@ -135,14 +134,12 @@ def test_asking_for_cuda_without_a_gpu_says_what_is_missing():
 
 
 def test_cli_device_reaches_the_detector_that_runs_the_network():
-    assert detector_settings("centerface", None, None, None, None, None, None,
-                             device="cuda") == ("centerface", {"device": "cuda"})
-    assert detector_settings("fast", None, None, None, None, None, None, device="cuda") == (
+    assert detector_settings("centerface", device="cuda") == ("centerface", {"device": "cuda"})
+    assert detector_settings("fast", device="cuda") == (
         "fast", {"base_options": {"device": "cuda"}})
-    name, options = detector_settings("centerface", None, "thorough", None, None, None, None,
-                                      device="cuda:1")
+    name, options = detector_settings("centerface", profile="thorough", device="cuda:1")
     assert name == "multiscale" and options["base_options"] == {"device": "cuda:1"}
-    assert detector_settings("centerface", 0.3, None, None, None, None, None) == (
+    assert detector_settings("centerface", threshold=0.3) == (
         "centerface", {"threshold": 0.3})  # no --device: the run config is as before
 
 

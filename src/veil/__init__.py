@@ -9,7 +9,8 @@ The Python API mirrors the CLI verbs, one function each::
         veil.detect(data, store)                                  # veil detect
     faces = veil.load_faces("faces.sqlite")
     veil.obfuscate_dataset(data, faces, "imagenette-blurred")     # veil obfuscate
-    veil.audit(veil.open_dataset("imagenette-blurred"))          # veil audit
+    report = veil.audit(veil.open_dataset("imagenette-blurred"))  # veil audit
+    report.write_html("audit.html"); report.write_json("audit.json")
     blurred = veil.obfuscate(image, boxes, "blur")                # one image
 
 Names load on first use, so ``import veil`` stays cheap (torch, onnxruntime and the web
@@ -30,12 +31,14 @@ if TYPE_CHECKING:  # the lazy names below, as type checkers and editors see them
     from veil.datasets import open_dataset as open_dataset
     from veil.demo import run_demo as run_demo
     from veil.detection import create_detector as create_detector
+    from veil.detection import detector_settings as detector_settings
     from veil.evaluation.faces import evaluate_faces as evaluate_faces
     from veil.faces import load_faces as load_faces
     from veil.images import load_image as load_image
     from veil.obfuscation import obfuscate as obfuscate
     from veil.report.study import build_report as build_report
     from veil.stages.audit import audit as audit
+    from veil.stages.audit_report import AuditReport as AuditReport
     from veil.stages.detect import detect as detect
     from veil.stages.obfuscate import obfuscate_dataset as obfuscate_dataset
     from veil.store import FaceStore as FaceStore
@@ -56,9 +59,11 @@ _API: dict[str, str] = {
     "load_image": "veil.images:load_image",
     "detect": "veil.stages.detect:detect",
     "create_detector": "veil.detection:create_detector",
+    "detector_settings": "veil.detection.settings:detector_settings",
     "obfuscate": "veil.obfuscation:obfuscate",
     "obfuscate_dataset": "veil.stages.obfuscate:obfuscate_dataset",
     "audit": "veil.stages.audit:audit",
+    "AuditReport": "veil.stages.audit_report:AuditReport",
     "evaluate_faces": "veil.evaluation.faces:evaluate_faces",
     "Obfuscate": "veil.transforms:Obfuscate",
     "StudyConfig": "veil.study:StudyConfig",

@@ -21,9 +21,9 @@ from veil.datasets import Dataset, open_dataset
 from veil.download import cached_imagenette, download_imagenette
 from veil.faces import load_faces
 from veil.gallery import caption, write_gallery
+from veil.html import draw_boxes, render, thumbnail_uri
 from veil.images import load_image
 from veil.obfuscation import METHODS
-from veil.report import draw_boxes, render, thumbnail_uri
 from veil.stages.detect import detect
 from veil.stages.obfuscate import obfuscate_dataset, output_key
 from veil.store import FaceStore

@@ -47,17 +47,25 @@ class FacesSnapshot:
 
 
 def is_store_location(spec: str | os.PathLike[str]) -> bool:
-    """A SQLAlchemy URL or an SQLite file (by suffix or by its header)."""
-    text = str(spec)
+    """Whether ``spec`` names a face store rather than a faces file.
+
+    The one rule every ``--faces``/GT/PRED argument follows: a SQLAlchemy URL is a
+    store; an existing file is one by its content (SQLite's header; an empty file with a
+    store suffix too, SQLite's empty database), whatever its name, so a JSON faces file
+    named ``.db`` is read as a faces file; a path that does not exist is one by its
+    suffix (.sqlite, .sqlite3, .db), so its error says "no face store" rather than "no
+    faces file". ``~`` is expanded, as the store expands it.
+    """
+    text = os.fspath(spec)
     if "://" in text:
         return True
-    path = Path(text)
-    if path.suffix.lower() in STORE_SUFFIXES:
-        return True
+    path = Path(text).expanduser()
+    store_suffix = path.suffix.lower() in STORE_SUFFIXES
     if path.is_file():
         with path.open("rb") as handle:
-            return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    return False
+            header = handle.read(len(SQLITE_MAGIC))
+        return header == SQLITE_MAGIC or (header == b"" and store_suffix)
+    return store_suffix and not path.exists()
 
 
 def load_faces(

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from veil import __version__
 from veil.cli import exit_codes
 from veil.cli.common import (
     dataset_options,
@@ -21,34 +17,12 @@ from veil.cli.common import (
     sharded_run_options,
     want_progress,
 )
-from veil.cli.detect import detector_settings
 from veil.detection import available_detectors
 from veil.detection.profiles import available_profiles
-from veil.encoding import atomic_write_bytes
+from veil.detection.settings import detector_settings
 from veil.faces import load_faces, match_faces
-from veil.images import load_image
-from veil.report import render, thumbnail_uri
-from veil.stages.audit import (
-    COVERED_FRACTION,
-    DEFAULT_MIN_SCORE,
-    Finding,
-    audit,
-    find_ledger,
-    published_ledger,
-    regions_from_faces,
-    regions_from_ledger,
-)
+from veil.stages.audit import DEFAULT_MIN_SCORE, audit, find_ledger, regions_from_faces
 from veil.store import FaceStore
-
-
-def _crop(dataset: Any, finding: Finding) -> str:
-    """The finding with some context around it, as an inline image."""
-    image = load_image(dataset.reader().read(finding.key)).image
-    x0, y0, x1, y1 = finding.box or (0, 0, *image.size)
-    pad = 0.5 * max(x1 - x0, y1 - y0)
-    box = (max(0, int(x0 - pad)), max(0, int(y0 - pad)),
-           min(image.width, int(x1 + pad) + 1), min(image.height, int(y1 + pad) + 1))
-    return thumbnail_uri(image.crop(box), max_side=220)
 
 
 @click.command("audit", short_help="Prove an obfuscated dataset is clean: residual faces, "
@@ -90,65 +64,38 @@ def audit_command(dataset: Any, faces_source: str | None, detector: str, profile
     gate a release pipeline.
     """
     root = dataset.root
-    ledger = Path(ledger_path) if ledger_path else None
-    regions = regions_from_ledger(root, ledger)
-    source = f"the obfuscate ledger {find_ledger(root, ledger)}"
-    if ledger is not None and regions is None and faces_source is None:
-        raise click.UsageError(f"--ledger {ledger_path}: no finished obfuscate run there")
+    regions, source = None, None
     if faces_source is not None:
         keys = dataset.keys()
         matched = match_faces(load_faces(faces_source), keys, min_share=0.0).snapshot
         regions = regions_from_faces(matched.boxes, keys)
         source = f"the boxes in {faces_source}"
-    elif regions is None:
-        regions, source = {}, "none (no ledger and no --faces): every detection is reported"
+    elif ledger_path is None and find_ledger(root) is None:
         click.echo(f"warning: {root} has no veil ledger and --faces was not given; "
                    "every detected face will be reported", err=True)
-    name, options = detector_settings(detector, None, profile, None, None, None, None)
-    label = f"{detector}, profile {profile}" if profile else detector
+    name, options = detector_settings(detector, profile=profile)
     store = FaceStore(store_url) if store_url else None
     try:
-        summary, findings = audit(
-            dataset, regions, detector=name, options=options, min_score=min_score, store=store,
-            workers=workers, shard_size=shard_size, max_pixels=max_pixels,
-            progress=want_progress(progress), backend=backend)
+        result = audit(
+            dataset, regions, ledger=ledger_path, regions_source=source, detector=name,
+            options=options, min_score=min_score, store=store, workers=workers,
+            shard_size=shard_size, max_pixels=max_pixels, progress=want_progress(progress),
+            backend=backend)
     finally:
         if store is not None:
             store.close()
-    inside = published_ledger(root)
-    if inside is not None:  # an older veil's ledger, published with the images
-        findings.append(Finding(
-            inside.relative_to(root).as_posix(), "metadata",
-            "veil's obfuscate ledger inside the folder: it records the host name and absolute "
-            "paths; run `veil obfuscate` again (it moves the ledger beside the folder) or "
-            "delete it before publishing"))
-        summary.counts["metadata findings"] += 1
-    metadata: dict[str, list[str]] = defaultdict(list)
-    for f in findings:
-        if f.kind == "metadata":
-            metadata[f.key].append(f.detail)
-    faces = [{"key": f.key, "detail": f.detail, "crop": _crop(dataset, f),
-              "box": [round(v, 1) for v in f.box or ()]} for f in findings if f.kind == "face"]
-    # an interrupted audit, or one with failed shards, has not looked at every image
-    clean = not findings and summary.ok
-    render("audit.html", Path(report), version=__version__, target=str(root),
-           created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), detector=label,
-           min_score=min_score, counts=dict(summary.counts), clean=clean, faces=faces,
-           metadata=sorted(metadata.items()), errors=summary.errors,
-           regions_source=source, covered=COVERED_FRACTION)
+    result.write_html(report)
     if json_path:
-        payload = {"target": str(root), "clean": clean, "counts": dict(summary.counts),
-                   "findings": [f.to_dict() for f in findings],
-                   "errors": [{"key": k, "error": e} for k, e in summary.errors]}
-        atomic_write_bytes(Path(json_path), json.dumps(payload, indent=2).encode())
-    echo_summary(f"audit ({label}) of {root}", summary,
+        result.write_json(json_path)
+    findings = result.findings
+    echo_summary(f"audit ({result.detector}) of {root}", result.summary,
                  order=("images", "clean images", "residual faces", "metadata findings",
                         "errors"))
     for f in findings[:10]:
         click.echo(f"  {f.key}: {f.detail}", err=True)
     if len(findings) > 10:
         click.echo(f"  ... and {len(findings) - 10} more in the report", err=True)
-    click.echo(f"{'CLEAN' if clean else 'NOT CLEAN'}: report {Path(report).resolve()}")
-    if summary.interrupted:
+    click.echo(f"{'CLEAN' if result.clean else 'NOT CLEAN'}: report {Path(report).resolve()}")
+    if result.summary.interrupted:
         sys.exit(exit_codes.INTERRUPTED)
-    sys.exit(exit_codes.OK if clean else exit_codes.FINDINGS)
+    sys.exit(exit_codes.OK if result.clean else exit_codes.FINDINGS)

@@ -19,10 +19,22 @@ from veil.cli.common import (
 )
 from veil.detection import available_detectors
 from veil.detection.fusion import FUSIONS, SCORES
-from veil.detection.profiles import available_profiles, profile_options
+from veil.detection.profiles import available_profiles
+from veil.detection.settings import detector_settings, parse_scales
 from veil.errors import VeilError
 from veil.stages.detect import detect
 from veil.store import FaceStore
+
+
+def _scales_flag(ctx: click.Context, param: click.Parameter, text: str | None
+                 ) -> tuple[float, ...] | None:
+    """--scales as numbers (the library checks them; its message names the flag here)."""
+    if text is None:
+        return None
+    try:
+        return parse_scales(text)
+    except VeilError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 @click.command("detect")
@@ -37,7 +49,7 @@ from veil.store import FaceStore
               help="A tuned recipe on top of --detector: 'fast' (deface's speed, more faces) "
                    "or 'thorough' (20 views: scales 1x and 2x, stretched and mirrored, fused: "
                    "~0.6 img/s on 2 cores, misses least).")
-@click.option("--scales", default=None, metavar="S1,S2,...",
+@click.option("--scales", default=None, metavar="S1,S2,...", callback=_scales_flag,
               help="Run the detector at these image scales (>1 upsamples, for small faces) "
                    "and merge, e.g. '1,2'. Overrides the profile's.")
 @click.option("--flip/--no-flip", default=None,
@@ -67,7 +79,7 @@ from veil.store import FaceStore
 @progress_option
 @fail_cleanly
 def detect_command(dataset: Any, store_url: str, detector: str, threshold: float | None,
-                   profile: str | None, scales: str | None, flip: bool | None,
+                   profile: str | None, scales: tuple[float, ...] | None, flip: bool | None,
                    tile_size: int | None, fusion: str | None, fusion_score: str | None,
                    dedupe_iou: float | None, batch_size: int, device: str | None,
                    workers: int | None, shard_size: int, max_pixels: int | None,
@@ -79,9 +91,10 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
     the exit code is 1 when any input failed.
     """
     label = f"{detector}, profile {profile}" if profile else detector
-    detector, options = detector_settings(detector, threshold, profile, scales, flip,
-                                          tile_size, fusion, device=device,
-                                          fusion_score=fusion_score, dedupe_iou=dedupe_iou)
+    detector, options = detector_settings(
+        detector, threshold=threshold, profile=profile, scales=scales, flip=flip,
+        tile_size=tile_size, fusion=fusion, fusion_score=fusion_score, dedupe_iou=dedupe_iou,
+        device=device)
     with FaceStore(store_url) as store:
         summary = detect(
             dataset, store, detector=detector, options=options, workers=workers,
@@ -92,52 +105,3 @@ def detect_command(dataset: Any, store_url: str, detector: str, threshold: float
         echo_summary(f"detect ({label}) -> {where}", summary,
                      order=("images", "images with faces", "faces", "errors"))
     sys.exit(exit_code(summary))
-
-
-def detector_settings(detector: str, threshold: float | None, profile: str | None,
-                      scales: str | None, flip: bool | None, tile_size: int | None,
-                      fusion: str | None, *, device: str | None = None,
-                      fusion_score: str | None = None, dedupe_iou: float | None = None,
-                      ) -> tuple[str, dict[str, Any]]:
-    """The registered detector and options the flags ask for.
-
-    A profile, or any of the augmentation flags, wraps ``detector`` in the multi-scale
-    detector; otherwise ``detector`` runs alone with ``threshold``. ``device`` goes to
-    the detector that runs the network (the base detector of a multi-scale one).
-    """
-    augment: dict[str, Any] = {
-        "scales": _parse_scales(scales), "flip": flip, "tile_size": tile_size,
-        "fusion": fusion, "fusion_score": fusion_score, "dedupe_iou": dedupe_iou}
-    on_device = {} if device is None else {"device": device}
-    if profile is None and all(v is None for v in augment.values()):
-        plain = {} if threshold is None else {"threshold": threshold}
-        wrapped = detector == "multiscale" or detector in available_profiles()
-        if on_device and wrapped:
-            return detector, {**plain, "base_options": on_device}
-        return detector, {**plain, **on_device}
-    if on_device:
-        augment["base_options"] = on_device
-    if detector == "multiscale" or detector in available_profiles():
-        raise VeilError(f"--detector {detector} is already multi-scale; pick a base detector "
-                        "such as centerface, and --profile for its settings")
-    if profile is not None:
-        options = profile_options(profile, base=detector, threshold=threshold, **augment)
-        return "multiscale", options
-    options = {"base": detector, **{k: v for k, v in augment.items() if v is not None}}
-    if threshold is not None:
-        options["threshold"] = threshold
-    return "multiscale", options
-
-
-def _parse_scales(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        scales = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise click.BadParameter(f"expected numbers separated by commas, got {text!r}",
-                                 param_hint="--scales") from None
-    if not scales or any(not 0 < s <= 8 for s in scales):
-        raise click.BadParameter(f"each scale must be in (0, 8], got {text!r}",
-                                 param_hint="--scales")
-    return scales

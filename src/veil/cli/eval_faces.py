@@ -15,11 +15,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from veil.boxes import Box
 from veil.cli.common import store_failure
 from veil.errors import VeilError
+from veil.faces import is_store_location
 
 if TYPE_CHECKING:
     from veil.evaluation import FaceEvaluation
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 DEFAULT_SHOW = 10
 
 
@@ -32,21 +32,10 @@ class Faces:
     description: str
 
 
-def is_store(source: str) -> bool:
-    """A SQLAlchemy URL, or a file that starts with SQLite's magic bytes."""
-    if "://" in source:
-        return True
-    try:
-        with open(source, "rb") as f:
-            return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
-    except OSError:
-        return False
-
-
 def load_ground_truth(source: str) -> Faces:
     """A faces file (paper JSON, COCO, Parquet; WIDER's ``invalid`` flags kept) or a
     store's current boxes (latest review, else latest detection)."""
-    if is_store(source):
+    if is_store_location(source):
         from veil.store import FaceStore
 
         with FaceStore(source, create=False) as store:
@@ -62,7 +51,7 @@ def load_ground_truth(source: str) -> Faces:
 
 def load_predictions(source: str, run_id: int | None) -> Faces:
     """A faces file, or a store's detection run ``run_id`` (default: its latest)."""
-    if is_store(source):
+    if is_store_location(source):
         from veil.store import DETECTION_RUN_KINDS, FaceStore
 
         with FaceStore(source, create=False) as store:

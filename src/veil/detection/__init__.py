@@ -10,5 +10,7 @@ from veil.detection.base import (
     create_detector,
     register_detector,
 )
+from veil.detection.settings import detector_settings
 
-__all__ = ["Detector", "available_detectors", "create_detector", "register_detector"]
+__all__ = ["Detector", "available_detectors", "create_detector", "detector_settings",
+           "register_detector"]

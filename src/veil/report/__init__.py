@@ -1,5 +1,9 @@
-"""Self-contained HTML reports (every image inline), rendered from Jinja2 templates."""
+"""The study's report (``veil report``): one self-contained HTML page per run.
 
-from veil.report.html import draw_boxes, render, thumbnail_uri
+The page machinery every report shares (templates, inline images) is :mod:`veil.html`;
+its names are re-exported here for existing imports.
+"""
+
+from veil.html import draw_boxes, render, thumbnail_uri
 
 __all__ = ["draw_boxes", "render", "thumbnail_uri"]

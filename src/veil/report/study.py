@@ -17,7 +17,7 @@ from typing import Any
 from veil import __version__
 from veil.analysis.correlation import CAPTION as CORRELATION_CAPTION
 from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p
-from veil.report.html import render, thumbnail_uri
+from veil.html import render, thumbnail_uri
 
 REPORT_NAME = "report.html"
 

@@ -12,6 +12,7 @@ other tools, from the faces they were obfuscated with (``--faces``).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,11 +26,16 @@ from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box
 from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
-from veil.errors import ImageError
+from veil.errors import ImageError, VeilError
 from veil.evaluation.faces import covered_fraction
 from veil.images import load_image, probe
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
+from veil.stages.audit_report import AuditReport, Finding, detector_label
 from veil.store import FaceStore, RunItem
+
+__all__ = ["COVERED_FRACTION", "DEFAULT_MIN_SCORE", "AuditReport", "AuditTask", "Finding",
+           "audit", "find_ledger", "published_ledger", "regions_from_faces",
+           "regions_from_ledger"]
 
 Rect = tuple[float, float, float, float]
 DEFAULT_MIN_SCORE = 0.5
@@ -38,19 +44,6 @@ COVERED_FRACTION = 0.5
 veil already obfuscated (detectors still fire on a blurred face), not a residual."""
 LEAKING_METADATA = ("exif-thumbnail", "gps", "xmp", "iptc", "comment", "maker-note", "exif",
                     "png-text")
-
-
-@dataclass(frozen=True)
-class Finding:
-    key: str
-    kind: str  # "face" or "metadata"
-    detail: str
-    box: Rect | None = None
-    score: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "kind": self.kind, "detail": self.detail,
-                "box": list(self.box) if self.box else None, "score": self.score}
 
 
 @dataclass
@@ -170,6 +163,8 @@ def audit(
     dataset: Dataset,
     regions: dict[str, list[Rect]] | None = None,
     *,
+    ledger: str | os.PathLike[str] | None = None,
+    regions_source: str | None = None,
     detector: str = "centerface",
     options: dict[str, Any] | None = None,
     min_score: float = DEFAULT_MIN_SCORE,
@@ -179,21 +174,58 @@ def audit(
     max_pixels: int | None = None,
     progress: bool = True,
     backend: str | Backend | None = None,
-) -> tuple[RunSummary, list[Finding]]:
+) -> AuditReport:
     """Re-detect faces in ``dataset`` (an obfuscated output) and list what leaks.
 
-    ``regions`` are the obfuscated rectangles per key; None reads them from the ledger
-    `veil obfuscate` left in the output folder, or, without one, reports every detection.
-    With a ``store`` the audit is recorded as a run of kind ``audit`` and resumes when
-    interrupted; otherwise it runs on a throwaway ledger.
+    ``regions`` are the obfuscated rectangles per key (``regions_source`` says where
+    they came from, for the report); None reads them from the obfuscate ledger (``ledger``,
+    else the one beside the output; an explicit ``ledger`` without a finished run is a
+    :class:`~veil.errors.VeilError`) or, without one, reports every detection. A ledger an
+    older veil left inside the folder is a finding. With a ``store`` the audit is
+    recorded as a run of kind ``audit`` and resumes when interrupted; otherwise it runs
+    on a throwaway ledger. The returned :class:`AuditReport` writes the JSON and HTML
+    reports ``veil audit`` writes.
     """
+    root = Path(dataset.root)
     if regions is None:
-        regions = regions_from_ledger(Path(dataset.root)) or {}
+        given = Path(ledger) if ledger is not None else None
+        regions = regions_from_ledger(root, given)
+        if regions is not None:
+            regions_source = f"the obfuscate ledger {find_ledger(root, given)}"
+        elif given is not None:
+            raise VeilError(f"ledger {given}: no finished obfuscate run there")
+        else:
+            regions = {}
+            regions_source = "none (no ledger and no faces given): every detection is reported"
+    elif regions_source is None:
+        regions_source = "the regions given to veil.audit"
+    summary, findings = _run_audit(
+        dataset, regions, detector=detector, options=options or {}, min_score=min_score,
+        store=store, workers=workers, shard_size=shard_size, max_pixels=max_pixels,
+        progress=progress, backend=backend)
+    inside = published_ledger(root)
+    if inside is not None:  # an older veil's ledger, published with the images
+        findings.append(Finding(
+            inside.relative_to(root).as_posix(), "metadata",
+            "veil's obfuscate ledger inside the folder: it records the host name and absolute "
+            "paths; run `veil obfuscate` again (it moves the ledger beside the folder) or "
+            "delete it before publishing"))
+        summary.counts["metadata findings"] += 1
+    return AuditReport(str(root), summary, findings, detector_label(detector, options or {}),
+                       min_score, regions_source, COVERED_FRACTION, dataset=dataset)
+
+
+def _run_audit(
+    dataset: Dataset, regions: dict[str, list[Rect]], *, detector: str,
+    options: dict[str, Any], min_score: float, store: FaceStore | None, workers: int | None,
+    shard_size: int, max_pixels: int | None, progress: bool, backend: str | Backend | None,
+) -> tuple[RunSummary, list[Finding]]:
+    """Run the audit's shards and read back every finding from its ledger."""
     runner = get_backend(backend)
     workers = workers or runner.default_workers()
     config = {"dataset": str(dataset.root.resolve()), "images": len(dataset),
-              "detector": detector, "options": options or {}, "min_score": min_score}
-    task = AuditTask(str(dataset.root.resolve()), regions, detector, dict(options or {}),
+              "detector": detector, "options": options, "min_score": min_score}
+    task = AuditTask(str(dataset.root.resolve()), regions, detector, dict(options),
                      min_score, threads=runner.threads_per_worker(workers),
                      max_pixels=max_pixels, reader=dataset.reader())
     with tempfile.TemporaryDirectory(prefix="veil-audit-") as tmp:

@@ -35,9 +35,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from PIL import Image
 
 from veil import wds
 from veil.backends import Backend, ShardResult, get_backend
@@ -179,8 +180,9 @@ class ObfuscateTask:
         elif isinstance(source, Path) and (self.link or rendered.raw is None):
             atomic_copy(source, Path(target), link=self.link, durable=False)
         else:  # the bytes read already: written, not read a second time
-            atomic_write_bytes(target, source if rendered.raw is None else rendered.raw,
-                               durable=False)
+            raw = rendered.raw if rendered.raw is not None else source
+            assert isinstance(raw, bytes)  # a path without raw bytes was copied above
+            atomic_write_bytes(target, raw, durable=False)
 
     def render(self, key: str, source: Path | bytes) -> Rendered:
         """What ``key`` becomes: obfuscated, converted, copied, skipped or unannotated."""
@@ -204,7 +206,9 @@ class ObfuscateTask:
             info.setdefault("warnings", []).append(
                 f"{len(outside)} box(es) lie entirely outside the {size} image"
             )
-        image = obfuscate(loaded.image, kept, self.method, **self.options) if kept else loaded.image
+        image = loaded.image
+        if kept:  # a PIL image in, a PIL image out
+            image = cast(Image.Image, obfuscate(image, kept, self.method, **self.options))
         regions = affected_region((loaded.width, loaded.height), kept, self.method,
                                   **self.options) if kept else []
         data = None
@@ -501,8 +505,8 @@ def obfuscate_dataset(
         _adopt_legacy_ledger(out, ledger_file)
     ledger_file.parent.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    with FaceStore(ledger_file) as ledger:
-        previous = [r for r in ledger.runs("obfuscate") if r.config != config]
+    with FaceStore(ledger_file) as store:
+        previous = [r for r in store.runs("obfuscate") if r.config != config]
         if previous:
             raise VeilError(
                 f"{out} already holds output made with other settings (run {previous[-1].id});"
@@ -511,7 +515,7 @@ def obfuscate_dataset(
         remove_stale_temps(out)
         keys = dataset.keys()
         tar_shards = dataset.groups() if out_format == "webdataset" else None
-        run_id, done = prepare_run(ledger, "obfuscate", config, keys, shard_size=shard_size,
+        run_id, done = prepare_run(store, "obfuscate", config, keys, shard_size=shard_size,
                                    shards=tar_shards)
         task_type = ShardObfuscateTask if out_format == "webdataset" else ObfuscateTask
         task = task_type(
@@ -524,12 +528,12 @@ def obfuscate_dataset(
         if workers is None:
             workers = default_obfuscate_workers(runner, len(keys))
         summary = execute(
-            ledger, run_id, task, workers=workers,
+            store, run_id, task, workers=workers,
             progress=progress, description=f"obfuscate ({method})", resumed_shards=done,
             backend=runner,
         )
         if done:
-            _add_earlier_counts(ledger, run_id, summary)
+            _add_earlier_counts(store, run_id, summary)
     return summary
 
 

@@ -1,4 +1,10 @@
-"""Helpers that turn images and tables into one HTML file a user can mail or archive."""
+"""Helpers that turn images and tables into one HTML file a user can mail or archive.
+
+Shared machinery for every page veil writes (the audit's report, the demo's, the
+study's): Jinja2 templates from ``veil/templates`` and images inlined as data URIs, so a
+report stays one file. It sits low in the layers so the stages can write their own
+reports without importing the study's.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from veil.boxes import Box
 from veil.encoding import atomic_write_bytes
 
 _ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("veil.report", "templates"),
+    loader=jinja2.PackageLoader("veil", "templates"),
     autoescape=jinja2.select_autoescape(["html"]),
     undefined=jinja2.StrictUndefined,
 )
