@@ -56,7 +56,7 @@ from veil.detection.settings import detector_settings
 from veil.faces import load_faces
 from veil.stages.audit import audit, regions_from_ledger
 from veil.stages.detect import detect
-from veil.stages.obfuscate import obfuscate_dataset
+from veil.stages.obfuscate import ledger_path, obfuscate_dataset
 from veil.store import FaceStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +225,7 @@ class Bench:
             start = time.perf_counter()  # the face source is read once, not timed
             summary = obfuscate_dataset(self.dataset, faces, out, method="blur", **common)
             seconds = time.perf_counter() - start
-            with FaceStore(out / ".veil" / "ledger.sqlite", create=False) as ledger:
+            with FaceStore(ledger_path(out), create=False) as ledger:
                 busy = shard_seconds(ledger, summary.run_id)
             if self.obfuscated is None:
                 self.obfuscated = out
