@@ -21,7 +21,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +42,8 @@ from veil.store.review_schema import (
     review_settings_t,
 )
 from veil.store.schema import Base, images_t, review_boxes_t, reviews_t
-from veil.store.store import _BOX_COLUMNS, FaceStore, _now
+from veil.store.store import FaceStore
+from veil.store.values import BOX_COLUMNS, utcnow
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 MACHINE_PREFIX = "veil:"
@@ -72,7 +73,9 @@ def boxes_to_json(boxes: Iterable[Box]) -> list[list[float]]:
 
 
 def boxes_from_json(rows: Iterable[Sequence[float]] | None) -> tuple[Box, ...]:
-    return tuple(Box(*map(float, row[:4])) for row in rows or ())
+    return tuple(
+        Box(float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1, *_ in rows or ()
+    )
 
 
 @dataclass(frozen=True)
@@ -218,12 +221,12 @@ class ReviewLedger:
 
     def settings(self) -> dict[str, Any]:
         c = review_settings_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return {name: value for name, value in conn.execute(select(c.name, c.value))}
 
     def save_settings(self, values: Mapping[str, Any]) -> None:
         c = review_settings_t.c
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             for name, value in values.items():
                 changed = conn.execute(
                     update(review_settings_t).where(c.name == name).values(value=value)
@@ -238,7 +241,7 @@ class ReviewLedger:
         check_name(name)
         token = secrets.token_urlsafe(32)
         c = annotators_t.c
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             known = conn.execute(select(c.id).where(c.name == name)).scalar()
             if known is not None and not rotate:
                 raise VeilError(
@@ -247,7 +250,8 @@ class ReviewLedger:
                 )
             values = {"token_sha256": hash_token(token), "active": True}
             if known is None:
-                conn.execute(annotators_t.insert(), {"name": name, "created_at": _now(), **values})
+                conn.execute(annotators_t.insert(),
+                             {"name": name, "created_at": utcnow(), **values})
             else:
                 conn.execute(update(annotators_t).where(c.id == known).values(**values))
         return token
@@ -255,7 +259,7 @@ class ReviewLedger:
     def remove_annotator(self, name: str) -> bool:
         """Revoke ``name``'s token; their reviews stay."""
         c = annotators_t.c
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             return bool(
                 conn.execute(
                     update(annotators_t).where(c.name == name)
@@ -265,20 +269,20 @@ class ReviewLedger:
 
     def annotator_for_token(self, token: str) -> str | None:
         c = annotators_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return conn.execute(
                 select(c.name).where(c.token_sha256 == hash_token(token), c.active.is_(True))
             ).scalar()
 
     def annotators(self) -> list[AnnotatorInfo]:
         c = annotators_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             rows = conn.execute(select(c.name, c.created_at, c.active).order_by(c.name))
             return [AnnotatorInfo(*row) for row in rows]
 
     def has_active_annotators(self) -> bool:
         c = annotators_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return conn.execute(
                 select(func.count()).where(c.active.is_(True), c.token_sha256.is_not(None))
             ).scalar_one() > 0
@@ -288,9 +292,9 @@ class ReviewLedger:
     def set_gold(self, items: Mapping[str, Sequence[Box]], source: str | None = None) -> int:
         """Make each key a gold image with these trusted boxes (replacing an older truth)."""
         g = gold_items_t.c
-        now = _now()
-        with self.store._write() as conn:
-            ids = self.store._image_ids(conn, items)
+        now = utcnow()
+        with self.store.transaction() as conn:
+            ids = self.store.ensure_image_ids(conn, items)
             for part in sql.chunked(list(ids.values()), sql.CHUNK):
                 conn.execute(
                     update(gold_items_t).where(g.image_id.in_(part), g.active.is_(True))
@@ -307,7 +311,7 @@ class ReviewLedger:
     def remove_gold(self, keys: Iterable[str]) -> int:
         g, im = gold_items_t.c, images_t.c
         removed = 0
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             for part in sql.chunked(list(keys), sql.CHUNK):
                 ids = select(im.id).where(im.key.in_(part)).scalar_subquery()
                 removed += conn.execute(
@@ -319,7 +323,7 @@ class ReviewLedger:
     def gold_items(self) -> list[GoldItem]:
         """Active gold images, in key order."""
         g, im = gold_items_t.c, images_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             rows = conn.execute(
                 select(g.id, im.key, g.boxes, g.source, g.created_at)
                 .join(images_t, im.id == g.image_id)
@@ -332,7 +336,7 @@ class ReviewLedger:
 
     def open_batch(self, annotator: str, *, size: int, lives: int) -> Batch:
         """The annotator's open batch, or a new one with full lives."""
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             return self._ensure_batch(conn, annotator, size=size, lives=lives)
 
     def _ensure_batch(self, conn: Connection, annotator: str, *, size: int, lives: int) -> Batch:
@@ -341,7 +345,7 @@ class ReviewLedger:
             return batch
         conn.execute(
             review_batches_t.insert(),
-            {"annotator": annotator, "started_at": _now(), "status": "open", "size": size,
+            {"annotator": annotator, "started_at": utcnow(), "status": "open", "size": size,
              "lives_left": lives, "served": 0, "answered": 0},
         )
         batch = self._open_batch(conn, annotator)
@@ -360,7 +364,7 @@ class ReviewLedger:
         return Batch(*row) if row is not None else None
 
     def batch(self, batch_id: int) -> Batch:
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return self._batch(conn, batch_id)
 
     @staticmethod
@@ -375,7 +379,7 @@ class ReviewLedger:
     def count_served(self, batch_id: int) -> int:
         """Count one more item handed out in the batch; returns how many were before."""
         b = review_batches_t.c
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             before = conn.execute(select(b.served).where(b.id == batch_id)).scalar_one()
             conn.execute(update(review_batches_t).where(b.id == batch_id)
                          .values(served=b.served + 1))
@@ -396,7 +400,7 @@ class ReviewLedger:
             status = "passed"
         if status is not None:
             conn.execute(update(review_batches_t).where(b.id == batch_id)
-                         .values(status=status, ended_at=_now()))
+                         .values(status=status, ended_at=utcnow()))
             batch = self._batch(conn, batch_id)
         return batch
 
@@ -426,8 +430,8 @@ class ReviewLedger:
         including this one.
         """
         check_name(annotator)
-        with self.store._write() as conn:
-            image_id = self.store._image_ids(conn, [key])[key]
+        with self.store.transaction() as conn:
+            image_id = self.store.ensure_image_ids(conn, [key])[key]
             self._lock_image(conn, image_id)
             latest = self._thread_head(conn, image_id, annotator if per_annotator else None)
             if latest != base_review_id:
@@ -435,7 +439,7 @@ class ReviewLedger:
                     None if latest is None else self._records(conn, reviews_t.c.id == latest)[0]
                 )
             batch = self._ensure_batch(conn, annotator, size=batch_size, lives=lives)
-            (review_id,) = self.store._insert_reviews(
+            (review_id,) = self.store.insert_reviews(
                 conn, [(image_id, boxes)], annotator=annotator, kind="review", seconds=seconds,
             )
             batch_id = batch.id
@@ -447,7 +451,7 @@ class ReviewLedger:
                 extra = follow_up(key, self._human_reviews(conn, images_t.c.id == image_id))
                 if extra is not None:
                     name, consensus, note = extra
-                    (follow_id,) = self.store._insert_reviews(
+                    (follow_id,) = self.store.insert_reviews(
                         conn, [(image_id, consensus)], annotator=name, kind="review",
                         note=json.dumps(note, sort_keys=True),
                     )
@@ -478,10 +482,8 @@ class ReviewLedger:
 
     def thread_head(self, key: str, annotator: str | None) -> ReviewRecord | None:
         """The newest review of ``key`` (or ``annotator``'s newest accepted one)."""
-        with self.store._read() as conn:
-            image_id = conn.execute(
-                select(images_t.c.id).where(images_t.c.key == key)
-            ).scalar()
+        with self.store.connect() as conn:
+            image_id = self.store.image_id(conn, key)
             if image_id is None:
                 return None
             head = self._thread_head(conn, image_id, annotator)
@@ -491,7 +493,7 @@ class ReviewLedger:
 
     def latest_of_kind(self, key: str, kind: str) -> ReviewRecord | None:
         rv, im = reviews_t.c, images_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             head = conn.execute(
                 select(func.max(rv.id)).join(images_t, im.id == rv.image_id)
                 .where(im.key == key, rv.kind == kind)
@@ -511,7 +513,7 @@ class ReviewLedger:
         boxes: dict[int, list[Box]] = {row[0]: [] for row in heads}
         for part in sql.chunked(list(boxes), sql.CHUNK):
             for review_id, *values in conn.execute(
-                select(rb.review_id, *(rb[n] for n in _BOX_COLUMNS))
+                select(rb.review_id, *(rb[n] for n in BOX_COLUMNS))
                 .where(rb.review_id.in_(part)).order_by(rb.id)
             ):
                 boxes[review_id].append(Box(*values))
@@ -524,7 +526,7 @@ class ReviewLedger:
         than ``after_id`` or of some keys."""
         rv, im = reviews_t.c, images_t.c
         where: Any = rv.id > after_id
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             if keys is None:
                 return self._human_reviews(conn, where)
             out: list[HumanReview] = []
@@ -540,7 +542,7 @@ class ReviewLedger:
         query = (
             select(rv.id, im.key, rv.annotator, rv.created_at, rv.seconds_spent,
                    _rejected(rv.id).label("rejected"), br.base_review_id, base.c.annotator,
-                   base.c.note, *(rb[n] for n in _BOX_COLUMNS[:4]))
+                   base.c.note, *(rb[n] for n in BOX_COLUMNS[:4]))
             .join(images_t, im.id == rv.image_id)
             .outerjoin(batch_reviews_t, br.review_id == rv.id)
             .outerjoin(base, base.c.id == br.base_review_id)
@@ -548,23 +550,21 @@ class ReviewLedger:
             .where(_is_human(rv))
             .order_by(im.key, rv.id, rb.id)
         )
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             result = conn.execution_options(yield_per=10_000).execute(query)
-            current: list[Any] | None = None
+            head: HumanReview | None = None
             boxes: list[Box] = []
             for rid, key, who, when, secs, rejected, bid, bwho, bnote, x0, y0, x1, y1 in result:
-                if current is None or current[0] != rid:
-                    if current is not None:
-                        yield HumanReview(*current[:5], boxes=tuple(boxes), rejected=current[5],
-                                          parents=current[6])
-                    current = [rid, key, who, when, secs, bool(rejected),
-                               parents_of(bid, bwho, bnote)]
+                if head is None or head.id != rid:
+                    if head is not None:
+                        yield replace(head, boxes=tuple(boxes))
+                    head = HumanReview(rid, key, who, when, secs, (), bool(rejected),
+                                       parents_of(bid, bwho, bnote))
                     boxes = []
                 if x0 is not None:
                     boxes.append(Box(x0, y0, x1, y1))
-            if current is not None:
-                yield HumanReview(*current[:5], boxes=tuple(boxes), rejected=current[5],
-                                  parents=current[6])
+            if head is not None:
+                yield replace(head, boxes=tuple(boxes))
 
     def _human_reviews(self, conn: Connection, where: Any) -> list[HumanReview]:
         rv, im, br = reviews_t.c, images_t.c, batch_reviews_t.c
@@ -592,19 +592,19 @@ class ReviewLedger:
 
     def rejected_review_ids(self) -> set[int]:
         br, rb = batch_reviews_t.c, review_batches_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return set(conn.execute(
                 select(br.review_id).join(review_batches_t, rb.id == br.batch_id)
                 .where(rb.status == "failed")
             ).scalars())
 
     def max_review_id(self) -> int:
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return conn.execute(select(func.max(reviews_t.c.id))).scalar() or 0
 
     def failed_batches(self) -> int:
         b = review_batches_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return conn.execute(select(func.count()).where(b.status == "failed")).scalar_one()
 
     # -- gold attempts -----------------------------------------------------------------------
@@ -612,12 +612,12 @@ class ReviewLedger:
     def open_attempt(
         self, batch_id: int, annotator: str, gold: GoldItem, shown: Sequence[Box]
     ) -> int:
-        with self.store._write() as conn:
-            image_id = self.store._image_ids(conn, [gold.key])[gold.key]
+        with self.store.transaction() as conn:
+            image_id = self.store.ensure_image_ids(conn, [gold.key])[gold.key]
             return conn.execute(
                 gold_attempts_t.insert().returning(gold_attempts_t.c.id),
                 {"batch_id": batch_id, "gold_id": gold.id, "image_id": image_id,
-                 "annotator": annotator, "shown": boxes_to_json(shown), "created_at": _now()},
+                 "annotator": annotator, "shown": boxes_to_json(shown), "created_at": utcnow()},
             ).scalar_one()
 
     def attempts(
@@ -642,7 +642,7 @@ class ReviewLedger:
         if answered is not None:
             query = query.where(a.answered_at.is_not(None) if answered else
                                 a.answered_at.is_(None))
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return [
                 GoldAttempt(i, b, gid, k, who, boxes_from_json(shown), boxes_from_json(truth),
                             bool(done), passed, iou)
@@ -656,7 +656,7 @@ class ReviewLedger:
         """Record the answer to a gold image; a failure costs a life, and the last life
         fails the batch: its reviews are rejected and the answers they changed restored."""
         a = gold_attempts_t.c
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             batch_id = conn.execute(
                 select(a.batch_id).where(a.id == attempt_id, a.answered_at.is_(None))
             ).scalar()
@@ -664,7 +664,7 @@ class ReviewLedger:
                 raise VeilError(f"gold attempt {attempt_id} is unknown or already answered")
             conn.execute(
                 update(gold_attempts_t).where(a.id == attempt_id).values(
-                    answered_at=_now(), answer=boxes_to_json(answer), passed=passed,
+                    answered_at=utcnow(), answer=boxes_to_json(answer), passed=passed,
                     iou=float(iou), seconds=None if seconds is None else float(seconds),
                 )
             )
@@ -678,7 +678,7 @@ class ReviewLedger:
 
     def answers_in_batch(self, batch_id: int) -> int:
         """The people's answers saved in a batch: what failing it would set aside."""
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             return conn.execute(select(_batch_answers(batch_id))).scalar_one()
 
     def failed_batch_list(self) -> list[FailedBatch]:
@@ -688,7 +688,7 @@ class ReviewLedger:
         images = (select(func.count(rv.image_id.distinct())).select_from(batch_reviews_t)
                   .join(reviews_t, rv.id == br.review_id)
                   .where(br.batch_id == b.id, _is_human(rv)).scalar_subquery())
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             rows = conn.execute(
                 select(b.id, b.annotator, b.ended_at, _batch_answers(b.id), images,
                        ri.created_at)
@@ -711,7 +711,7 @@ class ReviewLedger:
         """
         b, br, rv, ri = (review_batches_t.c, batch_reviews_t.c, reviews_t.c,
                          batch_reinstatements_t.c)
-        with self.store._write() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(select(b.annotator, b.status, b.lives_left)
                                .where(b.id == batch_id)).first()
             if row is None:
@@ -741,14 +741,14 @@ class ReviewLedger:
                 else:
                     chosen.append((image_id, review_id))
             new_batch = conn.execute(review_batches_t.insert().returning(b.id), {
-                "annotator": annotator, "started_at": _now(), "ended_at": _now(),
+                "annotator": annotator, "started_at": utcnow(), "ended_at": utcnow(),
                 "status": "passed", "size": max(len(chosen), 1), "lives_left": lives_left,
                 "served": 0, "answered": len(chosen),
             }).scalar_one()
             keys = self._keys_of(conn, [i for i, _ in chosen] + skipped)
             for image_id, review_id in chosen:
                 (record,) = self._records(conn, rv.id == review_id)
-                (new_id,) = self.store._insert_reviews(
+                (new_id,) = self.store.insert_reviews(
                     conn, [(image_id, record.boxes)], annotator=annotator, kind="review",
                     seconds=record.seconds_spent,
                     note=json.dumps({"reinstated": {"batch": batch_id, "review": review_id}},
@@ -762,7 +762,7 @@ class ReviewLedger:
                                       self._human_reviews(conn, images_t.c.id == image_id))
                     if extra is not None:
                         name, consensus, note = extra
-                        (follow_id,) = self.store._insert_reviews(
+                        (follow_id,) = self.store.insert_reviews(
                             conn, [(image_id, consensus)], annotator=name, kind="review",
                             note=json.dumps(note, sort_keys=True),
                         )
@@ -771,7 +771,7 @@ class ReviewLedger:
                             "base_review_id": new_id,
                         })
             conn.execute(batch_reinstatements_t.insert(), {
-                "batch_id": batch_id, "created_at": _now(), "reviews": len(chosen),
+                "batch_id": batch_id, "created_at": utcnow(), "reviews": len(chosen),
                 "skipped": len(skipped),
             })
             return Reinstated(batch_id, tuple(sorted(keys[i] for i, _ in chosen)),
@@ -812,14 +812,9 @@ class ReviewLedger:
                 record = self._records(conn, rv.id == keep)[0]
                 boxes, note = list(record.boxes), {"batch": batch_id, "review": keep}
             else:
-                rows = self.store._detection_rows(None, [image_id])
-                boxes = [
-                    Box(*row) for row in conn.execute(
-                        select(*(rows.c[n] for n in _BOX_COLUMNS)).order_by(rows.c.box_id)
-                    ) if row[0] is not None
-                ]
+                boxes = self.store.latest_detections(conn, image_id)
                 note = {"batch": batch_id, "review": None}
-            self.store._insert_reviews(
+            self.store.insert_reviews(
                 conn, [(image_id, boxes)], annotator=RESTORE_ANNOTATOR, kind="review",
                 note=json.dumps({"restored_after_failed": note}, sort_keys=True),
             )
@@ -831,7 +826,7 @@ class ReviewLedger:
     def gold_accuracy(self) -> dict[str, tuple[int, int]]:
         """annotator -> (gold answers, passed)."""
         a = gold_attempts_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             rows = conn.execute(
                 select(a.annotator, func.count(),
                        func.sum(case((a.passed.is_(True), 1), else_=0)))
@@ -841,7 +836,7 @@ class ReviewLedger:
 
     def failed_batches_by_annotator(self) -> dict[str, int]:
         b = review_batches_t.c
-        with self.store._read() as conn:
+        with self.store.connect() as conn:
             rows = conn.execute(
                 select(b.annotator, func.count()).where(b.status == "failed")
                 .group_by(b.annotator)

@@ -13,12 +13,12 @@ status of the batch it was saved in, never by changing the review row.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from veil.store.schema import Base, UTCDateTime, _one_of
+from veil.store.schema import Base, UTCDateTime, one_of
 
 BATCH_STATUSES = ("open", "passed", "failed")
 
@@ -75,7 +75,7 @@ class ReviewBatchRow(Base):
 
     __tablename__ = "review_batches"
     __table_args__ = (
-        _one_of("status", BATCH_STATUSES),
+        one_of("status", BATCH_STATUSES),
         Index("ix_review_batches_annotator_status", "annotator", "status"),
     )
 
@@ -141,13 +141,13 @@ class BatchReinstatementRow(Base):
     skipped: Mapped[int] = mapped_column(Integer)  # images answered again since: left as they are
 
 
-annotators_t = AnnotatorRow.__table__
-review_settings_t = ReviewSettingRow.__table__
-gold_items_t = GoldItemRow.__table__
-review_batches_t = ReviewBatchRow.__table__
-batch_reviews_t = BatchReviewRow.__table__
-gold_attempts_t = GoldAttemptRow.__table__
-batch_reinstatements_t = BatchReinstatementRow.__table__
+annotators_t = cast(Table, AnnotatorRow.__table__)
+review_settings_t = cast(Table, ReviewSettingRow.__table__)
+gold_items_t = cast(Table, GoldItemRow.__table__)
+review_batches_t = cast(Table, ReviewBatchRow.__table__)
+batch_reviews_t = cast(Table, BatchReviewRow.__table__)
+gold_attempts_t = cast(Table, GoldAttemptRow.__table__)
+batch_reinstatements_t = cast(Table, BatchReinstatementRow.__table__)
 
 REVIEW_TABLES = (
     annotators_t, review_settings_t, gold_items_t, review_batches_t, batch_reviews_t,

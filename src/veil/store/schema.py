@@ -10,7 +10,7 @@ ImageNet scale; an image row is created on demand the first time a key is seen.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -60,7 +61,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+def one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    """A CHECK that ``column`` holds one of ``values`` (statuses, kinds)."""
     allowed = ", ".join(f"'{v}'" for v in values)
     return CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
 
@@ -89,7 +91,7 @@ class ImageRow(Base):
     """The image catalogue: one row per dataset key, upserted, not history."""
 
     __tablename__ = "images"
-    __table_args__ = (_one_of("status", ITEM_STATUSES),)
+    __table_args__ = (one_of("status", ITEM_STATUSES),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # Byte order ("C") on PostgreSQL, as SQLite and Python sort: key order is the same
@@ -110,7 +112,7 @@ class RunRow(Base):
 
     __tablename__ = "runs"
     __table_args__ = (
-        _one_of("status", RUN_STATUSES),
+        one_of("status", RUN_STATUSES),
         Index("ix_runs_kind_config", "kind", "config_hash"),
     )
 
@@ -130,7 +132,7 @@ class ShardRow(Base):
     """A unit of work and retry: a list of keys within a run."""
 
     __tablename__ = "shards"
-    __table_args__ = (_one_of("status", SHARD_STATUSES),)
+    __table_args__ = (one_of("status", SHARD_STATUSES),)
 
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
@@ -150,7 +152,7 @@ class RunItemRow(Base):
 
     __tablename__ = "run_items"
     __table_args__ = (
-        _one_of("status", ITEM_STATUSES),
+        one_of("status", ITEM_STATUSES),
         Index("ix_run_items_image", "image_id", "run_id"),
     )
 
@@ -192,7 +194,7 @@ class ReviewRow(Base):
 
     __tablename__ = "reviews"
     __table_args__ = (
-        _one_of("kind", REVIEW_KINDS),
+        one_of("kind", REVIEW_KINDS),
         Index("ix_reviews_image", "image_id", "id"),
     )
 
@@ -218,11 +220,11 @@ class ReviewBoxRow(BoxColumns, Base):
     )
 
 
-meta_t = MetaRow.__table__
-images_t = ImageRow.__table__
-runs_t = RunRow.__table__
-shards_t = ShardRow.__table__
-run_items_t = RunItemRow.__table__
-detections_t = DetectionRow.__table__
-reviews_t = ReviewRow.__table__
-review_boxes_t = ReviewBoxRow.__table__
+meta_t = cast(Table, MetaRow.__table__)
+images_t = cast(Table, ImageRow.__table__)
+runs_t = cast(Table, RunRow.__table__)
+shards_t = cast(Table, ShardRow.__table__)
+run_items_t = cast(Table, RunItemRow.__table__)
+detections_t = cast(Table, DetectionRow.__table__)
+reviews_t = cast(Table, ReviewRow.__table__)
+review_boxes_t = cast(Table, ReviewBoxRow.__table__)

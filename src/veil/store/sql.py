@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from veil.errors import VeilError
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
+    from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 
 T = TypeVar("T")
 
@@ -110,7 +114,7 @@ def _tune_sqlite(engine: Engine, *, on_disk: bool) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def dialect_insert(conn: Connection, table: Table) -> Insert | None:
+def dialect_insert(conn: Connection, table: Table) -> SQLiteInsert | PostgresInsert | None:
     """An INSERT that knows ON CONFLICT, where the backend has one."""
     name = conn.dialect.name
     if name == "sqlite":

@@ -14,7 +14,6 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -52,6 +51,7 @@ from veil.store.schema import (
     runs_t,
     shards_t,
 )
+from veil.store.values import BOX_COLUMNS, box_row, group_boxes, utcnow
 
 #: Run kinds whose detections propose an image's boxes (audit re-detections do not).
 DETECTION_RUN_KINDS: tuple[str, ...] = ("detect",)
@@ -61,9 +61,6 @@ RESUMABLE_RUN_STATUSES = ("running", "interrupted", "failed")
 #: A filtered query reads everything once when asked for more than 1/8 of all images.
 _FULL_SCAN_RATIO = 8
 
-_BOX_COLUMNS = ("x0", "y0", "x1", "y1", "score", "source")
-
-
 def canonical_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The config as stored (JSON-normalised) and its hash, which finds equal configs."""
     try:
@@ -71,38 +68,6 @@ def canonical_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"run config must be plain JSON data: {exc}") from exc
     return json.loads(text), hashlib.sha256(text.encode()).hexdigest()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _box_row(box: Box, default_source: str | None = None) -> dict[str, Any]:
-    """Column values of a box; floats are forced to Python floats (numpy ones do not bind)."""
-    return {
-        "x0": float(box.x0), "y0": float(box.y0), "x1": float(box.x1), "y1": float(box.y1),
-        "score": None if box.score is None else float(box.score),
-        "source": box.source if box.source is not None else default_source,
-    }
-
-
-def _group_boxes(rows: Iterable[Any]) -> Iterator[tuple[Any, list[Box]]]:
-    """Rows (group, x0, y0, x1, y1, score, source), sorted by group -> (group, boxes).
-
-    A row with NULL coordinates stands for an image with an answer and no boxes.
-    """
-    current: Any = None
-    boxes: list[Box] = []
-    started = False
-    for group, x0, y0, x1, y1, score, source in rows:
-        if not started or group != current:
-            if started:
-                yield current, boxes
-            current, boxes, started = group, [], True
-        if x0 is not None:
-            boxes.append(Box(x0, y0, x1, y1, score, source))
-    if started:
-        yield current, boxes
 
 
 def _reopen(url: str) -> FaceStore:
@@ -154,7 +119,7 @@ class FaceStore:
     def _prepare(self, create: bool) -> None:
         if create:
             Base.metadata.create_all(self.engine)
-            with self._write() as conn:
+            with self.transaction() as conn:
                 known = conn.execute(
                     select(meta_t.c.value).where(meta_t.c.name == "schema_version")
                 ).scalar()
@@ -175,12 +140,19 @@ class FaceStore:
             )
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back on an error.
+
+        For code that keeps its own tables in this database (the review ledger) and must
+        change several rows atomically; the ``*(conn, ...)`` methods below work inside it.
+        On SQLite it holds the database's write lock from its start.
+        """
         with self._write_engine.begin() as conn:
             yield conn
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reading (no write lock taken); closed when the block ends."""
         with self.engine.connect() as conn:
             yield conn
 
@@ -188,7 +160,7 @@ class FaceStore:
 
     def register_images(self, records: Iterable[ImageRecord]) -> None:
         """Upsert catalogue entries by key (``None`` fields keep what is known)."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             for batch in sql.chunked(records, sql.BATCH):
                 self._upsert_images(conn, batch)
 
@@ -228,8 +200,9 @@ class FaceStore:
                 values = {k: v for k, v in row.items() if v is not None or k == "error"}
                 conn.execute(update(images_t).where(images_t.c.key == row["key"]).values(values))
 
-    def _image_ids(self, conn: Connection, keys: Iterable[str]) -> dict[str, int]:
-        """Ids for ``keys``, adding bare catalogue rows for keys never seen before."""
+    def ensure_image_ids(self, conn: Connection, keys: Iterable[str]) -> dict[str, int]:
+        """Ids for ``keys`` (inside :meth:`transaction`), adding bare catalogue rows for
+        keys never seen before: other tables refer to images by these ids."""
         wanted = list(dict.fromkeys(keys))
         ids: dict[str, int] = {}
         for part in sql.chunked(wanted, sql.CHUNK):
@@ -243,6 +216,11 @@ class FaceStore:
         return ids
 
     @staticmethod
+    def image_id(conn: Connection, key: str) -> int | None:
+        """The id of ``key``'s catalogue row, or None if the key was never seen."""
+        return conn.execute(select(images_t.c.id).where(images_t.c.key == key)).scalar()
+
+    @staticmethod
     def _lookup_ids(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
         rows = conn.execute(
             select(images_t.c.key, images_t.c.id).where(images_t.c.key.in_(keys))
@@ -251,7 +229,7 @@ class FaceStore:
 
     def image(self, key: str) -> ImageRecord | None:
         c = images_t.c
-        with self._read() as conn:
+        with self.connect() as conn:
             row = conn.execute(
                 select(c.key, c.width, c.height, c.sha256, c.label, c.status, c.error)
                 .where(c.key == key)
@@ -263,23 +241,23 @@ class FaceStore:
         c = images_t.c
         base = select(c.key, c.width, c.height, c.sha256, c.label, c.status, c.error)
         if keys is None:
-            with self._read() as conn:
+            with self.connect() as conn:
                 result = conn.execution_options(yield_per=10_000).execute(base.order_by(c.key))
                 for row in result:
                     yield ImageRecord(*row)
             return
         for part in sql.chunked(sorted(set(keys)), sql.CHUNK):
-            with self._read() as conn:
+            with self.connect() as conn:
                 rows = conn.execute(base.where(c.key.in_(part)).order_by(c.key)).all()
             for row in rows:
                 yield ImageRecord(*row)
 
     def keys(self) -> list[str]:
-        with self._read() as conn:
+        with self.connect() as conn:
             return list(conn.execute(select(images_t.c.key).order_by(images_t.c.key)).scalars())
 
     def count_images(self) -> int:
-        with self._read() as conn:
+        with self.connect() as conn:
             return conn.execute(select(func.count()).select_from(images_t)).scalar_one()
 
     # -- runs and shards ---------------------------------------------------------------------
@@ -289,12 +267,12 @@ class FaceStore:
     ) -> int:
         """Record a new run (status 'running') and its shards (all 'pending')."""
         stored, digest = canonical_config(config)
-        with self._write() as conn:
+        with self.transaction() as conn:
             run_id = conn.execute(
                 runs_t.insert().returning(runs_t.c.id),
                 {
                     "kind": kind, "config": stored, "config_hash": digest, "status": "running",
-                    "created_at": _now(), "veil_version": __version__,
+                    "created_at": utcnow(), "veil_version": __version__,
                     "host": socket.gethostname(),
                 },
             ).scalar_one()
@@ -310,7 +288,7 @@ class FaceStore:
         """The newest run of ``kind`` with an equal config that did not finish."""
         _, digest = canonical_config(config)
         c = runs_t.c
-        with self._read() as conn:
+        with self.connect() as conn:
             return conn.execute(
                 select(c.id)
                 .where(c.kind == kind, c.config_hash == digest,
@@ -326,7 +304,7 @@ class FaceStore:
     def pending_shards(self, run_id: int) -> list[tuple[int, list[str]]]:
         """Shards not done yet, in index order: exactly the work a resumed run has left."""
         c = shards_t.c
-        with self._read() as conn:
+        with self.connect() as conn:
             rows = conn.execute(
                 select(c.shard_index, c["keys"])
                 .where(c.run_id == run_id, c.status != "done")
@@ -337,7 +315,7 @@ class FaceStore:
     def shards(self, run_id: int) -> list[dict[str, Any]]:
         """Every shard of a run with its bookkeeping (for progress and reports)."""
         c = shards_t.c
-        with self._read() as conn:
+        with self.connect() as conn:
             rows = conn.execute(
                 select(c.shard_index, c.status, c.attempts, c.seconds, c.n_items, c.n_errors,
                        c.error)
@@ -373,7 +351,7 @@ class FaceStore:
         all_items = list(items) + [RunItem(k) for k in detections if k not in seen]
         n_errors = sum(item.status == "error" for item in all_items)
         c = shards_t.c
-        with self._write() as conn:
+        with self.transaction() as conn:
             claimed = conn.execute(
                 update(shards_t)
                 .where(c.run_id == run_id, c.shard_index == index, c.status != "done")
@@ -389,7 +367,7 @@ class FaceStore:
                 return
             if images:
                 self._upsert_images(conn, images)
-            ids = self._image_ids(conn, (item.key for item in all_items))
+            ids = self.ensure_image_ids(conn, (item.key for item in all_items))
             self._insert_run_items(conn, run_id, all_items, ids)
             self._insert_detections(conn, run_id, detections, ids)
 
@@ -411,7 +389,7 @@ class FaceStore:
         ids: Mapping[str, int],
     ) -> None:
         rows = (
-            {"run_id": run_id, "image_id": ids[key], **_box_row(box)}
+            {"run_id": run_id, "image_id": ids[key], **box_row(box)}
             for key, boxes in detections.items()
             for box in boxes
         )
@@ -420,7 +398,7 @@ class FaceStore:
     def fail_shard(self, run_id: int, index: int, error: str) -> None:
         """Record a failed attempt; a shard already done stays done."""
         c = shards_t.c
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(shards_t)
                 .where(c.run_id == run_id, c.shard_index == index, c.status != "done")
@@ -430,7 +408,7 @@ class FaceStore:
     def finish_run(
         self, run_id: int, status: str = "done", timings: Mapping[str, Any] | None = None
     ) -> None:
-        values: dict[str, Any] = {"status": status, "finished_at": _now()}
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
         if timings is not None:
             values["timings"] = canonical_config(timings)[0]
         self._set_run(run_id, **values)
@@ -438,7 +416,7 @@ class FaceStore:
     def _set_run(self, run_id: int, **values: Any) -> None:
         if values.get("status") not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {RUN_STATUSES}: {values.get('status')!r}")
-        with self._write() as conn:
+        with self.transaction() as conn:
             changed = conn.execute(
                 update(runs_t).where(runs_t.c.id == run_id).values(**values)
             ).rowcount
@@ -475,7 +453,7 @@ class FaceStore:
         )
         if where is not None:
             query = query.where(where)
-        with self._read() as conn:
+        with self.connect() as conn:
             rows = conn.execute(query).all()
         return [
             RunRecord(*row[:9], shards_total=int(row[9] or 0), shards_done=int(row[10] or 0),
@@ -493,7 +471,7 @@ class FaceStore:
         )
         if status is not None:
             query = query.where(ri.status == status)
-        with self._read() as conn:
+        with self.connect() as conn:
             return [RunItem(*row) for row in conn.execute(query)]
 
     # -- boxes -------------------------------------------------------------------------------
@@ -534,26 +512,26 @@ class FaceStore:
             rows = rows_for(None)
             im = images_t.c
             query = (
-                select(im.key, *(rows.c[n] for n in _BOX_COLUMNS))
+                select(im.key, *(rows.c[n] for n in BOX_COLUMNS))
                 .join(images_t, im.id == rows.c.image_id)
                 .order_by(im.key, rows.c.box_id)
             )
-            with self._read() as conn:
+            with self.connect() as conn:
                 result = conn.execution_options(yield_per=10_000).execute(query)
-                for key, boxes in _group_boxes(result):
+                for key, boxes in group_boxes(result):
                     if keep is None or key in keep:
                         yield key, boxes
             return
         for part in sql.chunked(wanted or [], sql.CHUNK):
-            with self._read() as conn:
+            with self.connect() as conn:
                 ids = self._lookup_ids(conn, part)
                 if not ids:
                     continue
                 rows = rows_for(list(ids.values()))
-                query = select(rows.c.image_id, *(rows.c[n] for n in _BOX_COLUMNS)).order_by(
+                query = select(rows.c.image_id, *(rows.c[n] for n in BOX_COLUMNS)).order_by(
                     rows.c.image_id, rows.c.box_id
                 )
-                found = dict(_group_boxes(conn.execute(query)))
+                found = dict(group_boxes(conn.execute(query)))
             for key in part:
                 if key in ids and ids[key] in found:
                     yield key, found[ids[key]]
@@ -583,7 +561,7 @@ class FaceStore:
             detections_t, and_(d.run_id == pairs.c.run_id, d.image_id == pairs.c.image_id)
         )
         return select(
-            pairs.c.image_id, d.id.label("box_id"), *(d[n] for n in _BOX_COLUMNS)
+            pairs.c.image_id, d.id.label("box_id"), *(d[n] for n in BOX_COLUMNS)
         ).select_from(joined)
 
     def _detection_rows(self, run_id: int | None, image_ids: list[int] | None) -> Any:
@@ -596,6 +574,16 @@ class FaceStore:
                 query = query.where(ri.image_id.in_(image_ids))
             pairs = query.subquery("run_pairs")
         return self._boxes_of_runs(pairs).subquery("rows")
+
+    def latest_detections(self, conn: Connection, image_id: int) -> list[Box]:
+        """The boxes of the image's latest current detection run (none: empty), which
+        is what the image shows when no review is taken into account."""
+        rows = self._detection_rows(None, [image_id])
+        return [
+            Box(*row) for row in conn.execute(
+                select(*(rows.c[n] for n in BOX_COLUMNS)).order_by(rows.c.box_id)
+            ) if row[0] is not None
+        ]
 
     def _current_rows(self, image_ids: list[int] | None) -> Any:
         """Subquery (image_id, box_id, box columns) of the current boxes, derived in SQL.
@@ -610,7 +598,7 @@ class FaceStore:
             latest_review = latest_review.where(rv.image_id.in_(image_ids))
         lr = latest_review.subquery("latest_review")
         from_reviews = select(
-            lr.c.image_id, rb.id.label("box_id"), *(rb[n] for n in _BOX_COLUMNS)
+            lr.c.image_id, rb.id.label("box_id"), *(rb[n] for n in BOX_COLUMNS)
         ).select_from(lr.outerjoin(review_boxes_t, rb.review_id == lr.c.review_id))
         from_runs = self._boxes_of_runs(
             self._latest_detection_runs(image_ids, skip_reviewed=True)
@@ -632,9 +620,9 @@ class FaceStore:
         run_id: int | None = None,
     ) -> int:
         """Append one review (its boxes are the complete answer; none = no faces)."""
-        with self._write() as conn:
-            ids = self._image_ids(conn, [key])
-            return self._insert_reviews(
+        with self.transaction() as conn:
+            ids = self.ensure_image_ids(conn, [key])
+            return self.insert_reviews(
                 conn,
                 [(ids[key], boxes)],
                 annotator=annotator, kind=kind, seconds=seconds, gold_passed=gold_passed,
@@ -651,17 +639,17 @@ class FaceStore:
     ) -> int:
         """Append many reviews in one transaction (all or nothing); returns how many."""
         count = 0
-        with self._write() as conn:
+        with self.transaction() as conn:
             for batch in sql.chunked(reviews, sql.BATCH):
-                ids = self._image_ids(conn, (key for key, _ in batch))
-                self._insert_reviews(
+                ids = self.ensure_image_ids(conn, (key for key, _ in batch))
+                self.insert_reviews(
                     conn, [(ids[key], boxes) for key, boxes in batch],
                     annotator=annotator, kind=kind, run_id=run_id,
                 )
                 count += len(batch)
         return count
 
-    def _insert_reviews(
+    def insert_reviews(
         self,
         conn: Connection,
         reviews: Sequence[tuple[int, Sequence[Box]]],
@@ -673,9 +661,11 @@ class FaceStore:
         note: str | None = None,
         run_id: int | None = None,
     ) -> list[int]:
+        """Append reviews of images given by id (inside :meth:`transaction`); returns
+        the new review ids in order. Boxes without a source get ``human:<annotator>``."""
         if kind not in REVIEW_KINDS:
             raise ValueError(f"review kind must be one of {REVIEW_KINDS}: {kind!r}")
-        now = _now()
+        now = utcnow()
         rows = [
             {"image_id": image_id, "annotator": annotator, "created_at": now,
              "seconds_spent": None if seconds is None else float(seconds), "kind": kind,
@@ -692,7 +682,7 @@ class FaceStore:
             sql.insert_rows(conn, reviews_t.insert(), rows)
         source = f"human:{annotator}"
         box_rows = [
-            {"review_id": review_id, **_box_row(box, source)}
+            {"review_id": review_id, **box_row(box, source)}
             for review_id, (_, boxes) in zip(review_ids, reviews, strict=True)
             for box in boxes
         ]
@@ -702,7 +692,7 @@ class FaceStore:
     def reviews(self, key: str) -> list[ReviewRecord]:
         """Every review of an image, oldest first."""
         rv, rb, im = reviews_t.c, review_boxes_t.c, images_t.c
-        with self._read() as conn:
+        with self.connect() as conn:
             heads = conn.execute(
                 select(rv.id, im.key, rv.annotator, rv.created_at, rv.seconds_spent, rv.kind,
                        rv.gold_passed, rv.note, rv.run_id)
@@ -713,7 +703,7 @@ class FaceStore:
             boxes: dict[int, list[Box]] = {row[0]: [] for row in heads}
             if heads:
                 for review_id, *values in conn.execute(
-                    select(rb.review_id, *(rb[n] for n in _BOX_COLUMNS))
+                    select(rb.review_id, *(rb[n] for n in BOX_COLUMNS))
                     .where(rb.review_id.in_(list(boxes)))
                     .order_by(rb.id)
                 ):
@@ -725,7 +715,7 @@ class FaceStore:
     def summary(self) -> dict[str, Any]:
         """Counts for a status line: images, answered, with faces, faces, reviewed, runs, errors."""
         cur = self._current_rows(None)
-        with self._read() as conn:
+        with self.connect() as conn:
             images = conn.execute(select(func.count()).select_from(images_t)).scalar_one()
             answered, with_faces, faces = conn.execute(
                 select(
@@ -737,7 +727,7 @@ class FaceStore:
             reviewed = conn.execute(
                 select(func.count(distinct(reviews_t.c.image_id)))
             ).scalar_one()
-            runs = dict(
+            runs: dict[str, int] = dict(
                 conn.execute(
                     select(runs_t.c.kind, func.count()).group_by(runs_t.c.kind)
                 ).all()
