@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veil.datasets import Dataset
 from veil.errors import VeilError
@@ -20,6 +20,9 @@ from veil.review.service import ReviewService
 from veil.review.settings import Resolved, ReviewSettings
 from veil.store import FaceStore
 from veil.store.review import ReviewLedger, check_name
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 PLAIN_HTTP_WARNING = (
     "veil review: warning: serving {host} over plain HTTP: personal tokens and images cross "
@@ -51,7 +54,7 @@ def build(
     dataset: Dataset, store: FaceStore, settings: ReviewSettings, *, host: str,
     annotator: str | None = None, require_tokens: bool = False, follow_links: bool = False,
     max_body: int = MAX_BODY_BYTES,
-) -> tuple[ReviewService, object]:
+) -> tuple[ReviewService, FastAPI]:
     """The service and app for a server on ``host`` (raises if that would be unsafe)."""
     ledger = ReviewLedger(store)
     loopback = is_loopback(host)
@@ -124,7 +127,7 @@ def describe_settings(resolved: Resolved) -> list[str]:
 
 
 @contextmanager
-def running(app: object, host: str = "127.0.0.1", *, ssl_certfile: str | None = None,
+def running(app: FastAPI, host: str = "127.0.0.1", *, ssl_certfile: str | None = None,
             ssl_keyfile: str | None = None) -> Iterator[str]:
     """Serve ``app`` from a background thread on a free port; yields its base URL.
 
