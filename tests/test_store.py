@@ -291,6 +291,28 @@ def test_complete_shard_is_atomic(store, monkeypatch):
     assert store.image("a") == ImageRecord("a", 5, 5)
 
 
+def test_public_transaction_api_is_all_or_nothing(store):
+    """What the review ledger builds on: several writes in one ``store.transaction()``,
+    rolled back together when the block fails, through public methods only."""
+    detect_run(store, {"a": [A, B]})
+    with pytest.raises(RuntimeError, match="late failure"), store.transaction() as conn:
+        ids = store.ensure_image_ids(conn, ["a", "new"])
+        assert store.image_id(conn, "new") == ids["new"]
+        assert store.latest_detections(conn, ids["a"]) == [A, B]
+        store.insert_reviews(conn, [(ids["a"], [H]), (ids["new"], [])], annotator="ann",
+                             kind="review")
+        raise RuntimeError("late failure")
+    assert store.keys() == ["a"] and store.reviews("a") == []
+    with store.connect() as conn:
+        assert store.image_id(conn, "new") is None
+    with store.transaction() as conn:
+        (new_id,) = store.ensure_image_ids(conn, ["new"]).values()
+        (review_id,) = store.insert_reviews(conn, [(new_id, [H])], annotator="ann",
+                                            kind="review")
+    (saved,) = store.reviews("new")
+    assert saved.id == review_id and saved.boxes == (Box(5.0, 6.0, 7.0, 8.0, None, "human:ann"),)
+
+
 def test_complete_shard_rejects_bad_items_before_writing(store):
     run_id = store.start_run("detect", {}, [["a"]])
     with pytest.raises(ValueError, match="twice"):
