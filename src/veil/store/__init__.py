@@ -4,7 +4,7 @@
 (``postgresql+psycopg://...``) works for teams. See :mod:`veil.store.store`.
 """
 
-from veil.store import review_schema as _review_schema  # noqa: F401  (review tables, same metadata)
+from veil.store import review_schema  # noqa: F401  (registers the review tables on the metadata)
 from veil.store.records import ImageRecord, ReviewRecord, RunItem, RunRecord
 from veil.store.store import DETECTION_RUN_KINDS, FaceStore
 

@@ -79,6 +79,9 @@ class FaceStore:
 
     Every method runs in its own short transaction, so one store object can be
     shared by threads, and a pickled store reopens the same database in a worker.
+    The methods that take a ``conn`` work inside the caller's :meth:`transaction`
+    instead: they are the API for code that keeps its own tables here (the review
+    ledger, :mod:`veil.store.review`) and must write atomically with the store's rows.
     """
 
     def __init__(
