@@ -1,4 +1,4 @@
-"""Write images so that nothing identifying leaves with them, and no write is ever partial.
+"""Write images so that nothing identifying leaves with them.
 
 * ``encode_image`` turns obfuscated pixels into file bytes. JPEG sources are re-encoded
   with their own quantisation tables and subsampling, so pixels no box touched change
@@ -12,22 +12,17 @@
   orientation when the stored pixels are not as displayed.
 * ``strip_identifying_metadata`` cleans a file that is copied rather than re-encoded
   (an image without faces), without touching its compressed pixel data.
-* ``atomic_write_bytes`` / ``atomic_copy`` write through a temp file and ``os.replace``,
-  so a reader (or a resumed run) sees the old file or the new one, never half of one.
+
+Writing the bytes to disk, atomically, is :mod:`veil.files`' job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import re
-import secrets
-import shutil
 import struct
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -37,11 +32,8 @@ from veil.images import LoadedImage, as_rgb, decode_native, probe
 
 __all__ = [
     "SUFFIXES",
-    "atomic_copy",
-    "atomic_write_bytes",
     "encode_image",
     "jpeg_with_colour_and_orientation",
-    "remove_stale_temps",
     "strip_identifying_metadata",
 ]
 
@@ -336,105 +328,3 @@ def strip_identifying_metadata(data: bytes) -> bytes:
     if data[:8] == _PNG_MAGIC:
         return _strip_png(data)
     return _reencode_clean(data)
-
-
-# --------------------------------------------------------------------------- atomic files
-
-_TEMP_MARK = ".veil-tmp-"
-_TEMP_NAME = re.compile(r"^\..*\.veil-tmp-[0-9a-f]{12}$", re.DOTALL)
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-
-
-def _temp_path(target: Path) -> Path:
-    """``.<name>.veil-tmp-<random>`` beside ``target``; long names are cut to fit."""
-    return Path(_temp_name(os.fspath(target)))
-
-
-def _temp_name(target: str) -> str:
-    """:func:`_temp_path` on a plain string path (no pathlib objects on the per-file
-    path of a stage)."""
-    head, name = os.path.split(target)
-    stem = name.encode("utf-8", "surrogateescape")[:120].decode("utf-8", "ignore")
-    return os.path.join(head, f".{stem}{_TEMP_MARK}{secrets.token_hex(6)}")
-
-
-def _discard(path: str | Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
-                       durable: bool = True) -> None:
-    """Write ``data`` to ``path`` all at once: temp file, fsync, ``os.replace``.
-
-    Parent directories are created. On any failure (or a kill) the temp file is removed
-    (or left for ``remove_stale_temps``) and ``path`` is left as it was: absent or the
-    old content. Atomicity against a killed process needs no fsync; ``durable`` adds it
-    so the new bytes also survive a power cut. It costs milliseconds per file on a real
-    disk: a stage writing many small files may pass ``durable=False`` and call
-    ``os.sync()`` once per shard before recording the shard as done.
-    """
-    target = os.fspath(path)
-    tmp = _temp_name(target)
-    try:
-        fd = os.open(tmp, _WRITE_FLAGS, 0o666)  # the umask decides, as for any new file
-    except FileNotFoundError:  # the first file of its folder: make the folder, once
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        fd = os.open(tmp, _WRITE_FLAGS, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def atomic_copy(src: Path, dst: Path, *, link: bool = False, durable: bool = True) -> None:
-    """Put a byte-for-byte copy of ``src`` at ``dst`` atomically.
-
-    With ``link=True`` a hard link is made instead where the file system allows one
-    (same device, links supported); otherwise it falls back to copying. ``durable``
-    as for ``atomic_write_bytes``.
-    """
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dst)
-    try:
-        if link:
-            try:
-                os.link(src, tmp)
-                os.replace(tmp, dst)
-                return
-            except FileNotFoundError:
-                raise
-            except OSError:
-                _discard(tmp)  # cross-device, no hard links here, too many links: copy
-        shutil.copyfile(src, tmp)
-        if durable:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, dst)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def remove_stale_temps(root: Path) -> int:
-    """Delete temp files a killed run left under ``root``; returns how many.
-
-    Call it before a run resumes, never while another run writes under ``root``.
-    """
-    removed = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if _TEMP_NAME.match(name):
-                _discard(Path(dirpath, name))
-                removed += 1
-    return removed

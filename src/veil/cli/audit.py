@@ -24,8 +24,8 @@ from veil.cli.common import (
 from veil.cli.detect import detector_settings
 from veil.detection import available_detectors
 from veil.detection.profiles import available_profiles
-from veil.encoding import atomic_write_bytes
 from veil.faces import load_faces, match_faces
+from veil.files import atomic_write_bytes
 from veil.images import load_image
 from veil.report import render, thumbnail_uri
 from veil.stages.audit import (

@@ -45,15 +45,13 @@ from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
 from veil.encoding import (
     SUFFIXES,
-    atomic_copy,
-    atomic_write_bytes,
     encode_image,
     jpeg_with_colour_and_orientation,
-    remove_stale_temps,
     strip_identifying_metadata,
 )
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
+from veil.files import atomic_copy, atomic_write_bytes, remove_stale_temps
 from veil.images import LoadedImage, load_image, plain_jpeg, probe
 from veil.obfuscation import METHODS, affected_region, obfuscate
 from veil.obfuscation.array_stages import compiled_passes

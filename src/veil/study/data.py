@@ -55,8 +55,8 @@ from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, open_dataset
 from veil.errors import DatasetError, VeilError
 from veil.faces import FacesSnapshot
+from veil.files import atomic_path
 from veil.images import load_image, probe
-from veil.interchange.common import atomic_path
 from veil.obfuscation import METHODS, obfuscate
 from veil.obfuscation.jpeg import pillow_default_jpeg
 

@@ -43,7 +43,7 @@ from veil import __version__
 from veil.cores import available_cores as default_workers
 from veil.errors import VeilError
 from veil.faces import FacesSnapshot, load_faces, match_faces
-from veil.interchange.common import atomic_path
+from veil.files import atomic_path, write_json
 from veil.study.data import (
     ORIGINAL,
     CacheSource,
@@ -73,7 +73,6 @@ from veil.study.train import (
     epoch_summary,
     load_trained,
     train_model,
-    write_json,
 )
 
 STUDY_FILE = "study.json"
