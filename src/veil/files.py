@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ TEMP_MARK = ".veil-tmp-"
 _TEMP_NAME = re.compile(r"^\..*\.veil-tmp-[0-9a-f]{12}$", re.DOTALL)
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 _DIRECTORY_FSYNC = os.name == "posix"  # Windows cannot open a directory to fsync it
+_SYNC_THREADS = 16  # fsyncs in flight at once in sync_written
 
 
 # --------------------------------------------------------------------------- temp names
@@ -110,17 +112,20 @@ def sync_written(paths: Iterable[str | os.PathLike[str]],
     What a stage calls once per shard, after ``durable=False`` writes, before it records
     the shard as done: a power cut then cannot leave a 'done' shard with files missing.
     """
+    written = [os.path.abspath(path) for path in paths]
     directories: set[str] = set()
     top = os.path.abspath(root) if root is not None else None
-    for path in paths:
-        path = os.path.abspath(path)
-        _fsync_path(path)
+    for path in written:
         folder = os.path.dirname(path)
         while folder not in directories:
             directories.add(folder)
             if top is None or folder == top or not folder.startswith(top + os.sep):
                 break
             folder = os.path.dirname(folder)
+    # fsync waits for the disk and releases the GIL: issued together, the file system
+    # commits them in a few batches instead of one round trip per file.
+    with ThreadPoolExecutor(max_workers=_SYNC_THREADS) as pool:
+        list(pool.map(_fsync_path, written))
     for folder in sorted(directories, key=len, reverse=True):  # children before parents
         fsync_directory(folder)
 
