@@ -35,12 +35,10 @@ import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +57,7 @@ from veil.files import atomic_path
 from veil.images import load_image, probe
 from veil.obfuscation import METHODS, obfuscate
 from veil.obfuscation.jpeg import pillow_default_jpeg
+from veil.processes import loader_context, process_pool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -297,7 +296,7 @@ def face_rows(data: StudyData, boxes: Mapping[str, Sequence[Box]], workers: int 
     rows: list[dict[str, Any]] = []
     for split in (data.train, data.val):
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with process_pool(workers) as pool:
                 sizes = list(pool.map(_probe_size, split.paths, chunksize=256))
         else:
             sizes = [_probe_size(p) for p in split.paths]
@@ -349,7 +348,7 @@ def fill_in_order(out: np.ndarray, jobs: Sequence[Any],
             bar.update(len(part))
 
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             write(pool.map(work, jobs))
     else:
         write(map(work, jobs))
@@ -715,13 +714,10 @@ class StreamSource:
     def batches(self, batches: Sequence[Sequence[int]], *, train: bool, seed: int
                 ) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(seed)
-        # Fork where there is fork: a parallel training job is a spawned process, whose
-        # default would be to spawn (and re-import torch in) every loader worker.
-        fork = "fork" in multiprocessing.get_all_start_methods() and self.workers > 0
         loader = torch.utils.data.DataLoader(
             self.train_set if train else self.eval_set, batch_sampler=[list(b) for b in batches],
             num_workers=self.workers, generator=generator, pin_memory=torch.cuda.is_available(),
-            multiprocessing_context="fork" if fork else None,
+            multiprocessing_context=loader_context(self.workers),
         )
         yield from loader
 
