@@ -26,7 +26,7 @@ from corpus import (
 )
 from PIL import Image, JpegImagePlugin
 
-import veil.encoding as encoding
+from veil import containers
 from veil.encoding import encode_image, strip_identifying_metadata
 from veil.errors import ImageError
 from veil.files import atomic_write_bytes
@@ -54,7 +54,7 @@ def _open(data: bytes) -> Image.Image:
 
 def _segments(data: bytes) -> list[tuple[int, bytes]]:
     """(marker, bytes) of a JPEG's segments, via the module's own walker."""
-    return [(m, data[s:e]) for m, s, e in encoding._jpeg_segments(data)]
+    return [(s.marker, data[s.start:s.end]) for s in containers.jpeg_segments(data)]
 
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:

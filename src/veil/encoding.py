@@ -19,7 +19,6 @@ Writing the bytes to disk, atomically, is :mod:`veil.files`' job.
 from __future__ import annotations
 
 import io
-import re
 import struct
 import sys
 import zlib
@@ -27,7 +26,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from veil.errors import ImageError
+from veil import containers
 from veil.images import LoadedImage, as_rgb, decode_native, probe
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
 #: The suffix ``encode_image`` returns for each output format.
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tiff", "BMP": ".bmp"}
 _KEPT_LOSSLESS = ("PNG", "WEBP", "TIFF", "BMP")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_DROPPED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"})
 _ORIENTATION_TAG = 0x0112
 _NO_LIMIT = sys.maxsize  # stripping a file must not refuse what the run already accepted
@@ -156,11 +154,10 @@ def jpeg_with_colour_and_orientation(data: bytes, icc_profile: bytes | None, ori
     Nothing else is added: the rules of :func:`strip_identifying_metadata`, without
     walking the entropy-coded data to find out what is there.
     """
-    if data[:2] != b"\xff\xd8":
+    if data[:2] != containers.JPEG_SOI:
         raise ValueError("not a JPEG")
-    at = 2
-    if data[2:4] == b"\xff\xe0":  # libjpeg's JFIF APP0 stays first
-        at = 4 + struct.unpack(">H", data[4:6])[0]
+    first = containers.jpeg_header(data)[0]
+    at = first.end if first.marker == 0xE0 else 2  # libjpeg's JFIF APP0 stays first
     segments = bytearray()
     if orientation != 1:
         payload = _orientation_exif(orientation)
@@ -175,50 +172,6 @@ def jpeg_with_colour_and_orientation(data: bytes, icc_profile: bytes | None, ori
 
 
 # --------------------------------------------------------------------------- strip
-
-
-_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-
-
-def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
-    """(marker, start, end) of every segment after SOI up to and including EOI.
-
-    An SOS segment's span includes its entropy-coded data, which ends at the first
-    marker that is neither a stuffed 0xFF00 nor a restart marker.
-    """
-    segments: list[tuple[int, int, int]] = []
-    pos, n = 2, len(data)
-    while pos < n:
-        if data[pos] != 0xFF:
-            # Stray bytes between segments: decoders skip them, and so does the copy.
-            pos = data.find(b"\xff", pos)
-            if pos < 0:
-                break
-        while pos + 1 < n and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes
-        if pos + 1 >= n:
-            break
-        start, marker = pos, data[pos + 1]
-        pos += 2
-        if marker == 0xD9:  # EOI
-            segments.append((marker, start, pos))
-            return segments
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
-            segments.append((marker, start, pos))
-            continue
-        if pos + 2 > n:
-            break
-        end = pos + struct.unpack(">H", data[pos:pos + 2])[0]
-        if end > n:
-            break
-        if marker == 0xDA:  # SOS: the scan runs on to the next real marker
-            scan_end = _ENTROPY_END.search(data, end)
-            end = scan_end.start() if scan_end else n
-        segments.append((marker, start, end))
-        pos = end
-    if segments and segments[-1][0] == 0xDA:
-        return segments  # no EOI after the last scan: keep what is there, byte for byte
-    raise ImageError("truncated JPEG data (the file ends inside a marker segment)")
 
 
 def _keep_jpeg_segment(marker: int, payload: bytes) -> bool:
@@ -242,7 +195,8 @@ def _strip_jpeg(data: bytes) -> bytes:
     orientation = probe(data, max_pixels=_NO_LIMIT).orientation
     out = bytearray(data[:2])
     insert_at = 2
-    for marker, start, end in _jpeg_segments(data):
+    for segment in containers.jpeg_segments(data):
+        marker, start, end = segment.marker, segment.start, segment.end
         if _keep_jpeg_segment(marker, data[start + 4:start + 16]):
             if marker == 0xE0 and len(out) == 2:
                 insert_at = 2 + end - start  # EXIF goes after a leading JFIF APP0
@@ -250,8 +204,7 @@ def _strip_jpeg(data: bytes) -> bytes:
     # Anything after EOI (MPO's second picture, vendor trailers) is dropped with it.
     if orientation != 1:
         payload = _orientation_exif(orientation)
-        segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-        out[insert_at:insert_at] = segment
+        out[insert_at:insert_at] = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     return bytes(out)
 
 
@@ -262,24 +215,15 @@ def _png_chunk(ctype: bytes, payload: bytes) -> bytes:
 
 def _strip_png(data: bytes) -> bytes:
     orientation = probe(data, max_pixels=_NO_LIMIT).orientation
-    out = bytearray(_PNG_MAGIC)
-    pos, n = len(_PNG_MAGIC), len(data)
+    out = bytearray(containers.PNG_MAGIC)
     pending_exif = orientation != 1
-    while pos < n:
-        if pos + 8 > n:
-            raise ImageError("truncated PNG data (the file ends inside a chunk header)")
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
-        end = pos + 12 + length
-        if end > n:
-            raise ImageError("truncated PNG data (the file ends inside a chunk)")
-        if ctype == b"IDAT" and pending_exif:
+    for chunk in containers.png_chunks(data):
+        if chunk.type == b"IDAT" and pending_exif:
             out += _png_chunk(b"eXIf", _orientation_exif(orientation)[6:])
             pending_exif = False
-        if ctype not in _PNG_DROPPED:
-            out += data[pos:end]
-        pos = end
-        if ctype == b"IEND":
-            break  # and nothing after it
+        if chunk.type not in _PNG_DROPPED:
+            out += data[chunk.offset:chunk.end]
+    # and nothing after IEND
     return bytes(out)
 
 
@@ -323,8 +267,8 @@ def strip_identifying_metadata(data: bytes) -> bytes:
     WEBP (lossless), TIFF, BMP and GIF (first frame) keep their format, anything else
     becomes PNG (check ``veil.images.probe(result).format``).
     """
-    if data[:3] == b"\xff\xd8\xff":
+    if containers.is_jpeg(data):
         return _strip_jpeg(data)
-    if data[:8] == _PNG_MAGIC:
+    if containers.is_png(data):
         return _strip_png(data)
     return _reencode_clean(data)
