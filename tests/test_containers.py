@@ -11,6 +11,7 @@ import pytest
 from veil.containers import (
     PNG_MAGIC,
     ContainerError,
+    jfif_thumbnail,
     jpeg_frame,
     jpeg_header,
     jpeg_segments,
@@ -105,9 +106,22 @@ def test_a_file_cut_in_its_last_scan_is_kept_but_one_cut_elsewhere_is_not() -> N
         jpeg_segments(b"\xff\xd8" + JFIF + DQT[:30])
 
 
+THUMBNAIL = _segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\x01\x01" + b"\x80\x80\x80")  # 1x1
+
+
+def test_a_jfif_thumbnail_is_told_from_a_bare_jfif_header() -> None:
+    def first(data: bytes) -> bool | None:
+        return jfif_thumbnail(data, jpeg_header(data)[0])
+
+    assert first(JPEG) is False
+    assert first(JPEG.replace(JFIF, THUMBNAIL)) is True
+    assert first(JPEG.replace(JFIF, _segment(0xE0, b"JFXX\0\x10" + bytes(8)))) is None
+    assert first(JPEG.replace(JFIF, _segment(0xE0, b"JFIF\0\x01"))) is None  # cut short
+
+
 def test_plain_jpeg_reads_the_same_structure_and_keeps_its_jfif_rule() -> None:
     assert plain_jpeg(JPEG)
-    thumbnail = _segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\x01\x01" + b"\x80\x80\x80")
+    thumbnail = THUMBNAIL
     assert not plain_jpeg(JPEG.replace(JFIF, thumbnail))  # a JFIF thumbnail is not plain
     assert not plain_jpeg(HEADER[:40])  # cut in the tables: ask probe
 

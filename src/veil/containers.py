@@ -30,6 +30,7 @@ __all__ = [
     "Segment",
     "is_jpeg",
     "is_png",
+    "jfif_thumbnail",
     "jpeg_frame",
     "jpeg_header",
     "jpeg_segments",
@@ -246,6 +247,15 @@ def restart_interval(data: bytes, segment: Segment) -> int:
     if segment.marker != DRI or len(payload) != 2:
         raise ContainerError("malformed JPEG restart interval", segment.start)
     return int.from_bytes(payload, "big")
+
+
+def jfif_thumbnail(data: bytes, segment: Segment) -> bool | None:
+    """Whether a JFIF APP0 segment carries a thumbnail (bytes after its 14-byte header);
+    None if ``segment`` is not a well-formed JFIF APP0."""
+    payload = segment.payload(data)
+    if segment.marker != 0xE0 or len(payload) < 14 or payload[:5] != b"JFIF\0":
+        return None
+    return len(payload) > 14
 
 
 # --------------------------------------------------------------------------- PNG

@@ -526,8 +526,8 @@ def plain_jpeg(data: bytes, max_pixels: int | None = None) -> bool:
                 return False
             frame = ((data[start + 1] << 8) | data[start + 2],
                      (data[start + 3] << 8) | data[start + 4])
-        elif marker == 0xE0:  # JFIF, and no thumbnail in it (length 16 exactly)
-            if length != 16 or data[start:start + 5] != b"JFIF\0":
+        elif marker == 0xE0:  # JFIF, and no thumbnail in it
+            if containers.jfif_thumbnail(data, segment) is not False:
                 return False
         elif marker == 0xE2:
             if length < 16 or data[start:start + 12] != b"ICC_PROFILE\0":
