@@ -13,8 +13,8 @@ forkserver forks each worker from a small server process started once, single-th
 from a clean interpreter: the workers are cheap to start and inherit no threads. spawn
 (Windows, and where forkserver is missing) starts each worker from scratch. Either way a
 worker imports what it runs (unpickling the task imports its module) instead of inheriting
-it; when torch is already loaded in the parent, the forkserver imports it once up front
-(``preload``) so each loader worker does not pay torch's import again.
+it; what the parent has loaded of torch and veil the forkserver imports once up front
+(``preload``), so each worker (a DataLoader's, every epoch) does not pay those imports.
 
 Workers that must not outlive a killed parent (they would go on writing its output) are
 spawned instead (``process_pool(..., die_with_parent=True)``): a forkserver worker's parent
@@ -46,13 +46,22 @@ _PRELOAD_WHEN_LOADED = ("torch", "torchvision")
 """Heavy modules the forkserver imports once when the parent has them loaded already."""
 
 
+def _preload() -> list[str]:
+    """What the forkserver imports before it forks any worker: the torch stack and veil's
+    modules, where the parent has loaded them. Workers then start with them, as a forked
+    worker would, instead of importing them per worker (a DataLoader's, every epoch)."""
+    loaded = [name for name in _PRELOAD_WHEN_LOADED if name in sys.modules]
+    loaded += sorted(name for name in sys.modules
+                     if name.startswith("veil.") and name != "veil.__main__")
+    return ["__main__", *loaded]
+
+
 def pool_context() -> BaseContext:
     """The multiprocessing context every veil pool uses (see the module's docstring)."""
     context = multiprocessing.get_context(START_METHOD)
     if START_METHOD == "forkserver":
-        loaded = [name for name in _PRELOAD_WHEN_LOADED if name in sys.modules]
         # Takes effect only if the server is not running yet; harmless otherwise.
-        context.set_forkserver_preload(["__main__", *loaded])  # type: ignore[attr-defined]
+        context.set_forkserver_preload(_preload())  # type: ignore[attr-defined]
     return context
 
 
