@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from veil import wds
 from veil.backends import Backend, ShardResult, get_backend
@@ -180,8 +181,9 @@ class ObfuscateTask:
         elif isinstance(source, Path) and (self.link or rendered.raw is None):
             atomic_copy(source, Path(target), link=self.link, durable=False)
         else:  # the bytes read already: written, not read a second time
-            atomic_write_bytes(target, source if rendered.raw is None else rendered.raw,
-                               durable=False)
+            data = source if rendered.raw is None else rendered.raw
+            assert isinstance(data, bytes), "a file with no bytes read is copied above"
+            atomic_write_bytes(target, data, durable=False)
         return target
 
     def render(self, key: str, source: Path | bytes) -> Rendered:
@@ -207,6 +209,7 @@ class ObfuscateTask:
                 f"{len(outside)} box(es) lie entirely outside the {size} image"
             )
         image = obfuscate(loaded.image, kept, self.method, **self.options) if kept else loaded.image
+        assert isinstance(image, Image.Image), "obfuscate returns the kind of image it is given"
         regions = affected_region((loaded.width, loaded.height), kept, self.method,
                                   **self.options) if kept else []
         data = None
@@ -503,8 +506,8 @@ def obfuscate_dataset(
         _adopt_legacy_ledger(out, ledger_file)
     ledger_file.parent.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    with FaceStore(ledger_file) as ledger:
-        previous = [r for r in ledger.runs("obfuscate") if r.config != config]
+    with FaceStore(ledger_file) as store:
+        previous = [r for r in store.runs("obfuscate") if r.config != config]
         if previous:
             raise VeilError(
                 f"{out} already holds output made with other settings (run {previous[-1].id});"
@@ -513,7 +516,7 @@ def obfuscate_dataset(
         remove_stale_temps(out)
         keys = dataset.keys()
         tar_shards = dataset.groups() if out_format == "webdataset" else None
-        run_id, done = prepare_run(ledger, "obfuscate", config, keys, shard_size=shard_size,
+        run_id, done = prepare_run(store, "obfuscate", config, keys, shard_size=shard_size,
                                    shards=tar_shards)
         task_type = ShardObfuscateTask if out_format == "webdataset" else ObfuscateTask
         task = task_type(
@@ -526,12 +529,12 @@ def obfuscate_dataset(
         if workers is None:
             workers = default_obfuscate_workers(runner, len(keys))
         summary = execute(
-            ledger, run_id, task, workers=workers,
+            store, run_id, task, workers=workers,
             progress=progress, description=f"obfuscate ({method})", resumed_shards=done,
             backend=runner,
         )
         if done:
-            _add_earlier_counts(ledger, run_id, summary)
+            _add_earlier_counts(store, run_id, summary)
     return summary
 
 
