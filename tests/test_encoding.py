@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import io
-import os
-import re
 import struct
 import subprocess
 import sys
@@ -29,15 +26,10 @@ from corpus import (
 )
 from PIL import Image, JpegImagePlugin
 
-import veil.encoding as encoding
-from veil.encoding import (
-    atomic_copy,
-    atomic_write_bytes,
-    encode_image,
-    remove_stale_temps,
-    strip_identifying_metadata,
-)
+from veil import containers
+from veil.encoding import encode_image, strip_identifying_metadata
 from veil.errors import ImageError
+from veil.files import atomic_write_bytes
 from veil.images import load_image, probe
 
 FORMATS = ("keep", "png", "jpeg")
@@ -62,7 +54,7 @@ def _open(data: bytes) -> Image.Image:
 
 def _segments(data: bytes) -> list[tuple[int, bytes]]:
     """(marker, bytes) of a JPEG's segments, via the module's own walker."""
-    return [(m, data[s:e]) for m, s, e in encoding._jpeg_segments(data)]
+    return [(s.marker, data[s.start:s.end]) for s in containers.jpeg_segments(data)]
 
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -400,147 +392,7 @@ def test_strip_refuses_broken_jpeg(corpus: dict[str, CorpusCase]) -> None:
         strip_identifying_metadata(data[:300])  # ends inside the EXIF segment
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-def _listing(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
-
-
-def test_atomic_write_creates_and_replaces(tmp_path: Path) -> None:
-    target = tmp_path / "deep" / "out.jpg"
-    atomic_write_bytes(target, b"first")
-    atomic_write_bytes(target, b"second")
-    assert target.read_bytes() == b"second"
-    assert _listing(target.parent) == ["out.jpg"]
-    umask = os.umask(0)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
-
-
-@pytest.mark.parametrize("fail_in", ["write", "fsync", "replace"])
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   KeyboardInterrupt("interrupted mid-write")])
-def test_atomic_write_failure_leaves_old_file_and_no_temp(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_in: str,
-        error: BaseException) -> None:
-    target = tmp_path / "out.png"
-    target.write_bytes(b"old content")
-    seen: list[str] = []
-    real_fdopen = os.fdopen
-
-    class HalfWriter(io.FileIO):
-        def write(self, data: bytes) -> int:  # type: ignore[override]
-            super().write(bytes(data)[: len(data) // 2])  # a partial temp file exists
-            raise error
-
-    def fdopen(fd: int, mode: str = "r", *args: object, **kwargs: object) -> io.IOBase:
-        seen.append(_listing(tmp_path)[0])
-        if fail_in == "write":
-            return HalfWriter(fd, "wb")
-        return real_fdopen(fd, mode, *args, **kwargs)
-
-    def failing(*args: object) -> None:
-        raise error
-
-    monkeypatch.setattr(os, "fdopen", fdopen)
-    if fail_in != "write":
-        monkeypatch.setattr(os, fail_in, failing)
-    with pytest.raises(type(error), match=re.escape(str(error))):
-        atomic_write_bytes(target, b"new content that is long")
-    monkeypatch.undo()
-    assert target.read_bytes() == b"old content"
-    assert _listing(tmp_path) == ["out.png"]
-    assert seen and encoding._TEMP_NAME.match(seen[0]) and seen[0].startswith(".out.png.")
-
-
-def test_durable_is_what_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"abc")
-    atomic_write_bytes(tmp_path / "a.bin", b"abc", durable=False)
-    atomic_copy(src, tmp_path / "b.bin", durable=False)
-    assert synced == []
-    atomic_write_bytes(tmp_path / "a.bin", b"abc")
-    atomic_copy(src, tmp_path / "b.bin")
-    assert len(synced) == 2
-    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes() == b"abc"
-
-
-def test_atomic_write_long_unicode_name(tmp_path: Path) -> None:
-    target = tmp_path / ("日本" * 40 + ".jpg")  # 244 bytes: the temp name must still fit
-    atomic_write_bytes(target, b"x")
-    assert target.read_bytes() == b"x"
-    assert _listing(tmp_path) == [target.name]
-
-
-def test_atomic_copy_copies_and_links(tmp_path: Path) -> None:
-    src = tmp_path / "src.jpg"
-    src.write_bytes(b"\xff\xd8 some image bytes")
-    copied, linked = tmp_path / "out" / "copy.jpg", tmp_path / "out" / "link.jpg"
-    copied.parent.mkdir()
-    copied.write_bytes(b"stale")
-    atomic_copy(src, copied)
-    atomic_copy(src, linked, link=True)
-    assert copied.read_bytes() == linked.read_bytes() == src.read_bytes()
-    assert copied.stat().st_ino != src.stat().st_ino
-    assert linked.stat().st_ino == src.stat().st_ino
-    assert _listing(copied.parent) == ["copy.jpg", "link.jpg"]
-
-
-def test_atomic_copy_falls_back_when_linking_fails(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = tmp_path / "src.jpg"
-    src.write_bytes(b"bytes")
-
-    def cross_device(*args: object) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(os, "link", cross_device)
-    dst = tmp_path / "dst.jpg"
-    atomic_copy(src, dst, link=True)
-    assert dst.read_bytes() == b"bytes" and dst.stat().st_ino != src.stat().st_ino
-    assert _listing(tmp_path) == ["dst.jpg", "src.jpg"]
-
-
-def test_atomic_copy_of_missing_source_leaves_nothing(tmp_path: Path) -> None:
-    for link in (False, True):
-        with pytest.raises(FileNotFoundError, match=r"gone\.jpg"):
-            atomic_copy(tmp_path / "gone.jpg", tmp_path / "dst.jpg", link=link)
-    assert _listing(tmp_path) == []
-
-
-def test_remove_stale_temps(tmp_path: Path) -> None:
-    keep = [tmp_path / "a.jpg", tmp_path / ".hidden", tmp_path / "sub" / "b.png",
-            tmp_path / "sub" / ".b.png.veil-tmp-xyz"]  # not our random suffix
-    stale = [tmp_path / ".a.jpg.veil-tmp-0123456789ab",
-             tmp_path / "sub" / "deeper" / ".c.png.veil-tmp-ba9876543210"]
-    for path in keep + stale:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-    assert remove_stale_temps(tmp_path) == 2
-    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
-    assert remove_stale_temps(tmp_path) == 0
-    assert remove_stale_temps(tmp_path / "missing") == 0
-
-
-def test_temp_names_from_a_killed_write_are_found(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A temp file left by a real (interrupted) write is what remove_stale_temps removes."""
-    monkeypatch.setattr(encoding, "_discard", lambda path: None)  # as if killed mid-write
-
-    def killed(*args: object) -> None:
-        raise KeyboardInterrupt("killed mid-rename")
-
-    monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt, match="killed mid-rename"):
-        atomic_write_bytes(tmp_path / "x" / "out.jpg", b"data")
-    monkeypatch.undo()
-    assert len(_listing(tmp_path / "x")) == 1
-    assert remove_stale_temps(tmp_path) == 1
-    assert _listing(tmp_path / "x") == []
+# --------------------------------------------------------------------------- write path
 
 
 def test_round_trip_of_the_whole_write_path(tmp_path: Path) -> None:

@@ -256,6 +256,38 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path):
     assert not [p for p in out.rglob("*veil-tmp*")]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
+                    reason="reads fsynced paths from /proc/self/fd")
+def test_each_shard_fsyncs_its_files_and_folders_and_never_the_whole_machine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durability without os.sync: what a shard wrote (every output, its folder, the
+    folders up to OUT) is fsynced before the shard is recorded as done."""
+    root, faces = _faces_dataset(tmp_path / "data", 12)
+    out = tmp_path / "out"
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def machine_wide() -> None:
+        raise AssertionError("os.sync flushes every process's buffers")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "sync", machine_wide)
+    summary = obfuscate_dataset(open_dataset(root), load_faces(faces), out, workers=1,
+                                shard_size=5, progress=False)
+    assert summary.ok
+    outputs = {str(out / key) for key in faces}
+    assert outputs <= set(synced)  # each output file (faced, re-encoded or copied)
+    folders = {str(out / "val" / f"c{i}") for i in range(3)} | {str(out / "val"), str(out)}
+    assert folders <= set(synced)
+    last = {path: position for position, path in enumerate(synced)}
+    for path in outputs:  # a folder is synced after the files it holds
+        assert last[str(Path(path).parent)] > synced.index(path)
+
+
 def test_small_jobs_obfuscate_in_one_local_worker_unless_told_otherwise() -> None:
     """A pool starts in ~1.5 s, longer than a core takes for a few thousand images."""
     from veil.stages.obfuscate import IMAGES_PER_LOCAL_WORKER, default_obfuscate_workers

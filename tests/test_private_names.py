@@ -24,10 +24,7 @@ FOREIGN_ALLOWED = {
     "versions are bounded in pyproject.toml",
 }
 #: (file relative to src/veil, name) -> reason.
-ALLOWED = {
-    # TODO(issue 15, point 3): the atomic-file helpers get one public module; then drop this.
-    ("wds.py", "_temp_path"): "encoding's temp-file naming, until the atomic-file layer lands",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 #: Underscore names that are public API of the standard library.
 STDLIB_PUBLIC = {"_replace", "_asdict", "_fields", "_make", "_exit", "_getframe"}

@@ -1,4 +1,4 @@
-"""Write images so that nothing identifying leaves with them, and no write is ever partial.
+"""Write images so that nothing identifying leaves with them.
 
 * ``encode_image`` turns obfuscated pixels into file bytes. JPEG sources are re-encoded
   with their own quantisation tables and subsampling, so pixels no box touched change
@@ -12,43 +12,33 @@
   orientation when the stored pixels are not as displayed.
 * ``strip_identifying_metadata`` cleans a file that is copied rather than re-encoded
   (an image without faces), without touching its compressed pixel data.
-* ``atomic_write_bytes`` / ``atomic_copy`` write through a temp file and ``os.replace``,
-  so a reader (or a resumed run) sees the old file or the new one, never half of one.
+
+Writing the bytes to disk, atomically, is :mod:`veil.files`' job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import re
-import secrets
-import shutil
 import struct
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from veil.errors import ImageError
+from veil import containers
 from veil.images import LoadedImage, as_rgb, decode_native, probe
 
 __all__ = [
     "SUFFIXES",
-    "atomic_copy",
-    "atomic_write_bytes",
     "encode_image",
     "jpeg_with_colour_and_orientation",
-    "remove_stale_temps",
     "strip_identifying_metadata",
 ]
 
 #: The suffix ``encode_image`` returns for each output format.
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tiff", "BMP": ".bmp"}
 _KEPT_LOSSLESS = ("PNG", "WEBP", "TIFF", "BMP")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_DROPPED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"})
 _ORIENTATION_TAG = 0x0112
 _NO_LIMIT = sys.maxsize  # stripping a file must not refuse what the run already accepted
@@ -164,11 +154,10 @@ def jpeg_with_colour_and_orientation(data: bytes, icc_profile: bytes | None, ori
     Nothing else is added: the rules of :func:`strip_identifying_metadata`, without
     walking the entropy-coded data to find out what is there.
     """
-    if data[:2] != b"\xff\xd8":
+    if data[:2] != containers.JPEG_SOI:
         raise ValueError("not a JPEG")
-    at = 2
-    if data[2:4] == b"\xff\xe0":  # libjpeg's JFIF APP0 stays first
-        at = 4 + struct.unpack(">H", data[4:6])[0]
+    first = containers.jpeg_header(data)[0]
+    at = first.end if first.marker == 0xE0 else 2  # libjpeg's JFIF APP0 stays first
     segments = bytearray()
     if orientation != 1:
         payload = _orientation_exif(orientation)
@@ -183,50 +172,6 @@ def jpeg_with_colour_and_orientation(data: bytes, icc_profile: bytes | None, ori
 
 
 # --------------------------------------------------------------------------- strip
-
-
-_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-
-
-def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
-    """(marker, start, end) of every segment after SOI up to and including EOI.
-
-    An SOS segment's span includes its entropy-coded data, which ends at the first
-    marker that is neither a stuffed 0xFF00 nor a restart marker.
-    """
-    segments: list[tuple[int, int, int]] = []
-    pos, n = 2, len(data)
-    while pos < n:
-        if data[pos] != 0xFF:
-            # Stray bytes between segments: decoders skip them, and so does the copy.
-            pos = data.find(b"\xff", pos)
-            if pos < 0:
-                break
-        while pos + 1 < n and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes
-        if pos + 1 >= n:
-            break
-        start, marker = pos, data[pos + 1]
-        pos += 2
-        if marker == 0xD9:  # EOI
-            segments.append((marker, start, pos))
-            return segments
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
-            segments.append((marker, start, pos))
-            continue
-        if pos + 2 > n:
-            break
-        end = pos + struct.unpack(">H", data[pos:pos + 2])[0]
-        if end > n:
-            break
-        if marker == 0xDA:  # SOS: the scan runs on to the next real marker
-            scan_end = _ENTROPY_END.search(data, end)
-            end = scan_end.start() if scan_end else n
-        segments.append((marker, start, end))
-        pos = end
-    if segments and segments[-1][0] == 0xDA:
-        return segments  # no EOI after the last scan: keep what is there, byte for byte
-    raise ImageError("truncated JPEG data (the file ends inside a marker segment)")
 
 
 def _keep_jpeg_segment(marker: int, payload: bytes) -> bool:
@@ -250,7 +195,8 @@ def _strip_jpeg(data: bytes) -> bytes:
     orientation = probe(data, max_pixels=_NO_LIMIT).orientation
     out = bytearray(data[:2])
     insert_at = 2
-    for marker, start, end in _jpeg_segments(data):
+    for segment in containers.jpeg_segments(data):
+        marker, start, end = segment.marker, segment.start, segment.end
         if _keep_jpeg_segment(marker, data[start + 4:start + 16]):
             if marker == 0xE0 and len(out) == 2:
                 insert_at = 2 + end - start  # EXIF goes after a leading JFIF APP0
@@ -258,8 +204,7 @@ def _strip_jpeg(data: bytes) -> bytes:
     # Anything after EOI (MPO's second picture, vendor trailers) is dropped with it.
     if orientation != 1:
         payload = _orientation_exif(orientation)
-        segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-        out[insert_at:insert_at] = segment
+        out[insert_at:insert_at] = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     return bytes(out)
 
 
@@ -270,24 +215,15 @@ def _png_chunk(ctype: bytes, payload: bytes) -> bytes:
 
 def _strip_png(data: bytes) -> bytes:
     orientation = probe(data, max_pixels=_NO_LIMIT).orientation
-    out = bytearray(_PNG_MAGIC)
-    pos, n = len(_PNG_MAGIC), len(data)
+    out = bytearray(containers.PNG_MAGIC)
     pending_exif = orientation != 1
-    while pos < n:
-        if pos + 8 > n:
-            raise ImageError("truncated PNG data (the file ends inside a chunk header)")
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
-        end = pos + 12 + length
-        if end > n:
-            raise ImageError("truncated PNG data (the file ends inside a chunk)")
-        if ctype == b"IDAT" and pending_exif:
+    for chunk in containers.png_chunks(data):
+        if chunk.type == b"IDAT" and pending_exif:
             out += _png_chunk(b"eXIf", _orientation_exif(orientation)[6:])
             pending_exif = False
-        if ctype not in _PNG_DROPPED:
-            out += data[pos:end]
-        pos = end
-        if ctype == b"IEND":
-            break  # and nothing after it
+        if chunk.type not in _PNG_DROPPED:
+            out += data[chunk.offset:chunk.end]
+    # and nothing after IEND
     return bytes(out)
 
 
@@ -331,110 +267,8 @@ def strip_identifying_metadata(data: bytes) -> bytes:
     WEBP (lossless), TIFF, BMP and GIF (first frame) keep their format, anything else
     becomes PNG (check ``veil.images.probe(result).format``).
     """
-    if data[:3] == b"\xff\xd8\xff":
+    if containers.is_jpeg(data):
         return _strip_jpeg(data)
-    if data[:8] == _PNG_MAGIC:
+    if containers.is_png(data):
         return _strip_png(data)
     return _reencode_clean(data)
-
-
-# --------------------------------------------------------------------------- atomic files
-
-_TEMP_MARK = ".veil-tmp-"
-_TEMP_NAME = re.compile(r"^\..*\.veil-tmp-[0-9a-f]{12}$", re.DOTALL)
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-
-
-def _temp_path(target: Path) -> Path:
-    """``.<name>.veil-tmp-<random>`` beside ``target``; long names are cut to fit."""
-    return Path(_temp_name(os.fspath(target)))
-
-
-def _temp_name(target: str) -> str:
-    """:func:`_temp_path` on a plain string path (no pathlib objects on the per-file
-    path of a stage)."""
-    head, name = os.path.split(target)
-    stem = name.encode("utf-8", "surrogateescape")[:120].decode("utf-8", "ignore")
-    return os.path.join(head, f".{stem}{_TEMP_MARK}{secrets.token_hex(6)}")
-
-
-def _discard(path: str | Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
-                       durable: bool = True) -> None:
-    """Write ``data`` to ``path`` all at once: temp file, fsync, ``os.replace``.
-
-    Parent directories are created. On any failure (or a kill) the temp file is removed
-    (or left for ``remove_stale_temps``) and ``path`` is left as it was: absent or the
-    old content. Atomicity against a killed process needs no fsync; ``durable`` adds it
-    so the new bytes also survive a power cut. It costs milliseconds per file on a real
-    disk: a stage writing many small files may pass ``durable=False`` and call
-    ``os.sync()`` once per shard before recording the shard as done.
-    """
-    target = os.fspath(path)
-    tmp = _temp_name(target)
-    try:
-        fd = os.open(tmp, _WRITE_FLAGS, 0o666)  # the umask decides, as for any new file
-    except FileNotFoundError:  # the first file of its folder: make the folder, once
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        fd = os.open(tmp, _WRITE_FLAGS, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def atomic_copy(src: Path, dst: Path, *, link: bool = False, durable: bool = True) -> None:
-    """Put a byte-for-byte copy of ``src`` at ``dst`` atomically.
-
-    With ``link=True`` a hard link is made instead where the file system allows one
-    (same device, links supported); otherwise it falls back to copying. ``durable``
-    as for ``atomic_write_bytes``.
-    """
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dst)
-    try:
-        if link:
-            try:
-                os.link(src, tmp)
-                os.replace(tmp, dst)
-                return
-            except FileNotFoundError:
-                raise
-            except OSError:
-                _discard(tmp)  # cross-device, no hard links here, too many links: copy
-        shutil.copyfile(src, tmp)
-        if durable:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, dst)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def remove_stale_temps(root: Path) -> int:
-    """Delete temp files a killed run left under ``root``; returns how many.
-
-    Call it before a run resumes, never while another run writes under ``root``.
-    """
-    removed = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if _TEMP_NAME.match(name):
-                _discard(Path(dirpath, name))
-                removed += 1
-    return removed

@@ -18,7 +18,7 @@ import jinja2
 from PIL import Image, ImageDraw
 
 from veil.boxes import Box
-from veil.encoding import atomic_write_bytes
+from veil.files import atomic_write_bytes
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("veil", "templates"),

@@ -30,7 +30,7 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import IO
@@ -38,6 +38,7 @@ from typing import IO
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, JpegImagePlugin
 
+from veil import containers
 from veil.errors import ImageError, VeilError
 
 __all__ = [
@@ -81,7 +82,6 @@ _TRANSPOSE = {
 }
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(?:="|>)([0-9])')
 _XMP_SIGNATURES = (b"http://ns.adobe.com/xap/1.0/\x00", b"http://ns.adobe.com/xmp/extension/\x00")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Descriptive TIFF tags that identify a camera, a person, a place or a time.
 _TIFF_IDENTIFYING = frozenset({
     269, 270, 271, 272, 305, 306, 315, 316, 33432, 42016, 0x8769, 0x8825,
@@ -201,7 +201,7 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 _MAGIC = (
-    (b"\xff\xd8", "JPEG"), (_PNG_MAGIC[:4], "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"\xff\xd8", "JPEG"), (containers.PNG_MAGIC[:4], "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
     (b"II*\0", "TIFF"), (b"MM\0*", "TIFF"),
 )
 
@@ -330,31 +330,6 @@ def _parse_exif(raw: bytes | None) -> tuple[int | None, set[str]]:
     return (orientation if isinstance(orientation, int) else None), kinds
 
 
-@dataclass
-class _PngChunk:
-    type: bytes
-    offset: int  # of the length field
-    length: int  # of the data
-
-
-def _png_chunks(fp: IO[bytes]) -> Iterator[_PngChunk]:
-    """Walk a PNG's chunk list by seeking; stop quietly at a truncated chunk or IEND."""
-    fp.seek(0)
-    if fp.read(8) != _PNG_MAGIC:
-        return
-    offset = 8
-    while True:
-        header = fp.read(8)
-        if len(header) < 8:
-            return
-        length, ctype = struct.unpack(">I4s", header)
-        yield _PngChunk(ctype, offset, length)
-        if ctype == b"IEND":
-            return
-        offset += 12 + length
-        fp.seek(offset)
-
-
 def _png_text_kind(keyword: bytes) -> str:
     if keyword == b"XML:com.adobe.xmp":
         return "xmp"
@@ -374,7 +349,7 @@ def _png_metadata(fp: IO[bytes]) -> tuple[int | None, set[str], bytes | None]:
     orientation: int | None = None
     kinds: set[str] = set()
     xmp: bytes | None = None
-    for chunk in list(_png_chunks(fp)):
+    for chunk in list(containers.png_chunks(fp, strict=False)):
         if chunk.type in (b"tEXt", b"zTXt", b"iTXt"):
             fp.seek(chunk.offset + 8)
             data = fp.read(chunk.length)
@@ -526,20 +501,18 @@ def plain_jpeg(data: bytes, max_pixels: int | None = None) -> bool:
     odd tables, ``data`` cut before the scan) gives False: ask :func:`probe`. The entropy
     coded data is not read, as probe does not read it either.
     """
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[2] != 0xFF:
+    if not containers.is_jpeg(data):
         return False
-    pos, frame, tables = 2, None, False
-    while True:
-        if pos + 4 > n or data[pos] != 0xFF:
+    try:
+        segments = containers.jpeg_header(data)
+    except ImageError:
+        return False
+    frame, tables = None, False
+    for segment in segments[:-1]:  # the last is the first scan's header
+        marker, length = segment.marker, segment.length
+        start, end = segment.start + 4, segment.end
+        if segment.fill:
             return False
-        marker = data[pos + 1]
-        length = (data[pos + 2] << 8) | data[pos + 3]
-        start, end = pos + 4, pos + 2 + length
-        if length < 2 or end > n:
-            return False
-        if marker == 0xDA:  # SOS: the header is over
-            break
         if marker == 0xDB:
             while start < end:  # 8-bit tables 0-3 only (Pillow takes 16-bit ones too)
                 if data[start] > 3 or start + 65 > end:
@@ -553,8 +526,8 @@ def plain_jpeg(data: bytes, max_pixels: int | None = None) -> bool:
                 return False
             frame = ((data[start + 1] << 8) | data[start + 2],
                      (data[start + 3] << 8) | data[start + 4])
-        elif marker == 0xE0:  # JFIF, and no thumbnail in it (length 16 exactly)
-            if length != 16 or data[start:start + 5] != b"JFIF\0":
+        elif marker == 0xE0:  # JFIF, and no thumbnail in it
+            if containers.jfif_thumbnail(data, segment) is not False:
                 return False
         elif marker == 0xE2:
             if length < 16 or data[start:start + 12] != b"ICC_PROFILE\0":
@@ -564,7 +537,8 @@ def plain_jpeg(data: bytes, max_pixels: int | None = None) -> bool:
                 return False
         elif marker not in _PLAIN_SKIPPED:
             return False
-        pos = end
+    if segments[-1].fill:
+        return False
     if frame is None or not tables or frame[0] == 0 or frame[1] == 0:
         return False
     return frame[0] * frame[1] <= max_pixels_limit(max_pixels)

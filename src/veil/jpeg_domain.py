@@ -54,7 +54,6 @@ import ctypes
 import ctypes.util
 import io
 import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from veil import containers
 from veil.errors import VeilError
 
 __all__ = ["Frame", "Unsupported", "available", "parse_frame", "splice"]
@@ -114,52 +114,38 @@ _SOF_NAMES = {
 def parse_frame(data: bytes) -> Frame:
     """The frame header, tables and APP14 flag of ``data``; :class:`Unsupported` for a
     JPEG this module does not handle, with the reason."""
-    if data[:2] != b"\xff\xd8":
+    if data[:2] != containers.JPEG_SOI:
         raise Unsupported("not a JPEG")
-    pos, n = 2, len(data)
+    try:
+        segments = containers.jpeg_header(data)
+    except containers.ContainerError as e:
+        raise Unsupported(f"malformed or truncated header: {e}") from None
     tables: dict[int, tuple[int, ...]] = {}
     frame: tuple[int, int, int, list[tuple[int, int, int]]] | None = None
     adobe: int | None = None
     ids = b""
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            raise Unsupported("malformed marker segments")
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        length = (data[pos + 2] << 8) | data[pos + 3]
-        start, end = pos + 4, pos + 2 + length
-        if end > n:
-            raise Unsupported("truncated header")
-        if marker == 0xDA:
-            break
-        if marker == 0xDB:
-            while start < end:
-                precision, tid = data[start] >> 4, data[start] & 15
-                size = 128 if precision else 64
-                raw = data[start + 1:start + 1 + size]
-                values = (struct.unpack(">64H", raw) if precision else tuple(raw))
-                natural = [0] * 64
-                for i, v in enumerate(values):
-                    natural[int(_ZIGZAG[i])] = v
-                tables[tid] = tuple(natural)
-                start += 1 + size
-        elif marker in _SOF_NAMES:
-            raise Unsupported(_SOF_NAMES[marker])
-        elif marker in (0xC0, 0xC1, 0xC2):
-            precision = data[start]
-            if precision != 8:
-                raise Unsupported(f"{precision}-bit samples")
-            height, width = struct.unpack(">HH", data[start + 1:start + 5])
-            count = data[start + 5]
-            comps = [(data[start + 7 + 3 * i] >> 4, data[start + 7 + 3 * i] & 15,
-                      data[start + 8 + 3 * i]) for i in range(count)]
-            ids = bytes(data[start + 6 + 3 * i] for i in range(count))
-            frame = (width, height, marker, comps)
-        elif marker == 0xEE and data[start:start + 5] == b"Adobe" and length >= 14:
-            adobe = data[start + 11]
-        pos = end
+    for segment in segments[:-1]:  # the last is the first scan's header
+        marker, payload = segment.marker, segment.payload(data)
+        try:
+            if marker == containers.DQT:
+                for _, tid, values in containers.quantisation_tables(data, segment):
+                    natural = [0] * 64
+                    for i, v in enumerate(values):
+                        natural[int(_ZIGZAG[i])] = v
+                    tables[tid] = tuple(natural)
+            elif marker in _SOF_NAMES:
+                raise Unsupported(_SOF_NAMES[marker])
+            elif marker in (0xC0, 0xC1, 0xC2):
+                sof = containers.jpeg_frame(data, segment)
+                if sof.precision != 8:
+                    raise Unsupported(f"{sof.precision}-bit samples")
+                comps = [(h, v, table) for _, h, v, table in sof.components]
+                ids = bytes(c[0] for c in sof.components)
+                frame = (sof.width, sof.height, marker, comps)
+            elif marker == 0xEE and payload[:5] == b"Adobe" and segment.length >= 14:
+                adobe = payload[11]
+        except containers.ContainerError as e:
+            raise Unsupported(f"malformed header: {e}") from None
     if frame is None:
         raise Unsupported("no frame header before the first scan")
     width, height, marker, comps = frame

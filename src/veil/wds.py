@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from veil import files
 from veil.errors import DatasetError
 
 TAR_SUFFIX = ".tar"
@@ -263,14 +264,13 @@ class TarReader:
 
 class ShardWriter:
     """Write one tar shard atomically: members go to a temp file beside the target,
-    which replaces the target only on ``commit`` (after an fsync)."""
+    which replaces the target only on ``commit`` (fsynced, and its directory after the
+    rename)."""
 
     def __init__(self, target: Path, *, format: int = tarfile.DEFAULT_FORMAT) -> None:
-        from veil.encoding import _temp_path  # the temp names remove_stale_temps cleans
-
         self.target = target
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._temp = _temp_path(target)
+        self._temp = files.temp_path(target)  # the names remove_stale_temps cleans
         self._file: IO[bytes] = open(self._temp, "xb")  # noqa: SIM115 - closed in commit/abort
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=format)  # noqa: SIM115
 
@@ -287,6 +287,7 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._temp, self.target)
+        files.fsync_directory(self.target.parent)  # the rename lasts a power cut too
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):

@@ -37,8 +37,8 @@ from veil.analysis.per_category import (
 from veil.analysis.run import StudyRun, load_run
 from veil.analysis.stats import INTERVAL_METHOD, MCNEMAR_EXACT_BELOW, ONE_SEED_NOTE
 from veil.analysis.tables import write_csv, write_text
-from veil.encoding import atomic_write_bytes
 from veil.errors import VeilError
+from veil.files import atomic_write_bytes
 
 ANALYSIS_DIR = "analysis"
 SUMMARY = "summary.json"

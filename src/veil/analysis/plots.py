@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from veil.encoding import atomic_write_bytes
+from veil.files import atomic_write_bytes
 
 DPI = 110
 

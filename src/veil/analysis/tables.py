@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from veil.encoding import atomic_write_bytes
+from veil.files import atomic_write_bytes
 
 
 def fmt(value: float | None, decimals: int = 3) -> str:

@@ -43,8 +43,8 @@ from veil.analysis.stats import (
     verdict_from_p,
 )
 from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p, markdown_table
-from veil.encoding import atomic_write_bytes
 from veil.errors import VeilError
+from veil.files import atomic_write_bytes
 
 ORIGINAL = "original"
 MANIFEST = "transfer.json"

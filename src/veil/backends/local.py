@@ -7,13 +7,13 @@ work in flight.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from veil.backends.base import Outcome, Pending, ShardResult, ShardTask, run_timed
 from veil.cores import available_cores
+from veil.processes import process_pool
 
 _worker_task: ShardTask | None = None
 
@@ -30,7 +30,7 @@ def _run_in_worker(index: int, keys: list[str]) -> ShardResult:
 
 
 class LocalBackend:
-    """Shards in this process (one worker) or in a forkserver process pool."""
+    """Shards in this process (one worker) or in a process pool (:mod:`veil.processes`)."""
 
     name = "local"
 
@@ -60,12 +60,9 @@ class LocalBackend:
 
     @staticmethod
     def _in_pool(task: ShardTask, pending: Pending, workers: int) -> Iterator[Outcome]:
-        context = multiprocessing.get_context("forkserver")
         queue = list(pending)
         in_flight: dict[Future[ShardResult], tuple[int, list[str]]] = {}
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(task,)
-        ) as pool:
+        with process_pool(workers, initializer=_init_worker, initargs=(task,)) as pool:
             try:
                 while queue or in_flight:
                     while queue and len(in_flight) < 2 * workers:

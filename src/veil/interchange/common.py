@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import IO, Any
 
 from veil.boxes import Box, usable_boxes
 from veil.errors import FacesFileError
+from veil.files import atomic_path
 from veil.store.records import ImageRecord
 
 FORMATS = ("paper", "coco", "parquet")
@@ -156,27 +156,9 @@ def box_row(box: Box) -> dict[str, float]:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path next to ``path``, renamed into place if the block succeeds.
-
-    Readers never see a half-written faces file, and a failed export leaves the old one.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
 def atomic_text(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
-    """A UTF-8 text file (``\n`` line ends) written atomically, see :func:`atomic_path`."""
+    """A UTF-8 text file (``\n`` line ends) written atomically, see
+    :func:`veil.files.atomic_path`."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         yield f
 

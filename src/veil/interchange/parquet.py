@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from veil import __version__
 from veil.boxes import Box
 from veil.errors import FacesFileError
-from veil.interchange.common import COORDS, FacesFile, atomic_path
+from veil.files import atomic_path
+from veil.interchange.common import COORDS, FacesFile
 from veil.store.records import ImageRecord
 
 BOX_TYPE = pa.struct(

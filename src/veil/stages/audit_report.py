@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veil import __version__
-from veil.encoding import atomic_write_bytes
+from veil.files import atomic_write_bytes
 from veil.html import render, thumbnail_uri
 from veil.images import load_image
 from veil.runner import RunSummary

@@ -35,12 +35,10 @@ import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +53,11 @@ from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, open_dataset
 from veil.errors import DatasetError, VeilError
 from veil.faces import FacesSnapshot
+from veil.files import atomic_path
 from veil.images import load_image, probe
-from veil.interchange.common import atomic_path
 from veil.obfuscation import obfuscate
 from veil.obfuscation.jpeg import pillow_default_jpeg
+from veil.processes import loader_context, process_pool
 from veil.study.conditions import JPEG_CONDITIONS, STUDY_CONDITIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -290,7 +289,7 @@ def face_rows(data: StudyData, boxes: Mapping[str, Sequence[Box]], workers: int 
     rows: list[dict[str, Any]] = []
     for split in (data.train, data.val):
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with process_pool(workers) as pool:
                 sizes = list(pool.map(_probe_size, split.paths, chunksize=256))
         else:
             sizes = [_probe_size(p) for p in split.paths]
@@ -342,7 +341,7 @@ def fill_in_order(out: np.ndarray, jobs: Sequence[Any],
             bar.update(len(part))
 
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             write(pool.map(work, jobs))
     else:
         write(map(work, jobs))
@@ -708,13 +707,10 @@ class StreamSource:
     def batches(self, batches: Sequence[Sequence[int]], *, train: bool, seed: int
                 ) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(seed)
-        # Fork where there is fork: a parallel training job is a spawned process, whose
-        # default would be to spawn (and re-import torch in) every loader worker.
-        fork = "fork" in multiprocessing.get_all_start_methods() and self.workers > 0
         loader = torch.utils.data.DataLoader(
             self.train_set if train else self.eval_set, batch_sampler=[list(b) for b in batches],
             num_workers=self.workers, generator=generator, pin_memory=torch.cuda.is_available(),
-            multiprocessing_context="fork" if fork else None,
+            multiprocessing_context=loader_context(self.workers),
         )
         yield from loader
 

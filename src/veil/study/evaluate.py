@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from veil.interchange.common import atomic_path
+from veil.files import atomic_path
 from veil.study.data import Source, Split
 from veil.study.ddp import DistEnv, gather_to_main, shard_range
 

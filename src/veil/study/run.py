@@ -21,14 +21,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,8 @@ from veil import __version__
 from veil.cores import available_cores as default_workers
 from veil.errors import VeilError
 from veil.faces import FacesSnapshot, load_faces, match_faces
-from veil.interchange.common import atomic_path
+from veil.files import atomic_path, write_json
+from veil.processes import process_pool
 from veil.study.data import (
     ORIGINAL,
     CacheSource,
@@ -73,7 +72,6 @@ from veil.study.train import (
     epoch_summary,
     load_trained,
     train_model,
-    write_json,
 )
 
 STUDY_FILE = "study.json"
@@ -546,9 +544,7 @@ class Study:
         )
         self._log(f"training {len(pending)} model(s), {parallel} at a time,"
                   f" {threads} thread(s) each")
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(parallel, mp_context=context,
-                                 initializer=_die_with_parent) as pool:
+        with process_pool(parallel, die_with_parent=True) as pool:
             futures = [pool.submit(_train_job, worker_config, job, slot % parallel)
                        for slot, job in enumerate(pending)]
             try:
@@ -566,17 +562,6 @@ class Study:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _die_with_parent() -> None:
-    """A training worker must not outlive a killed study: it would go on writing."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the line above ran
-            os._exit(1)
 
 
 def _train_job(config: StudyConfig, job: tuple[str, int, str], slot: int

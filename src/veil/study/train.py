@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from veil.errors import VeilError
-from veil.interchange.common import atomic_path
+from veil.files import atomic_path
 from veil.study.data import Source
 from veil.study.ddp import DistEnv, all_reduce_sum
 from veil.study.evaluate import Predictions, autocast
@@ -157,11 +157,6 @@ class RunFiles:
 
     def predictions(self, condition: str) -> Path:
         return self.folder / "predictions" / f"eval-{condition}.parquet"
-
-
-def write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def torch_save(path: Path, obj: Any) -> None:

@@ -11,7 +11,6 @@ trains everything.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from veil.errors import VeilError
 from veil.images import load_image
+from veil.processes import loader_context
 from veil.study.ddp import DistEnv
 from veil.study.evaluate import autocast
 from veil.study.profiles import resolve_recipe
@@ -169,10 +169,9 @@ def collate(batch: list[Any]) -> tuple[Any, ...]:
 
 def _loader(dataset: VOCImages, batches: list[list[int]], workers: int
             ) -> torch.utils.data.DataLoader:
-    fork = workers > 0 and "fork" in multiprocessing.get_all_start_methods()
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                        collate_fn=collate,
-                                       multiprocessing_context="fork" if fork else None)
+                                       multiprocessing_context=loader_context(workers))
 
 
 def _flip(image: torch.Tensor, target: dict[str, torch.Tensor]

@@ -29,7 +29,7 @@ import torch
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
-from veil.interchange.common import atomic_path
+from veil.files import atomic_path
 from veil.study.data import center_crop, fill_in_order
 from veil.study.evaluate import autocast
 from veil.transfer.backbone import Backbone, strip_head

@@ -41,8 +41,8 @@ import torch
 from veil import __version__
 from veil.cores import available_cores
 from veil.errors import VeilError
-from veil.interchange.common import atomic_path
-from veil.study.train import mix_seed, write_json
+from veil.files import atomic_path, write_json
+from veil.study.train import mix_seed
 from veil.transfer import metrics as M
 from veil.transfer.backbone import Backbone, find_backbones
 from veil.transfer.detection import (
