@@ -32,6 +32,7 @@ from veil.interchange.common import atomic_path
 from veil.study.data import Source
 from veil.study.ddp import DistEnv, all_reduce_sum
 from veil.study.evaluate import Predictions, autocast
+from veil.study.layout import HISTORY_FIELDS, RunFiles
 from veil.study.profiles import Recipe
 
 # The smallest square input (px) on which each of the paper's architectures runs a
@@ -41,9 +42,6 @@ MIN_IMG_SIZE: dict[str, int] = {
     "alexnet": 63, "squeezenet1_0": 21, "vgg11": 32, "vgg13": 32, "vgg16": 32, "vgg19": 32,
     "densenet121": 29, "densenet201": 29,
 }
-
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "val_top1")
-
 
 def list_archs() -> list[str]:
     """torchvision's image classification architectures, by name."""
@@ -127,36 +125,6 @@ def per_rank_batch(recipe: Recipe, env: DistEnv) -> int:
 
 
 # --------------------------------------------------------------------------- files
-
-
-@dataclass
-class RunFiles:
-    """The files of one training run (``runs/<arch>/seed<k>/train-<cond>/``)."""
-
-    folder: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.folder / "checkpoint.pt"
-
-    @property
-    def model(self) -> Path:
-        return self.folder / "model.pt"
-
-    @property
-    def config(self) -> Path:
-        return self.folder / "config.json"
-
-    @property
-    def timings(self) -> Path:
-        return self.folder / "timings.json"
-
-    @property
-    def history(self) -> Path:
-        return self.folder / "history.csv"
-
-    def predictions(self, condition: str) -> Path:
-        return self.folder / "predictions" / f"eval-{condition}.parquet"
 
 
 def write_json(path: Path, data: Any) -> None:
