@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from veil.analysis.run import TrainEval, load_run, read_predictions, read_scores
+from veil.analysis.run import TrainEval, read_predictions, read_scores
 from veil.study import layout
 from veil.study.data import Split
 from veil.study.evaluate import Predictions, predictions_table

@@ -139,12 +139,12 @@ def per_category(run: StudyRun, method: str, *, swing: float = DEFAULT_SWING,
                        for v in a.values() for side in v)
     sources = {run.ap_source(arch, seed, c) for arch, seeds_ in values.items()
                for seed in seeds_ for c in (BASELINE, cond)} - {None}
-    ap_source = " and ".join(sorted(sources)) if sources else "none"
+    ap_source = " and ".join(sorted(str(s) for s in sources)) if sources else "none"
     by_seed_all: dict[int, dict[str, dict[str, list[np.ndarray]]]] = {}
     records: list[dict[str, Any]] = []
-    for arch, seeds in values.items():
-        records += _rows(arch, seeds, names, wnids, n_val, ap_available)
-        for seed, sides in seeds.items():
+    for arch, per_seed in values.items():
+        records += _rows(arch, per_seed, names, wnids, n_val, ap_available)
+        for seed, sides in per_seed.items():
             slot = by_seed_all.setdefault(seed, {"original": {}, "obfuscated": {}})
             for side, qs in sides.items():
                 for q, v in qs.items():

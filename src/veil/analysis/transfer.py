@@ -133,8 +133,8 @@ def detection_bootstrap(original: list[Any], obfuscated: list[Any], method: str,
     for start in range(0, resamples, DETECTION_CHUNK):
         size = min(DETECTION_CHUNK, resamples - start)
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(float)
-        a = np.mean([mean_ap(m, method, weights) for m in original], axis=0)
-        b = np.mean([mean_ap(m, method, weights) for m in obfuscated], axis=0)
+        a = np.mean(np.stack([mean_ap(m, method, weights) for m in original]), axis=0)
+        b = np.mean(np.stack([mean_ap(m, method, weights) for m in obfuscated]), axis=0)
         drops.append(a - b)
     values = np.concatenate(drops)
     estimate = (float(np.mean([mean_ap(m, method) for m in original]))

@@ -151,7 +151,7 @@ def transfer_command(run_dir: str, task: str, data_path: str, mode: str, seeds: 
 
     name = task_name(task)
 
-    def given(**values: object) -> dict[str, object]:
+    def given(**values: object) -> dict[str, Any]:
         return {k: v for k, v in values.items() if v is not None}
 
     linear = dataclasses.replace(LinearOptions(), **given(l2_grid=_grid(l2_grid),

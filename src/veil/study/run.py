@@ -471,7 +471,7 @@ class Study:
         old: dict[str, Any] = {}
         if files.timings.exists():
             old = json.loads(files.timings.read_text(encoding="utf-8"))
-        timings = epoch_summary(state) if state is not None else {
+        timings: dict[str, Any] = epoch_summary(state) if state is not None else {
             k: old[k] for k in ("epochs", "train_seconds", "train_img_per_s") if k in old}
         for info in evals.values():
             info["img_per_s"] = info["images"] / info["seconds"] if info["seconds"] else 0.0

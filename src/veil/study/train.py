@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -105,9 +105,9 @@ def train_batches(n: int, batch_size: int, env: DistEnv, seed: int, epoch: int
     """This rank's batches for one epoch: DistributedSampler's shuffle, cut into
     batches; an incomplete last batch is dropped when a full one exists (and a batch
     of one always: BatchNorm cannot train on it)."""
-    sampler = torch.utils.data.DistributedSampler(
-        range(n), num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed,
-        drop_last=False,
+    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+        cast("torch.utils.data.Dataset[int]", range(n)), num_replicas=env.world_size,
+        rank=env.rank, shuffle=True, seed=seed, drop_last=False,
     )
     sampler.set_epoch(epoch)
     order = list(sampler)

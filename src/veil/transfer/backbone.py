@@ -205,7 +205,8 @@ def replace_head(model: nn.Module, outputs: int, generator: torch.Generator) -> 
         new = nn.Linear(old.in_features, outputs)
     else:
         assert isinstance(old, nn.Conv2d)
-        new = nn.Conv2d(old.in_channels, outputs, old.kernel_size, old.stride, old.padding)
+        shape = {k: getattr(old, k) for k in ("kernel_size", "stride", "padding")}
+        new = nn.Conv2d(old.in_channels, outputs, **shape)
     with torch.no_grad():
         weight = new.weight
         bound = 1.0 / max(1, weight[0].numel()) ** 0.5

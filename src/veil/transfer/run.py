@@ -172,7 +172,7 @@ class Transfer:
         self.backbones, self.notes = find_backbones(
             self.run_dir, archs=config.archs, seeds=config.seeds, conditions=config.conditions)
         self.task: Task = open_task(
-            config.task, config.data, train_split=config.train_split,
+            config.task, Path(config.data), train_split=config.train_split,
             test_split=config.test_split, partition=config.partition,
             train_per_class=config.train_per_class, year=config.year,
             ap_method=config.ap_method, limit=config.limit)
