@@ -563,9 +563,9 @@ def test_without_logits_the_table_says_ap_is_on_probabilities(analysed: Path) ->
 
 
 def _baseline() -> Any:
-    from veil.analysis.run import Condition
+    from veil.analysis.run import TrainEval
 
-    return Condition("original", "original")
+    return TrainEval("original", "original")
 
 
 def test_the_papers_categories_get_their_own_table_with_sem_ddof_2(tmp_path: Path) -> None:

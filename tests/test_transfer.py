@@ -43,7 +43,8 @@ from veil.transfer.backbone import (
 )
 from veil.transfer.features import FeatureStats, Preprocess, cached_features
 from veil.transfer.finetune import FinetuneOptions
-from veil.transfer.run import TransferConfig, detection_table, run_transfer
+from veil.transfer.results import detection_table
+from veil.transfer.run import TransferConfig, run_transfer
 from veil.transfer.tasks import open_task
 
 

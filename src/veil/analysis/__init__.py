@@ -7,15 +7,15 @@ The statistics live in :mod:`veil.analysis.stats`.
 
 from veil.analysis.paper_pickles import paper_tables
 from veil.analysis.pipeline import ANALYSIS_DIR, SUMMARY, Analysis, AnalyzeOptions, analyze
-from veil.analysis.run import Condition, StudyRun, load_run
+from veil.analysis.run import StudyRun, TrainEval, load_run
 
 __all__ = [
     "ANALYSIS_DIR",
     "SUMMARY",
     "Analysis",
     "AnalyzeOptions",
-    "Condition",
     "StudyRun",
+    "TrainEval",
     "analyze",
     "load_run",
     "paper_tables",

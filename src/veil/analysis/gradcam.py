@@ -21,6 +21,7 @@ from veil.analysis.examples import Example, obfuscated, pick_examples
 from veil.analysis.plots import image_grid
 from veil.analysis.run import ORIGINAL, StudyRun
 from veil.errors import VeilError
+from veil.study.layout import RUNS_DIR
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -148,11 +149,11 @@ def gradcam_grids(run: StudyRun, out_dir: Path, *, images: int = 6,
 def _jobs(run: StudyRun, archs: list[str] | None) -> list[tuple[str, int, str]]:
     """(arch, seed, method) with both model.pt files, the lowest seed per arch."""
     jobs = []
-    candidates = archs or sorted({p.name for p in (run.root / "runs").glob("*")
+    candidates = archs or sorted({p.name for p in (run.root / RUNS_DIR).glob("*")
                                   if p.is_dir()}, key=_arch_order(run))
     for method in run.methods:
         for arch in candidates:
-            seeds = sorted(int(p.name[4:]) for p in (run.root / "runs" / arch).glob("seed*")
+            seeds = sorted(int(p.name[4:]) for p in (run.root / RUNS_DIR / arch).glob("seed*")
                            if p.name[4:].isdigit())
             seeds = [s for s in seeds if run.model_path(arch, s, ORIGINAL).is_file()
                      and run.model_path(arch, s, method).is_file()]

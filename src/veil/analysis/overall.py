@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.analysis.run import ORIGINAL, Condition, StudyRun, paired
+from veil.analysis.run import ORIGINAL, StudyRun, TrainEval, paired
 from veil.analysis.stats import (
     INTERVAL_METHOD,
     ONE_SEED,
@@ -45,12 +45,12 @@ from veil.analysis.stats import (
 )
 from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p, markdown_table
 
-BASELINE = Condition(ORIGINAL, ORIGINAL)
+BASELINE = TrainEval(ORIGINAL, ORIGINAL)
 METRICS = ("top1", "top5")
 #: comparison kind -> (how to build the condition from the method, label)
 COMPARISONS = {
-    "obfuscated": (lambda m: Condition(m, m), "train+eval {m}"),
-    "train-obfuscated": (lambda m: Condition(m, ORIGINAL), "train {m}, eval original"),
+    "obfuscated": (lambda m: TrainEval(m, m), "train+eval {m}"),
+    "train-obfuscated": (lambda m: TrainEval(m, ORIGINAL), "train {m}, eval original"),
 }
 
 
@@ -118,7 +118,7 @@ def describe_drop(metric: str, result: MetricResult) -> str:
     return f"{name} rose {-result.drop:.2f} points ({ci}, of the drop)"
 
 
-def _per_image(run: StudyRun, arch: str, seeds: list[int], cond: Condition
+def _per_image(run: StudyRun, arch: str, seeds: list[int], cond: TrainEval
                ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """(seed, metric, image) correctness, (seed, metric) accuracy in %, predictions."""
     preds = [run.predictions(arch, s, cond) for s in seeds]

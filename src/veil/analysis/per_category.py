@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from veil.analysis.overall import BASELINE
-from veil.analysis.run import Condition, StudyRun, paired
+from veil.analysis.run import StudyRun, TrainEval, paired
 from veil.analysis.stats import (
     ONE_SEED,
     benjamini_hochberg,
@@ -81,7 +81,7 @@ class CategoryResult:
     all_per_seed: dict[int, dict[str, dict[str, np.ndarray]]] | None = None
 
 
-def _seed_values(run: StudyRun, arch: str, seed: int, cond: Condition
+def _seed_values(run: StudyRun, arch: str, seed: int, cond: TrainEval
                  ) -> dict[str, np.ndarray | None]:
     p = run.predictions(arch, seed, cond)
     n = run.num_classes
@@ -115,7 +115,7 @@ def per_category(run: StudyRun, method: str, *, swing: float = DEFAULT_SWING,
     """The per-class table of ``method``, or None when no arch has both conditions."""
     import pandas as pd
 
-    cond = Condition(method, method)
+    cond = TrainEval(method, method)
     n = run.num_classes
     names = run.class_names()
     wnids = run.class_wnids()
@@ -139,12 +139,12 @@ def per_category(run: StudyRun, method: str, *, swing: float = DEFAULT_SWING,
                        for v in a.values() for side in v)
     sources = {run.ap_source(arch, seed, c) for arch, seeds_ in values.items()
                for seed in seeds_ for c in (BASELINE, cond)} - {None}
-    ap_source = " and ".join(sorted(sources)) if sources else "none"
+    ap_source = " and ".join(sorted(str(s) for s in sources)) if sources else "none"
     by_seed_all: dict[int, dict[str, dict[str, list[np.ndarray]]]] = {}
     records: list[dict[str, Any]] = []
-    for arch, seeds in values.items():
-        records += _rows(arch, seeds, names, wnids, n_val, ap_available)
-        for seed, sides in seeds.items():
+    for arch, per_seed in values.items():
+        records += _rows(arch, per_seed, names, wnids, n_val, ap_available)
+        for seed, sides in per_seed.items():
             slot = by_seed_all.setdefault(seed, {"original": {}, "obfuscated": {}})
             for side, qs in sides.items():
                 for q, v in qs.items():
@@ -172,7 +172,7 @@ def per_category(run: StudyRun, method: str, *, swing: float = DEFAULT_SWING,
                           averaged)
 
 
-def _top1_image_variance(run: StudyRun, values: dict[str, dict[int, Any]], cond: Condition,
+def _top1_image_variance(run: StudyRun, values: dict[str, dict[int, Any]], cond: TrainEval,
                          n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per class: the shared image variance of its top-1 drop (in points^2, from the
     per-image drops averaged over the archs of each seed) and its number of images."""

@@ -244,7 +244,8 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None,
 def _transfer_section(run: StudyRun, out: Path, options: AnalyzeOptions, files: list[str],
                       notes: list[str]) -> dict[str, Any] | None:
     """transfer.{md,csv,png} from the transfer outputs of this run, or None without any."""
-    from veil.analysis.transfer import find_transfer_dirs, write_transfer_tables
+    from veil.analysis.transfer import write_transfer_tables
+    from veil.transfer.results import find_transfer_dirs
 
     dirs = find_transfer_dirs(run.root) + [Path(d) for d in options.transfer or []]
     dirs = list(dict.fromkeys(d.resolve() for d in dirs))

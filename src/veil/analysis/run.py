@@ -1,4 +1,4 @@
-"""Read a study run folder (written by `veil study`; the format is in the study contract).
+"""Read a study run folder (written by `veil study`; :mod:`veil.study.layout` owns its format).
 
 Only what analysis needs is loaded, one predictions file at a time: on ImageNet a file's
 class scores are 50,000 x 1000 floats, so they are read only to compute per-class AP and
@@ -9,9 +9,7 @@ softmax changes each class's ranking of the images, so the tables say which was 
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +19,22 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from veil.errors import VeilError
-
-ORIGINAL = "original"
-_SEED_DIR = re.compile(r"^seed(\d+)$")
+from veil.study.layout import (
+    FACES_FILE,
+    FACES_REQUIRED,
+    ORIGINAL,
+    SCORE_COLUMNS,
+    STUDY_FILE,
+    RunFiles,
+    find_predictions,
+    read_study,
+)
 
 
 @dataclass(frozen=True)
-class Condition:
-    """Where a model was trained and what it was evaluated on."""
+class TrainEval:
+    """A (train, eval) pair of a run: the condition a model was trained on and the one it
+    was evaluated on (each an obfuscation condition's name, or ``original``)."""
 
     train: str
     eval: str
@@ -38,8 +44,9 @@ class Condition:
 
 
 @dataclass
-class Predictions:
-    """One model's answers on the validation set, sorted by key."""
+class EvalPredictions:
+    """One model's answers on the validation set, sorted by key: the light columns of a
+    predictions file (the class scores are read apart, by :func:`read_scores`)."""
 
     keys: np.ndarray  # str
     labels: np.ndarray  # int
@@ -58,8 +65,8 @@ class StudyRun:
 
     root: Path
     study: dict[str, Any]
-    found: dict[tuple[str, int, Condition], Path]
-    _cache: dict[Path, Predictions] = field(default_factory=dict, repr=False)
+    found: dict[tuple[str, int, TrainEval], Path]
+    _cache: dict[Path, EvalPredictions] = field(default_factory=dict, repr=False)
     _keys: list[np.ndarray] = field(default_factory=list, repr=False)
     _ap_cache: dict[Path, np.ndarray] = field(default_factory=dict, repr=False)
     _ap_source: dict[Path, str] = field(default_factory=dict, repr=False)
@@ -73,7 +80,7 @@ class StudyRun:
     def num_classes(self) -> int:
         if self.classes:
             return len(self.classes)
-        raise VeilError(f"{self.root / 'study.json'} lists no classes")
+        raise VeilError(f"{self.root / STUDY_FILE} lists no classes")
 
     def class_names(self) -> list[str]:
         return [str(c.get("name") or c.get("wnid") or c.get("index")) for c in self.classes]
@@ -94,14 +101,14 @@ class StudyRun:
         extra = sorted(seen - set(listed) - {ORIGINAL})
         return [m for m in listed if m in seen] + extra
 
-    def seeds(self, arch: str, condition: Condition) -> list[int]:
+    def seeds(self, arch: str, condition: TrainEval) -> list[int]:
         return sorted(s for a, s, c in self.found if a == arch and c == condition)
 
     def model_path(self, arch: str, seed: int, train: str) -> Path:
-        return self.root / "runs" / arch / f"seed{seed}" / f"train-{train}" / "model.pt"
+        return RunFiles.of(self.root, arch, seed, train).model
 
     # -- reading --------------------------------------------------------------------------
-    def predictions(self, arch: str, seed: int, condition: Condition) -> Predictions:
+    def predictions(self, arch: str, seed: int, condition: TrainEval) -> EvalPredictions:
         path = self.found[(arch, seed, condition)]
         if path not in self._cache:
             predictions = read_predictions(path)
@@ -116,7 +123,7 @@ class StudyRun:
             self._cache[path] = predictions
         return self._cache[path]
 
-    def class_ap(self, arch: str, seed: int, condition: Condition) -> np.ndarray | None:
+    def class_ap(self, arch: str, seed: int, condition: TrainEval) -> np.ndarray | None:
         """Per-class AP from the file's logits (else probabilities), or None without
         either."""
         from veil.analysis.stats import per_class_ap
@@ -132,19 +139,19 @@ class StudyRun:
             self._ap_source[path] = source
         return self._ap_cache[path]
 
-    def ap_source(self, arch: str, seed: int, condition: Condition) -> str | None:
+    def ap_source(self, arch: str, seed: int, condition: TrainEval) -> str | None:
         """"logits" or "probs": what :meth:`class_ap` ranked by (after it ran)."""
         return self._ap_source.get(self.found[(arch, seed, condition)])
 
     def faces(self) -> Any:
         """faces.parquet as a pandas DataFrame, or None when the run has none."""
-        path = self.root / "faces.parquet"
+        path = self.root / FACES_FILE
         if not path.is_file():
             return None
         import pandas as pd
 
         frame = pq.read_table(path).to_pandas()
-        missing = {"key", "label", "n_faces"} - set(frame.columns)
+        missing = set(FACES_REQUIRED) - set(frame.columns)
         if missing:
             raise VeilError(f"{path} lacks columns {sorted(missing)}")
         if "split" not in frame.columns:
@@ -157,34 +164,18 @@ class StudyRun:
 def load_run(root: str | Path) -> StudyRun:
     """Open RUN: read study.json and find every predictions file."""
     root = Path(root)
-    study_file = root / "study.json"
-    if not study_file.is_file():
-        raise VeilError(f"{root} is not a study run folder (no study.json)")
-    try:
-        study = json.loads(study_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise VeilError(f"{study_file} is not valid JSON: {exc}") from exc
-    return StudyRun(root, study, dict(_find_predictions(root)))
+    return StudyRun(root, read_study(root), dict(_find_predictions(root)))
 
 
-def _find_predictions(root: Path) -> Iterator[tuple[tuple[str, int, Condition], Path]]:
-    runs = root / "runs"
-    if not runs.is_dir():
-        return
-    for path in sorted(runs.glob("*/seed*/train-*/predictions/eval-*.parquet")):
-        seed_match = _SEED_DIR.match(path.parents[2].name)
-        if seed_match is None:
-            continue
-        arch = path.parents[3].name
-        train = path.parents[1].name.removeprefix("train-")
-        evaluated = path.stem.removeprefix("eval-")
-        yield (arch, int(seed_match.group(1)), Condition(train, evaluated)), path
+def _find_predictions(root: Path) -> Iterator[tuple[tuple[str, int, TrainEval], Path]]:
+    for arch, seed, train, evaluated, path in find_predictions(root):
+        yield (arch, seed, TrainEval(train, evaluated)), path
 
 
 _COLUMNS = ("key", "label", "pred", "top5", "correct1", "correct5")
 
 
-def read_predictions(path: Path) -> Predictions:
+def read_predictions(path: Path) -> EvalPredictions:
     """The light columns of one predictions file, sorted by key. ``correct1``/``correct5``
     are recomputed from ``pred``/``top5`` when absent."""
     schema = pq.read_schema(path)
@@ -211,7 +202,7 @@ def read_predictions(path: Path) -> Predictions:
     order = np.argsort(keys, kind="stable")
     if len(set(keys.tolist())) != len(keys):
         raise VeilError(f"{path}: the same key appears twice")
-    return Predictions(keys[order], labels[order], pred[order], correct1[order],
+    return EvalPredictions(keys[order], labels[order], pred[order], correct1[order],
                        correct5[order])
 
 
@@ -219,7 +210,7 @@ def read_scores(path: Path, num_classes: int) -> tuple[np.ndarray, str] | None:
     """The (images, classes) class scores in key order and their column (``logits``,
     preferred, or ``probs``), or None without either."""
     schema = pq.read_schema(path)
-    column = next((c for c in ("logits", "probs") if c in schema.names), None)
+    column = next((c for c in SCORE_COLUMNS if c in schema.names), None)
     if column is None:
         return None
     table = pq.read_table(path, columns=["key", column])
@@ -232,7 +223,7 @@ def read_scores(path: Path, num_classes: int) -> tuple[np.ndarray, str] | None:
     return scores[np.argsort(keys, kind="stable")], column
 
 
-def paired(first: Predictions, second: Predictions, what: str) -> None:
+def paired(first: EvalPredictions, second: EvalPredictions, what: str) -> None:
     """Refuse to compare predictions made on different image sets."""
     if len(first) != len(second) or not np.array_equal(first.keys, second.keys):
         only = set(first.keys.tolist()) ^ set(second.keys.tolist())

@@ -1,8 +1,9 @@
 """The transfer table: do backbones trained on obfuscated images transfer as well?
 
 Reads the folders ``veil transfer`` wrote (``transfer.json``, ``results.json``, and each
-backbone's ``predictions.parquet``) and compares, per task, mode, architecture and
-method, the backbones trained on original images with those trained on obfuscated ones:
+backbone's ``predictions.parquet``, through :mod:`veil.transfer.results`) and compares,
+per task, mode, architecture and method, the backbones trained on original images with
+those trained on obfuscated ones:
 
 - the metric per seed, then mean ± SEM over seeds (ddof=1), in percentage points;
 - the difference original - obfuscated (positive: the obfuscated backbone transfers
@@ -23,14 +24,12 @@ method, the backbones trained on original images with those trained on obfuscate
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from veil.analysis.stats import (
     ONE_SEED,
@@ -45,68 +44,17 @@ from veil.analysis.stats import (
 from veil.analysis.tables import fmt, fmt_ci, fmt_mean_sem, fmt_p, markdown_table
 from veil.errors import VeilError
 from veil.files import atomic_write_bytes
+from veil.study.layout import ORIGINAL
+from veil.transfer.results import (
+    COMPARISON,
+    TransferOutput,
+    load_transfer,
+    read_detections,
+)
 
-ORIGINAL = "original"
-MANIFEST = "transfer.json"
 METRIC_LABELS = {"top1": "top-1 accuracy", "mean_accuracy": "mean attribute accuracy",
                  "mean_ap": "mean attribute AP", "map50": "mAP@0.5"}
 DETECTION_CHUNK = 32  # bootstrap resamples of mAP computed at once
-
-
-@dataclass
-class TransferOutput:
-    """One ``veil transfer`` output folder."""
-
-    root: Path
-    manifest: dict[str, Any]
-    rows: list[dict[str, Any]]
-    _tables: dict[Path, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def task(self) -> str:
-        return str(self.manifest["task"]["name"])
-
-    @property
-    def kind(self) -> str:
-        return str(self.manifest["task"].get("kind", "multiclass"))
-
-    @property
-    def mode(self) -> str:
-        return str(self.manifest["mode"])
-
-    @property
-    def metrics(self) -> list[str]:
-        return list(self.manifest.get("metrics") or [self.primary])
-
-    @property
-    def primary(self) -> str:
-        return str(self.manifest["task"].get("primary_metric", "top1"))
-
-    def predictions_path(self, arch: str, seed: int, condition: str) -> Path:
-        return (self.root / "models" / arch / f"seed{seed}" / f"train-{condition}"
-                / "predictions.parquet")
-
-    def table(self, arch: str, seed: int, condition: str) -> Any:
-        path = self.predictions_path(arch, seed, condition)
-        if path not in self._tables:
-            self._tables[path] = pq.read_table(path)
-        return self._tables[path]
-
-
-def load_transfer(path: str | Path) -> TransferOutput:
-    root = Path(path)
-    manifest_file = root / MANIFEST
-    if not manifest_file.is_file():
-        raise VeilError(f"{root} is not a `veil transfer` output (no {MANIFEST})")
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    results = root / "results.json"
-    rows = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else []
-    return TransferOutput(root, manifest, rows)
-
-
-def find_transfer_dirs(run_root: str | Path) -> list[Path]:
-    """The transfer outputs kept inside a study run (``RUN/transfer/*/``)."""
-    return sorted(p.parent for p in Path(run_root).glob(f"transfer/*/{MANIFEST}"))
 
 
 @dataclass
@@ -185,8 +133,8 @@ def detection_bootstrap(original: list[Any], obfuscated: list[Any], method: str,
     for start in range(0, resamples, DETECTION_CHUNK):
         size = min(DETECTION_CHUNK, resamples - start)
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(float)
-        a = np.mean([mean_ap(m, method, weights) for m in original], axis=0)
-        b = np.mean([mean_ap(m, method, weights) for m in obfuscated], axis=0)
+        a = np.mean(np.stack([mean_ap(m, method, weights) for m in original]), axis=0)
+        b = np.mean(np.stack([mean_ap(m, method, weights) for m in obfuscated]), axis=0)
         drops.append(a - b)
     values = np.concatenate(drops)
     estimate = (float(np.mean([mean_ap(m, method) for m in original]))
@@ -198,7 +146,6 @@ def detection_bootstrap(original: list[Any], obfuscated: list[Any], method: str,
 
 def _matched(output: TransferOutput, arch: str, seed: int, condition: str) -> Any:
     from veil.transfer.metrics import match_detections
-    from veil.transfer.run import read_detections
 
     table = output.table(arch, seed, condition)
     order = np.argsort(_keys(table), kind="stable")
@@ -416,3 +363,10 @@ def write_transfer_tables(dirs: list[Path], out: Path, *, prefix: str = "transfe
         files += [md.name, csv_path.name, plot_transfer(rows, out / f"{prefix}.png").name]
     dicts = [r.to_dict() for r in rows]
     return dicts, TransferTables(dicts, notes, files)
+
+
+def write_comparison(out: str | Path) -> list[dict[str, Any]]:
+    """The comparison table of one transfer output folder, written into it
+    (``comparison.md``, ``.csv``, ``.png``); ``veil transfer`` calls it after the run."""
+    rows, _ = write_transfer_tables([Path(out)], Path(out), prefix=COMPARISON)
+    return rows

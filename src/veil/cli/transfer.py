@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from veil.cli.common import fail_cleanly, progress_option, want_progress
@@ -149,7 +151,7 @@ def transfer_command(run_dir: str, task: str, data_path: str, mode: str, seeds: 
 
     name = task_name(task)
 
-    def given(**values: object) -> dict[str, object]:
+    def given(**values: object) -> dict[str, Any]:
         return {k: v for k, v in values.items() if v is not None}
 
     linear = dataclasses.replace(LinearOptions(), **given(l2_grid=_grid(l2_grid),
@@ -170,9 +172,16 @@ def transfer_command(run_dir: str, task: str, data_path: str, mode: str, seeds: 
         workers=workers, threads=threads, device=device, cache_dir=cache_dir,
         progress=want_progress(progress), log=lambda m: click.echo(m, err=True))
     summary = run_transfer(config)
+    comparison: list[dict[str, Any]] = []
+    try:  # the tables are analysis's; scipy/pandas come with the study extra
+        from veil.analysis.transfer import write_comparison
+
+        comparison = write_comparison(summary.out)
+    except ImportError as exc:
+        click.echo(f"note: comparison table skipped ({exc})", err=True)
     click.echo(f"transfer {summary.task} ({summary.mode}) done in {summary.seconds:.1f} s:"
                f" {summary.out}")
-    for r in summary.comparison:
+    for r in comparison:
         if not r["primary"]:
             continue
         ci = ("" if r["ci_low"] is None

@@ -59,10 +59,10 @@ from veil.obfuscation import obfuscate
 from veil.obfuscation.jpeg import pillow_default_jpeg
 from veil.processes import loader_context, process_pool
 from veil.study.conditions import JPEG_CONDITIONS, STUDY_CONDITIONS
+from veil.study.layout import ORIGINAL
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ORIGINAL = "original"
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "classes.txt")
 
 # --------------------------------------------------------------------------- splits

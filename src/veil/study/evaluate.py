@@ -23,9 +23,7 @@ from tqdm import tqdm
 from veil.files import atomic_path
 from veil.study.data import Source, Split
 from veil.study.ddp import DistEnv, gather_to_main, shard_range
-
-PREDICTION_SCHEMA_FIELDS = ("key", "label", "pred", "top5", "probs", "correct1", "correct5",
-                            "logits")
+from veil.study.layout import predictions_schema
 
 
 @dataclass
@@ -96,8 +94,8 @@ def predict(model: torch.nn.Module, source: Source, env: DistEnv, *, batch_size:
 
 
 def predictions_table(split: Split, predictions: Predictions) -> pa.Table:
-    """The contract's predictions table: key, label, pred, top5, probs, correct1/5, and
-    ``logits`` (list<float32>, one per class in class-index order) when known."""
+    """The predictions table (:func:`veil.study.layout.predictions_schema`), with
+    ``logits`` when the model's output is known."""
     probs = predictions.probs
     num_classes = probs.shape[1]
     k = min(5, num_classes)
@@ -120,7 +118,8 @@ def predictions_table(split: Split, predictions: Predictions) -> pa.Table:
         offsets = pa.array(np.arange(0, logits.size + 1, num_classes, dtype=np.int32))
         columns["logits"] = pa.ListArray.from_arrays(
             offsets, pa.array(logits.reshape(-1), type=pa.float32()))
-    return pa.table(columns)
+    schema = predictions_schema(num_classes, logits="logits" in columns)
+    return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
 def write_predictions(path: Path, table: pa.Table) -> None:

@@ -3,7 +3,7 @@
 For each architecture and seed: one model trained on the original images (shared by
 all methods) and evaluated on them, and per method one model trained on the
 obfuscated images, evaluated on obfuscated and on original images. Everything lands
-in the run folder described in ``briefs/study_contract.md``:
+in the run folder whose layout, file names and schemas :mod:`veil.study.layout` owns:
 
     RUN/study.json, RUN/faces.parquet,
     RUN/runs/<arch>/seed<k>/train-<cond>/{config.json, timings.json, checkpoint.pt,
@@ -65,24 +65,22 @@ from veil.study.evaluate import (
     predictions_table,
     write_predictions,
 )
+from veil.study.layout import (
+    CACHE_DIR,
+    FACES_FILE,
+    FACES_SCHEMA,
+    STUDY_FILE,
+    RunFiles,
+    evaluations,
+    predictions_path,
+)
 from veil.study.profiles import PROFILE_DEFAULTS, Recipe, resolve_recipe
 from veil.study.train import (
-    RunFiles,
     check_arch,
     epoch_summary,
     load_trained,
     train_model,
 )
-
-STUDY_FILE = "study.json"
-FACES_FILE = "faces.parquet"
-CACHE_DIR = "cache"
-
-FACES_SCHEMA = pa.schema([
-    ("key", pa.string()), ("split", pa.string()), ("label", pa.int64()),
-    ("n_faces", pa.int64()), ("face_area", pa.float64()), ("width", pa.int64()),
-    ("height", pa.int64()),
-])
 
 
 @dataclass
@@ -158,11 +156,10 @@ def condition_plan(archs: Sequence[str], seeds: Sequence[int], methods: Sequence
     plan = []
     for arch in archs:
         for seed in seeds:
-            for train, evals in [(ORIGINAL, [ORIGINAL])] + [(m, [m, ORIGINAL]) for m in methods]:
-                for ev in evals:
-                    path = (f"runs/{arch}/seed{seed}/train-{train}/predictions/"
-                            f"eval-{ev}.parquet")
-                    plan.append(ConditionResult(arch, seed, train, ev, path))
+            for train in [ORIGINAL, *methods]:
+                for ev in evaluations(train):
+                    plan.append(ConditionResult(arch, seed, train, ev,
+                                                predictions_path(arch, seed, train, ev)))
     return plan
 
 
@@ -401,8 +398,8 @@ class Study:
 
     def run_training(self, arch: str, seed: int, train: str,
                      results: list[ConditionResult]) -> None:
-        files = RunFiles(self.out / "runs" / arch / f"seed{seed}" / f"train-{train}")
-        evals = [ORIGINAL] if train == ORIGINAL else [train, ORIGINAL]
+        files = RunFiles.of(self.out, arch, seed, train)
+        evals = evaluations(train)
         todo = [e for e in evals if not files.predictions(e).exists()]
         label = f"{arch} seed{seed} train-{train}"
         recipe = self.recipe.for_arch(arch)
@@ -472,7 +469,7 @@ class Study:
         old: dict[str, Any] = {}
         if files.timings.exists():
             old = json.loads(files.timings.read_text(encoding="utf-8"))
-        timings = epoch_summary(state) if state is not None else {
+        timings: dict[str, Any] = epoch_summary(state) if state is not None else {
             k: old[k] for k in ("epochs", "train_seconds", "train_img_per_s") if k in old}
         for info in evals.values():
             info["img_per_s"] = info["images"] / info["seconds"] if info["seconds"] else 0.0
@@ -498,8 +495,8 @@ class Study:
 
     def _pending(self, job: tuple[str, int, str]) -> bool:
         arch, seed, train = job
-        files = RunFiles(self.out / "runs" / arch / f"seed{seed}" / f"train-{train}")
-        evals = [ORIGINAL] if train == ORIGINAL else [train, ORIGINAL]
+        files = RunFiles.of(self.out, arch, seed, train)
+        evals = evaluations(train)
         return not all(files.predictions(e).exists() for e in evals)
 
     def run(self) -> StudySummary:

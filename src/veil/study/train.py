@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from veil.files import atomic_path
 from veil.study.data import Source
 from veil.study.ddp import DistEnv, all_reduce_sum
 from veil.study.evaluate import Predictions, autocast
+from veil.study.layout import HISTORY_FIELDS, RunFiles
 from veil.study.profiles import Recipe
 
 # The smallest square input (px) on which each of the paper's architectures runs a
@@ -41,9 +42,6 @@ MIN_IMG_SIZE: dict[str, int] = {
     "alexnet": 63, "squeezenet1_0": 21, "vgg11": 32, "vgg13": 32, "vgg16": 32, "vgg19": 32,
     "densenet121": 29, "densenet201": 29,
 }
-
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "val_top1")
-
 
 def list_archs() -> list[str]:
     """torchvision's image classification architectures, by name."""
@@ -107,9 +105,9 @@ def train_batches(n: int, batch_size: int, env: DistEnv, seed: int, epoch: int
     """This rank's batches for one epoch: DistributedSampler's shuffle, cut into
     batches; an incomplete last batch is dropped when a full one exists (and a batch
     of one always: BatchNorm cannot train on it)."""
-    sampler = torch.utils.data.DistributedSampler(
-        range(n), num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed,
-        drop_last=False,
+    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+        cast("torch.utils.data.Dataset[int]", range(n)), num_replicas=env.world_size,
+        rank=env.rank, shuffle=True, seed=seed, drop_last=False,
     )
     sampler.set_epoch(epoch)
     order = list(sampler)
@@ -129,34 +127,6 @@ def per_rank_batch(recipe: Recipe, env: DistEnv) -> int:
 # --------------------------------------------------------------------------- files
 
 
-@dataclass
-class RunFiles:
-    """The files of one training run (``runs/<arch>/seed<k>/train-<cond>/``)."""
-
-    folder: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.folder / "checkpoint.pt"
-
-    @property
-    def model(self) -> Path:
-        return self.folder / "model.pt"
-
-    @property
-    def config(self) -> Path:
-        return self.folder / "config.json"
-
-    @property
-    def timings(self) -> Path:
-        return self.folder / "timings.json"
-
-    @property
-    def history(self) -> Path:
-        return self.folder / "history.csv"
-
-    def predictions(self, condition: str) -> Path:
-        return self.folder / "predictions" / f"eval-{condition}.parquet"
 
 
 def torch_save(path: Path, obj: Any) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,18 @@ import torch
 from torch import nn
 
 from veil.errors import VeilError
-from veil.study.data import IMAGENET_MEAN, IMAGENET_STD, ORIGINAL
+from veil.study.data import IMAGENET_MEAN, IMAGENET_STD
+from veil.study.layout import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    ORIGINAL,
+    STUDY_FILE,
+    find_models,
+    read_study,
+    training_folder,
+)
 from veil.study.train import build_model
 
-_SEED_DIR = re.compile(r"^seed(\d+)$")
 _HASHES: dict[tuple[str, int, int, int], str] = {}
 
 
@@ -90,7 +97,7 @@ class Backbone:
 
 
 def _hyper(folder: Path, study: dict[str, Any]) -> dict[str, Any]:
-    config = folder / "config.json"
+    config = folder / CONFIG_FILE
     if config.is_file():
         data = json.loads(config.read_text(encoding="utf-8"))
         return {**(study.get("hyper") or {}), **(data.get("hyper") or {}),
@@ -107,22 +114,15 @@ def find_backbones(run_dir: str | Path, *, archs: Sequence[str] | None = None,
     ``seeds``: a count (the run's first N seeds) or a list; ``None``: all.
     """
     root = Path(run_dir).expanduser()
-    study_file = root / "study.json"
-    if not study_file.is_file():
-        raise VeilError(f"{root} is not a study run folder (no study.json)")
-    study = json.loads(study_file.read_text(encoding="utf-8"))
+    study = read_study(root)
     num_classes = len(study.get("classes") or [])
     if num_classes < 2:
-        raise VeilError(f"{study_file} lists {num_classes} classes")
-    found: dict[tuple[str, int, str], Path] = {}
-    for path in sorted(root.glob("runs/*/seed*/train-*/model.pt")):
-        seed_match = _SEED_DIR.match(path.parent.parent.name)
-        if seed_match:
-            found[(path.parents[2].name, int(seed_match.group(1)),
-                   path.parent.name.removeprefix("train-"))] = path
+        raise VeilError(f"{root / STUDY_FILE} lists {num_classes} classes")
+    found = {(arch, seed, train): path for arch, seed, train, path in find_models(root)}
     if not found:
-        raise VeilError(f"{root} has no trained backbones yet (runs/<arch>/seed<k>/train-<cond>/"
-                        "model.pt); run or finish `veil study` first")
+        where = training_folder("<arch>", "<k>", "<cond>")
+        raise VeilError(f"{root} has no trained backbones yet ({where}/{MODEL_FILE});"
+                        " run or finish `veil study` first")
     arch_order = list(dict.fromkeys([*study.get("archs", []), *sorted({k[0] for k in found})]))
     seed_order = sorted({k[1] for k in found} | set(study.get("seeds", [])))
     cond_order = list(dict.fromkeys([ORIGINAL, *study.get("methods", []),
@@ -151,7 +151,7 @@ def find_backbones(run_dir: str | Path, *, archs: Sequence[str] | None = None,
                 if path is None:
                     planned = [*study.get("methods", []), ORIGINAL]
                     if cond in planned and arch in study.get("archs", []):
-                        notes.append(f"{arch}/seed{seed}/train-{cond}: no model.pt yet")
+                        notes.append(f"{arch}/seed{seed}/train-{cond}: no {MODEL_FILE} yet")
                     continue
                 hyper = _hyper(path.parent, study)
                 if "img_size" not in hyper:
@@ -205,7 +205,8 @@ def replace_head(model: nn.Module, outputs: int, generator: torch.Generator) -> 
         new = nn.Linear(old.in_features, outputs)
     else:
         assert isinstance(old, nn.Conv2d)
-        new = nn.Conv2d(old.in_channels, outputs, old.kernel_size, old.stride, old.padding)
+        shape = {k: getattr(old, k) for k in ("kernel_size", "stride", "padding")}
+        new = nn.Conv2d(old.in_channels, outputs, **shape)
     with torch.no_grad():
         weight = new.weight
         bound = 1.0 / max(1, weight[0].numel()) ** 0.5

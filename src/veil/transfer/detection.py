@@ -98,18 +98,19 @@ def detection_backbone(model: nn.Module, arch: str, *, frozen: bool, fpn_channel
 
         channels = _channels(IntermediateLayerGetter(model, layers))
         backbone: nn.Module = BackboneWithFPN(model, layers, channels, fpn_channels)
-        trunk_params = backbone.body.parameters()
+        trunk_params = backbone.get_submodule("body").parameters()
         pyramid = True
     else:
+        parts: list[nn.Module]
         if hasattr(model, "features"):
-            parts = [model.features]
+            parts = [model.get_submodule("features")]
             if arch.startswith("densenet"):
                 parts.append(nn.ReLU(inplace=False))  # densenet applies it in forward()
         elif hasattr(model, "stage4") and hasattr(model, "conv5"):  # ShuffleNetV2
-            parts = [model.conv1, model.maxpool, model.stage2, model.stage3, model.stage4,
-                     model.conv5]
+            parts = [model.get_submodule(name) for name in
+                     ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")]
         elif hasattr(model, "layers"):  # MNASNet
-            parts = [model.layers]
+            parts = [model.get_submodule("layers")]
         else:
             raise VeilError(f"no detection backbone for {arch}: it has neither ResNet stages"
                             " nor a `features` trunk")

@@ -7,14 +7,14 @@ a Faster R-CNN with a frozen / fine-tuned backbone (VOC). The output folder:
     OUT/transfer.json     what was run: the study, the task, settings, status
     OUT/results.json      one row per backbone: its metrics (also OUT/results.csv)
     OUT/attributes.csv    CelebA: accuracy and AP of every attribute, per backbone
-    OUT/comparison.{md,csv,png}   original vs each method, mean +- SEM over seeds, the
-                          difference with a paired bootstrap CI over test images
+    OUT/comparison.{md,csv,png}   original vs each method (written by
+                          :func:`veil.analysis.transfer.write_comparison` after the run)
     OUT/models/<arch>/seed<k>/train-<cond>/result.json, predictions.parquet
     OUT/cache/            decoded pixels and frozen features (safe to delete)
 
-A backbone whose ``result.json`` records the same backbone file, data and settings is
-not run again, so an interrupted run resumes and adding seeds to the study only trains
-what is new.
+The layout and the file names are :mod:`veil.transfer.results`'s. A backbone whose
+``result.json`` records the same backbone file, data and settings is not run again, so an
+interrupted run resumes and adding seeds to the study only trains what is new.
 """
 
 from __future__ import annotations
@@ -54,17 +54,23 @@ from veil.transfer.detection import (
 from veil.transfer.features import FeatureStats, Preprocess, cached_features, load_pixels
 from veil.transfer.finetune import FinetuneOptions, finetune
 from veil.transfer.linear import LinearOptions, linear_probe
+from veil.transfer.results import (
+    ATTRIBUTES_CSV,
+    CACHE_DIR,
+    MANIFEST,
+    PREDICTIONS,
+    RESULT,
+    RESULTS,
+    RESULTS_CSV,
+    backbone_folder,
+    detection_table,
+)
+from veil.transfer.results import default_out as _default_out
 from veil.transfer.tasks import ClassificationTask, DetectionTask, Task, open_task, task_name
 from veil.transfer.tasks.base import MULTICLASS, TaskSplit
 from veil.transfer.tasks.voc import DetectionSplit
 
 MODES = ("linear", "finetune")
-MANIFEST = "transfer.json"
-RESULTS = "results.json"
-RESULTS_CSV = "results.csv"
-ATTRIBUTES_CSV = "attributes.csv"
-PREDICTIONS = "predictions.parquet"
-RESULT = "result.json"
 
 
 @dataclass
@@ -126,7 +132,6 @@ class TransferSummary:
     notes: list[str]
     features: FeatureStats
     seconds: float
-    comparison: list[dict[str, Any]] = field(default_factory=list)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -138,7 +143,7 @@ def pick_device(requested: str) -> torch.device:
 
 
 def default_out(run: str | os.PathLike[str], task: str, mode: str) -> Path:
-    return Path(run).expanduser() / "transfer" / f"{task_name(task)}-{mode}"
+    return _default_out(Path(run), task_name(task), mode)
 
 
 def _task_seed(seed: int, task: str, mode: str) -> int:
@@ -167,14 +172,14 @@ class Transfer:
         self.backbones, self.notes = find_backbones(
             self.run_dir, archs=config.archs, seeds=config.seeds, conditions=config.conditions)
         self.task: Task = open_task(
-            config.task, config.data, train_split=config.train_split,
+            config.task, Path(config.data), train_split=config.train_split,
             test_split=config.test_split, partition=config.partition,
             train_per_class=config.train_per_class, year=config.year,
             ap_method=config.ap_method, limit=config.limit)
         self.out = (Path(config.out).expanduser() if config.out is not None
                     else default_out(self.run_dir, config.task, config.mode))
         self.cache_dir = (Path(config.cache_dir).expanduser() if config.cache_dir is not None
-                          else self.out / "cache")
+                          else self.out / CACHE_DIR)
         self.device = pick_device(config.device)
         self.workers = config.workers or available_cores()
         self.stats = FeatureStats()
@@ -219,8 +224,7 @@ class Transfer:
                                        precision=self.config.precision)
 
     def folder(self, backbone: Backbone) -> Path:
-        return (self.out / "models" / backbone.arch / f"seed{backbone.seed}"
-                / f"train-{backbone.condition}")
+        return backbone_folder(self.out, backbone.arch, backbone.seed, backbone.condition)
 
     def pixels(self, split: TaskSplit, size: int) -> np.ndarray:
         key = (split.name, size)
@@ -368,9 +372,8 @@ class Transfer:
             write_json(self.out / MANIFEST, self.manifest("running", results))
         self.write_tables(results)
         write_json(self.out / MANIFEST, self.manifest("done", results))
-        comparison = self.write_comparison()
         return TransferSummary(self.out, self.task.name, self.config.mode, results, self.notes,
-                               self.stats, time.perf_counter() - start, comparison)
+                               self.stats, time.perf_counter() - start)
 
     def write_tables(self, results: list[BackboneResult]) -> None:
         rows = [r.row(self.task.name, self.config.mode) for r in results]
@@ -383,16 +386,6 @@ class Transfer:
                     attr_rows.append({"arch": r.arch, "seed": r.seed, "condition": r.condition,
                                       "attribute": name, **values})
             _write_csv(self.out / ATTRIBUTES_CSV, attr_rows)
-
-    def write_comparison(self) -> list[dict[str, Any]]:
-        from veil.analysis.transfer import write_transfer_tables
-
-        try:
-            rows, _ = write_transfer_tables([self.out], self.out, prefix="comparison")
-        except ImportError as exc:  # scipy/pandas: the study extra
-            self._log(f"note: comparison table skipped ({exc})")
-            return []
-        return rows
 
 
 def metric_names(task: Task) -> list[str]:
@@ -433,43 +426,6 @@ def classification_outputs(task: ClassificationTask, scores: np.ndarray,
     metrics = {"mean_accuracy": float(right.mean()),
                "mean_ap": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")}
     return metrics, table, details
-
-
-def detection_table(keys: Sequence[str], detections: Sequence[M.ImageDetections]) -> pa.Table:
-    """Per test image: the detections and the ground truth, enough to recompute mAP."""
-
-    def floats(arrays: list[np.ndarray]) -> pa.Array:
-        return pa.array([a.reshape(-1).astype(np.float32) for a in arrays],
-                        pa.list_(pa.float32()))
-
-    def ints(arrays: list[np.ndarray]) -> pa.Array:
-        return pa.array([a.astype(np.int32) for a in arrays], pa.list_(pa.int32()))
-
-    return pa.table({
-        "key": pa.array(list(keys), pa.string()),
-        "boxes": floats([d.boxes for d in detections]),
-        "scores": floats([d.scores for d in detections]),
-        "labels": ints([d.labels for d in detections]),
-        "gt_boxes": floats([d.gt_boxes for d in detections]),
-        "gt_labels": ints([d.gt_labels for d in detections]),
-        "gt_difficult": pa.array([d.gt_difficult.astype(bool) for d in detections],
-                                 pa.list_(pa.bool_())),
-    })
-
-
-def read_detections(table: pa.Table) -> list[M.ImageDetections]:
-    """The inverse of :func:`detection_table`."""
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    out = []
-    for i in range(table.num_rows):
-        out.append(M.ImageDetections(
-            boxes=np.asarray(columns["boxes"][i], np.float32).reshape(-1, 4),
-            scores=np.asarray(columns["scores"][i], np.float32),
-            labels=np.asarray(columns["labels"][i], np.int64),
-            gt_boxes=np.asarray(columns["gt_boxes"][i], np.float32).reshape(-1, 4),
-            gt_labels=np.asarray(columns["gt_labels"][i], np.int64),
-            gt_difficult=np.asarray(columns["gt_difficult"][i], bool)))
-    return out
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

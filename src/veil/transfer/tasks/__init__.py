@@ -51,15 +51,15 @@ def open_task(name: str, data: str | Path, *, train_split: str | None = None,
         from veil.transfer.tasks.celeba import open_celeba
 
         return open_celeba(data, **options)
-    splits = {"train_split": train_split or "train", "test_split": test_split or "test"}
+    train, test = train_split or "train", test_split or "test"
     if name == "cifar10":
         from veil.transfer.tasks.cifar10 import open_cifar10
 
-        return open_cifar10(data, **splits, **options)
+        return open_cifar10(data, train_split=train, test_split=test, **options)
     from veil.transfer.tasks.scenes import open_scenes
 
-    return open_scenes(data, partition=partition, train_per_class=train_per_class, **splits,
-                       **options)
+    return open_scenes(data, partition=partition, train_per_class=train_per_class,
+                       train_split=train, test_split=test, **options)
 
 
 __all__ = ["ALIASES", "MULTICLASS", "MULTILABEL", "TASKS", "ArrayImages", "ClassificationTask",

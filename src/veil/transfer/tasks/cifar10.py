@@ -164,7 +164,7 @@ def imagefolder_splits(root: Path, train_split: str, test_split: str, task: str
     tested = dataset.subset(split=test)
     classes = sorted({e.label for e in train if e.label is not None})
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({e.label for e in tested if e.label not in index})
+    unknown = sorted({str(e.label) for e in tested if e.label not in index})
     if unknown:
         raise DatasetError(f"{root}: {test}/ has classes not in {train_split}/: "
                            f"{', '.join(str(u) for u in unknown[:5])}")
