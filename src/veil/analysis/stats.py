@@ -18,7 +18,7 @@ average top-1 drop is 0.655 points), so each one comes with its uncertainty:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -381,23 +381,31 @@ def image_se_of_mean(per_image: np.ndarray) -> float:
     return float(values.std(ddof=1) / math.sqrt(values.size))
 
 
-def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error), NaN kept as NaN.
-
-    Used across architectures: "does *any* arch lose accuracy" is one family."""
+def _adjusted(pvalues: Sequence[float] | np.ndarray,
+              step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``step`` applied to the non-NaN p-values sorted ascending, capped at 1 and put back
+    in their places; NaN stays NaN."""
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
     keep = ~np.isnan(p)
     if not keep.any():
         return out
     values = p[keep]
-    m = values.size
     order = np.argsort(values, kind="stable")
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * values[order])
-    result = np.empty(m)
-    result[order] = np.minimum(adjusted, 1.0)
+    result = np.empty(values.size)
+    result[order] = np.minimum(step(values[order]), 1.0)
     out[keep] = result
     return out
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), NaN kept as NaN.
+
+    Used across architectures: "does *any* arch lose accuracy" is one family."""
+    def step(ranked: np.ndarray) -> np.ndarray:
+        m = ranked.size
+        return np.maximum.accumulate((m - np.arange(m)) * ranked)
+    return _adjusted(pvalues, step)
 
 
 def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -405,17 +413,7 @@ def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 
     Used across categories and across correlations, where many tests are read at once
     and a few false discoveries among many are tolerable."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(p.shape, np.nan)
-    keep = ~np.isnan(p)
-    if not keep.any():
-        return out
-    values = p[keep]
-    m = values.size
-    order = np.argsort(values, kind="stable")
-    ranked = values[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
-    result = np.empty(m)
-    result[order] = np.minimum(adjusted, 1.0)
-    out[keep] = result
-    return out
+    def step(ranked: np.ndarray) -> np.ndarray:
+        m = ranked.size
+        return np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    return _adjusted(pvalues, step)
