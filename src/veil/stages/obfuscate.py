@@ -53,7 +53,7 @@ from veil.encoding import (
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
 from veil.files import atomic_copy, atomic_write_bytes, remove_stale_temps, sync_written
-from veil.images import LoadedImage, load_image, plain_jpeg, probe
+from veil.images import LoadedImage, file_sha256, load_image, plain_jpeg, probe
 from veil.obfuscation import METHODS, affected_region, obfuscate
 from veil.obfuscation.array_stages import compiled_passes
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
@@ -157,6 +157,7 @@ class ObfuscateTask:
                 rendered = self.render(key, source)
                 if rendered.output is not None:
                     written.append(self._write(source, rendered))
+                    _record_hashes(rendered, source)
             except (ImageError, OSError) as exc:
                 _record_error(result, key, exc)
             else:
@@ -201,7 +202,9 @@ class ObfuscateTask:
         applied = kept if boxes is not None else None
         if not kept and self.fmt != "png":
             return self._copy(key, source, info, applied)
-        loaded = load_image(source, max_pixels=self.max_pixels)
+        # read once (None: load_image says why it cannot be read, in its words)
+        raw = source if isinstance(source, bytes) else _read_quietly(source, False)
+        loaded = load_image(source if raw is None else raw, max_pixels=self.max_pixels)
         outside = [b for b in kept if b.clipped(loaded.width, loaded.height).is_degenerate]
         if outside:
             size = f"{loaded.width}x{loaded.height}"
@@ -215,7 +218,8 @@ class ObfuscateTask:
                                   **self.options) if kept else []
         data = None
         if kept and self.fmt == "keep" and loaded.jpeg is not None:
-            data = self._jpeg_domain(source, image, loaded, regions, info)
+            data = self._jpeg_domain(source if raw is None else raw, image, loaded, regions,
+                                     info)
         if data is None:
             data, suffix = encode_image(image, loaded, fmt=self.fmt,
                                         jpeg_quality=self.jpeg_quality)
@@ -225,7 +229,8 @@ class ObfuscateTask:
         info.update(action="obfuscated" if kept else "converted", output=target)
         if kept:
             info["regions"] = [list(r) for r in regions]
-        return Rendered(info, data, target, applied)
+            info["boxes"] = [list(b.as_xyxy()) for b in kept]  # what `veil audit` verifies
+        return Rendered(info, data, target, applied, raw)
 
     @staticmethod
     def _jpeg_domain(source: Path | bytes, image: Any, loaded: LoadedImage,
@@ -267,7 +272,7 @@ class ObfuscateTask:
             if raw is None or self.link:
                 raw = source.read_bytes() if isinstance(source, Path) else source
             return Rendered({**info, "action": "copied", "output": key, "stripped": True},
-                            strip_identifying_metadata(raw), key, boxes)
+                            strip_identifying_metadata(raw), key, boxes, raw)
         return Rendered({**info, "action": "copied", "output": key}, None, key, boxes)
 
 
@@ -311,6 +316,7 @@ class ShardObfuscateTask(ObfuscateTask):
             outcomes.append((key, rendered))
             if rendered.output is not None:
                 rendered.data = data if rendered.data is None else rendered.data
+                _record_hashes(rendered, data)
                 written[member.name] = rendered
         if written:
             self._write_sample(archive, members, images, written, out)
@@ -382,6 +388,23 @@ def _read_quietly(path: Path, head_only: bool) -> bytes | None:
             return f.read(_HEAD) if head_only else f.readall()
     except OSError:
         return None
+
+
+def _record_hashes(rendered: Rendered, source: Path | bytes) -> None:
+    """Put the SHA-256 and size of the output, and the SHA-256 of its source, into the
+    image's ledger record, so that `veil audit` can prove each published file is the one
+    written. Hashes the bytes in memory; only a file copied without being read (``--link``,
+    ``--keep-metadata``) is read for it."""
+    info = rendered.info
+    raw = source if isinstance(source, bytes) else rendered.raw
+    source_sha = hashlib.sha256(raw).hexdigest() if raw is not None else file_sha256(source)
+    if rendered.data is None:  # the source's bytes, unchanged
+        output_sha = source_sha
+        size = len(raw) if raw is not None else os.stat(source).st_size
+    else:
+        output_sha = hashlib.sha256(rendered.data).hexdigest()
+        size = len(rendered.data)
+    info.update(sha256=output_sha, bytes=size, source_sha256=source_sha)
 
 
 def _record(result: ShardResult, key: str, rendered: Rendered) -> None:
