@@ -57,7 +57,7 @@ from veil.images import LoadedImage, file_sha256, load_image, plain_jpeg, probe
 from veil.obfuscation import METHODS, affected_region, obfuscate
 from veil.obfuscation.array_stages import compiled_passes
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
-from veil.store import FaceStore, RunItem
+from veil.store import RunItem, RunLedger
 
 FORMATS = ("keep", "png", "jpeg")
 OUT_FORMATS = ("auto", "files", "webdataset")
@@ -530,7 +530,7 @@ def obfuscate_dataset(
         _adopt_legacy_ledger(out, ledger_file)
     ledger_file.parent.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    with FaceStore(ledger_file) as store:
+    with RunLedger(ledger_file) as store:
         previous = [r for r in store.runs("obfuscate") if r.config != config]
         if previous:
             raise VeilError(
@@ -598,7 +598,7 @@ def _resolve_out_format(out_format: str, dataset: Dataset, link: bool) -> str:
     return out_format
 
 
-def _add_earlier_counts(ledger: FaceStore, run_id: int, summary: RunSummary) -> None:
+def _add_earlier_counts(ledger: RunLedger, run_id: int, summary: RunSummary) -> None:
     """After a resume, report the whole run, not only the shards this process did."""
     counts: Counter[str] = Counter()
     errors = []
