@@ -25,6 +25,7 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import ExifTags, Image
 
@@ -339,7 +340,8 @@ def _pillow_fields(data: bytes) -> list[MetadataField]:
 _TIFF_DESCRIPTIVE = frozenset({269, 270, 271, 272, 305, 306, 315, 316, 33432, 42016})
 
 
-def _tiff_fields(exif: Image.Exif, info: dict[str, object]) -> list[MetadataField]:
+def _tiff_fields(exif: Image.Exif, info: dict[str | tuple[int, int], Any]
+                 ) -> list[MetadataField]:
     fields = [MetadataField("exif", f"TIFF {_tag(tag)}") for tag in exif
               if tag in _TIFF_DESCRIPTIVE]
     for tag in exif.get_ifd(ExifTags.IFD.Exif):
@@ -349,8 +351,7 @@ def _tiff_fields(exif: Image.Exif, info: dict[str, object]) -> list[MetadataFiel
                for tag in exif.get_ifd(ExifTags.IFD.GPSInfo)]
     xmp = exif.get(700) or info.get("xmp")
     if xmp:
-        fields += xmp_fields(xmp.encode() if isinstance(xmp, str) else bytes(xmp),  # type: ignore[arg-type]
-                             "TIFF XMP")
+        fields += xmp_fields(xmp.encode() if isinstance(xmp, str) else bytes(xmp), "TIFF XMP")
     if 33723 in exif:
         fields.append(MetadataField("iptc", "TIFF IPTC (tag 33723)"))
     if 34377 in exif:

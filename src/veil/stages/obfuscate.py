@@ -397,10 +397,13 @@ def _record_hashes(rendered: Rendered, source: Path | bytes) -> None:
     ``--keep-metadata``) is read for it."""
     info = rendered.info
     raw = source if isinstance(source, bytes) else rendered.raw
-    source_sha = hashlib.sha256(raw).hexdigest() if raw is not None else file_sha256(source)
+    if raw is not None:
+        source_sha, size = hashlib.sha256(raw).hexdigest(), len(raw)
+    else:
+        path = cast(Path, source)
+        source_sha, size = file_sha256(path), os.stat(path).st_size
     if rendered.data is None:  # the source's bytes, unchanged
         output_sha = source_sha
-        size = len(raw) if raw is not None else os.stat(source).st_size
     else:
         output_sha = hashlib.sha256(rendered.data).hexdigest()
         size = len(rendered.data)
