@@ -228,6 +228,8 @@ def _jpeg_fields(data: bytes) -> list[MetadataField]:
             fields += exif_fields(payload)
         elif marker == 0xE1 and payload.startswith(_XMP_SIGNATURE):
             fields += xmp_fields(payload[len(_XMP_SIGNATURE):])
+        elif marker == 0xE1 and b"<x:xmpmeta" in payload[:256]:  # a malformed XMP header
+            fields += xmp_fields(payload[payload.find(b"<x:xmpmeta"):], "XMP (odd header)")
         elif marker == 0xE1 and payload.startswith(_XMP_EXTENSION):
             extended_xmp += payload[len(_XMP_EXTENSION) + 40:]  # GUID, length, offset
         elif marker == 0xED:

@@ -43,6 +43,7 @@ from PIL import Image
 from veil import wds
 from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box, usable_boxes
+from veil.containers import is_jpeg
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
 from veil.encoding import (
     SUFFIXES,
@@ -258,7 +259,9 @@ class ObfuscateTask:
         # Most faceless files are plain JPEGs: a look at their marker segments settles it
         # without Pillow, and the bytes read are the bytes written.
         raw = source if isinstance(source, bytes) else _read_quietly(source, self.link)
-        if raw is not None and plain_jpeg(raw, self.max_pixels):
+        # (and nothing after its end: an appended picture is no part of a plain JPEG)
+        if raw is not None and (self.link or raw.endswith(b"\xff\xd9")) \
+                and plain_jpeg(raw, self.max_pixels):
             return Rendered({**info, "action": "copied", "output": key}, None, key, boxes,
                             None if self.link else raw)
         if self.fmt == "jpeg" and probe(source).format != "JPEG":
@@ -268,11 +271,17 @@ class ObfuscateTask:
             target = output_key(key, suffix)
             return Rendered({**info, "action": "converted", "output": target}, data, target,
                             boxes)
-        if self.strip_metadata and probe(source).metadata:
-            if raw is None or self.link:
-                raw = source.read_bytes() if isinstance(source, Path) else source
-            return Rendered({**info, "action": "copied", "output": key, "stripped": True},
-                            strip_identifying_metadata(raw), key, boxes, raw)
+        if self.strip_metadata:
+            found = probe(source).metadata
+            # A JPEG that is not plain may carry blocks probe does not name (an XMP packet
+            # behind a malformed header, bytes after its end): the strip decides.
+            if found or (raw is not None and is_jpeg(raw)):
+                if raw is None or self.link:
+                    raw = source.read_bytes() if isinstance(source, Path) else source
+                cleaned = strip_identifying_metadata(raw)
+                if found or cleaned != raw:
+                    return Rendered({**info, "action": "copied", "output": key,
+                                     "stripped": True}, cleaned, key, boxes, raw)
         return Rendered({**info, "action": "copied", "output": key}, None, key, boxes)
 
 
