@@ -134,15 +134,17 @@ class AuditReport:
         report = cls(target, summary, [f for i in images for f in i.findings], detector,
                      min_score, regions_source, covered_fraction, images,
                      [n for i in images for n in i.notes], **kwargs)
-        report._recount()
+        report.recount()
         return report
 
     def add_finding(self, finding: Finding) -> None:
         """A finding about the output as a whole (not one of its images)."""
         self.findings.append(finding)
-        self._recount()
+        self.recount()
 
-    def _recount(self) -> None:
+    def recount(self) -> None:
+        """Derive the counts (``summary.counts``) from ``images``, ``findings`` and
+        ``notes``."""
         counts = Counter({name: 0 for name in _COUNT_ORDER})
         for image in self.images:
             if image.status == "error":
