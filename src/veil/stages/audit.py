@@ -39,7 +39,7 @@ from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.stages.audit_checks import COVERED_FRACTION, ImageChecker
 from veil.stages.audit_ledger import (
     Ledger,
-    LedgerRecord,
+    LedgerReader,
     find_ledger,
     published_ledger,
     read_ledger,
@@ -70,7 +70,7 @@ class AuditTask:
     threads: int | None = None
     max_pixels: int | None = None
     reader: ImageReader | None = None
-    records: dict[str, LedgerRecord] | None = None
+    ledger: LedgerReader | None = None  # None: no ledger
     source: ImageReader | None = None
     source_keys: dict[str, str] = field(default_factory=dict)
     boxes: dict[str, list[Rect]] = field(default_factory=dict)
@@ -83,11 +83,13 @@ class AuditTask:
             self.reader = FileReader(Path(self.root))
         self._checker = ImageChecker(
             self.regions, create_detector(self.detector, threads=self.threads, **self.options),
-            self.min_score, self.records, self.source, self.source_keys, self.boxes,
+            self.min_score, None, self.source, self.source_keys, self.boxes,
             self.method, self.method_options, self.render, self.max_pixels)
 
     def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
         result = ShardResult(index)
+        if self.ledger is not None:  # this shard's records, read here
+            self._checker.records = self.ledger.records(keys)
         for key in keys:
             try:
                 data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
@@ -170,7 +172,7 @@ def audit(
         boxes = {k: list(v) for k, v in regions.items()}
         regions_source = regions_source or "the regions given to veil.audit"
     elif found is not None:
-        regions = found.regions()
+        regions = {}  # each worker takes them from the ledger's records
         regions_source = f"the obfuscate ledger {found.path}"
     else:
         regions = {}
@@ -184,7 +186,7 @@ def audit(
     task = AuditTask(
         str(dataset.root.resolve()), regions, detector, dict(options or {}), min_score,
         max_pixels=max_pixels, reader=dataset.reader(),
-        records=None if found is None else found.records,
+        ledger=None if found is None else found.reader(),
         source=None if source is None else source.reader(),
         source_keys={} if source is None or found is not None else _source_keys(
             dataset.keys(), source),

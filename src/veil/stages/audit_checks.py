@@ -115,6 +115,12 @@ class ImageChecker:
     render: Mapping[str, Any] | None = None
     max_pixels: int | None = None
 
+    def _regions(self, key: str, record: LedgerRecord | None) -> list[Rect]:
+        """The obfuscated regions: those given (``--faces``), else the ledger's."""
+        if key in self.regions:
+            return list(self.regions[key])
+        return list(record.regions) if record is not None else []
+
     def check(self, key: str, data: bytes) -> ImageAudit:
         """Audit the output ``key`` whose bytes are ``data``. Raises ImageError when the
         output cannot be decoded and nothing else explains why (its bytes unverified)."""
@@ -132,8 +138,8 @@ class ImageChecker:
             changed["detail"] += f"; it does not decode: {exc}"
             return result
         pixels = self._check_pixels(result, record, source, output)
-        self._check_faces(result, pixels, record is not None and changed is None
-                          and record.sha256 is not None)
+        self._check_faces(result, pixels, self._regions(key, record), record is not None
+                          and changed is None and record.sha256 is not None)
         return result
 
     # ------------------------------------------------------------------ sources
@@ -290,7 +296,7 @@ class ImageChecker:
 
     def _check_outside(self, result: ImageAudit, record: LedgerRecord | None,
                        src: np.ndarray, output: np.ndarray, boxes: list[Rect]) -> None:
-        rects = [*self.regions.get(result.key, []), *(record.regions if record else ())]
+        rects = [*self._regions(result.key, record), *(record.regions if record else ())]
         exclude = [(int(x0), int(y0), math.ceil(x1), math.ceil(y1)) for x0, y0, x1, y1 in rects]
         if record is None:  # made elsewhere: its method may reach past the boxes
             for x0, y0, x1, y1 in boxes:
@@ -334,8 +340,9 @@ class ImageChecker:
 
     # ------------------------------------------------------------------ faces
 
-    def _check_faces(self, result: ImageAudit, pixels: _Pixels, bytes_verified: bool) -> None:
-        regions = np.asarray(self.regions.get(result.key, []), dtype=np.float64)
+    def _check_faces(self, result: ImageAudit, pixels: _Pixels, rects: list[Rect],
+                     bytes_verified: bool) -> None:
+        regions = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
         detections = self.detector.detect([pixels.output])[0]
         for box in detections:
             score = box.score or 0.0

@@ -10,13 +10,17 @@ re-renders the method's own output from the run's settings.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veil.store import FaceStore
 
-__all__ = ["Ledger", "LedgerRecord", "find_ledger", "published_ledger", "read_ledger"]
+__all__ = ["Ledger", "LedgerReader", "LedgerRecord", "find_ledger", "published_ledger",
+           "read_ledger"]
 
 Rect = tuple[float, float, float, float]
 
@@ -38,12 +42,20 @@ class LedgerRecord:
 
 @dataclass
 class Ledger:
-    """The newest finished obfuscate run of an output: its settings and its records by
-    output key."""
+    """The newest finished obfuscate run of an output (``run_id``): its settings and its
+    records by output key."""
 
     path: Path
     config: dict[str, Any]
     records: dict[str, LedgerRecord] = field(default_factory=dict)
+    run_id: int = 0
+
+    def reader(self) -> LedgerReader:
+        """What a worker needs to read its shard's records itself (the whole ledger is
+        not shipped to every worker: it holds ~300 bytes an image)."""
+        return LedgerReader(str(self.path), self.run_id,
+                            {out: r.source_key for out, r in self.records.items()
+                             if out != r.source_key})
 
     @property
     def method(self) -> str | None:
@@ -100,19 +112,54 @@ def read_ledger(out: Path, ledger: Path | None = None) -> Ledger | None:
         runs = [r for r in store.runs("obfuscate") if r.status == "done"]
         if not runs:
             return None
-        found = Ledger(path, dict(runs[-1].config))
+        found = Ledger(path, dict(runs[-1].config), run_id=runs[-1].id)
         for item in store.run_items(runs[-1].id, status="ok"):
-            info = item.info or {}
-            if info.get("action") not in ("obfuscated", "copied", "converted"):
-                continue  # skipped: nothing was written
-            boxes = info.get("boxes")
-            found.records[info.get("output", item.key)] = LedgerRecord(
-                item.key, info["action"], info.get("sha256"), info.get("source_sha256"),
-                info.get("bytes"), tuple(_rect(r) for r in info.get("regions", [])),
-                None if boxes is None and info["action"] == "obfuscated" else
-                tuple(_rect(b) for b in boxes or []),
-                bool(info.get("stripped")))
+            record = _record(item.key, item.info or {})
+            if record is not None:
+                found.records[(item.info or {}).get("output", item.key)] = record
         return found
+
+
+@dataclass(frozen=True)
+class LedgerReader:
+    """Reads the records of a few output keys straight from the ledger file (read-only,
+    SQLite's own indexes), in any worker that sees the file at ``path``."""
+
+    path: str
+    run_id: int
+    renamed: Mapping[str, str]  # output key -> source key, where the two differ
+
+    def records(self, keys: Sequence[str]) -> dict[str, LedgerRecord]:
+        """The records of the output ``keys`` that the run wrote (others are absent)."""
+        wanted = {self.renamed.get(key, key): key for key in keys}
+        found: dict[str, LedgerRecord] = {}
+        names = list(wanted)
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as db:
+            for start in range(0, len(names), 500):
+                chunk = names[start:start + 500]
+                rows = db.execute(
+                    'SELECT im."key", ri.info FROM run_items ri JOIN images im '
+                    "ON im.id = ri.image_id WHERE ri.run_id = ? AND ri.status = 'ok' "
+                    f'AND im."key" IN ({", ".join("?" * len(chunk))})', (self.run_id, *chunk))
+                for key, text in rows:
+                    info = json.loads(text) if text else {}
+                    record = _record(key, info)
+                    if record is not None and info.get("output", key) == wanted[key]:
+                        found[wanted[key]] = record
+        return found
+
+
+def _record(key: str, info: Mapping[str, Any]) -> LedgerRecord | None:
+    """A ledger item's record, None for an image nothing was written for (skipped)."""
+    if info.get("action") not in ("obfuscated", "copied", "converted"):
+        return None
+    boxes = info.get("boxes")
+    return LedgerRecord(
+        key, info["action"], info.get("sha256"), info.get("source_sha256"), info.get("bytes"),
+        tuple(_rect(r) for r in info.get("regions", [])),
+        None if boxes is None and info["action"] == "obfuscated" else
+        tuple(_rect(b) for b in boxes or []),
+        bool(info.get("stripped")))
 
 
 def _rect(values: list[float]) -> Rect:
