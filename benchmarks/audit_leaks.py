@@ -18,7 +18,7 @@ pixels passed), and the pixel criterion's margins on the untouched faced images 
 the weak blurs (by pixels alone, without the bytes).
 
 The pixel thresholds (:mod:`veil.obfuscation.verify`) were chosen on the WIDER FACE
-validation sample and Imagenette; these photos were not used to choose them.
+validation sample; these photos were not used to choose them.
 
 Last, the cost of the ledger's hashes: SHA-256 of every output's bytes (in memory), as a
 share of ``veil obfuscate``'s own time on the same photos, and of reading and hashing a

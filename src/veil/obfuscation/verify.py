@@ -33,8 +33,9 @@ separates badly (measured on WIDER face boxes of 16-32 px: a correct overlay has
 little as 72% of its pixels within 10 luma levels of the fill, a fill missing a third of
 the box up to 87%, since many faces are near the ImageNet-mean grey).
 
-The thresholds were chosen on the 97 WIDER FACE validation photos (2,042 boxes) and
-Imagenette, and are reported on the ILSVRC photos of ``imagenet-samples``
+The thresholds were chosen on the 97 WIDER FACE validation photos (2,042 boxes; every
+method, the outputs veil writes and planted weak blurs, partial fills and originals), and
+are reported on the ILSVRC photos of ``imagenet-samples``
 (``benchmarks/audit_leaks.py``, README).
 """
 
