@@ -183,6 +183,29 @@ def test_a_hub_folder_is_read_row_by_row_with_its_class_labels(
     assert open_dataset(hub).subset(split="validation").keys() == one.keys()
 
 
+def test_row_groups_too_big_to_hold_are_streamed_alike(hub: Path, photos: list[Photo],
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row groups over GROUP_BUFFER are read batch by batch (here: every one of them), in
+    any order, and rewritten batch by batch: the same rows come out."""
+    from veil.hf import reader as hf_reader
+    from veil.hf import storage as hf_storage
+
+    monkeypatch.setattr(hf_reader, "GROUP_BUFFER", 0)
+    monkeypatch.setattr(hf_storage, "GROUP_BUFFER", 0)
+    monkeypatch.setattr(hf_reader, "READ_BATCH", 1)
+    by_key = _by_key(hub, photos)
+    reader = open_dataset(hub).reader()
+    for key in [*by_key, *reversed(by_key)]:
+        assert reader.read(key) == by_key[key].data
+    faces = load_faces(_faces_file(tmp_path / "faces.json", by_key))
+    out = tmp_path / "out"
+    assert obfuscate_dataset(open_dataset(hub), faces, out, workers=1, progress=False).ok
+    outputs = open_dataset(out).reader()
+    assert [outputs.read(k) == p.data for k, p in by_key.items()] == [
+        not p.boxes for p in by_key.values()]
+
+
 def test_a_save_to_disk_folder_is_read_alike(disk: Path, photos: list[Photo]) -> None:
     dataset = open_dataset(disk)
     assert dataset.layout == "huggingface" and dataset.splits == ["train", "validation"]

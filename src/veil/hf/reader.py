@@ -11,6 +11,7 @@ from typing import Any
 
 from veil.hf.layout import Shard
 from veil.hf.storage import (
+    GROUP_BUFFER,
     READ_BATCH,
     ipc_batches,
     is_arrow,
@@ -42,9 +43,10 @@ def image_bytes(value: Any, shard_path: Path) -> bytes:
 
 
 class _Cursor:
-    """The image column of one open shard. Parquet: read forward, :data:`READ_BATCH`
-    rows at a time within a row group (reading backwards restarts the row group); Arrow:
-    the record batches of the memory map."""
+    """The image column of one open shard. Parquet: the current row group's column, held
+    whole when it is at most :data:`GROUP_BUFFER` (as pyarrow reads it anyway), else read
+    forward :data:`READ_BATCH` rows at a time (reading backwards restarts it); Arrow: the
+    record batches of the memory map."""
 
     def __init__(self, path: Path, column: str) -> None:
         self.path = path
@@ -65,6 +67,8 @@ class _Cursor:
             meta = self._file.metadata
             self.starts = _starts([meta.row_group(g).num_rows
                                    for g in range(meta.num_row_groups)])
+            self._whole = [meta.row_group(g).total_byte_size <= GROUP_BUFFER
+                           for g in range(meta.num_row_groups)]
 
     def value(self, row: int) -> Any:
         if not 0 <= row < self.starts[-1]:
@@ -72,6 +76,12 @@ class _Cursor:
         group = bisect.bisect_right(self.starts, row) - 1
         if self._arrow is not None:
             return self._arrow[group][row - self.starts[group]].as_py()
+        if self._whole[group]:
+            if group != self._group:
+                self._group, self._start = group, self.starts[group]
+                self._batch = self._file.read_row_group(group, columns=[self.column],
+                                                        use_threads=False).column(0)
+            return self._batch[row - self._start].as_py()
         if group != self._group or row < self._start:
             self._group, self._start, self._batch = group, self.starts[group], None
             self._batches = self._file.iter_batches(

@@ -26,7 +26,8 @@ each Parquet or Arrow shard becomes the shard of the same path under OUT, one sh
 the run, written whole and atomically with the source's schema (features metadata
 included), columns and row order; only image cells change, rendered as in a folder. A row
 whose image is not written (left out of the run, skipped, unannotated or failed) gets a
-null image, so every row keeps its key. A ``save_to_disk`` folder gets its JSON files.
+null image, so every row keeps its key. A ``save_to_disk`` folder gets its JSON files
+once every shard is written.
 """
 
 from __future__ import annotations
@@ -583,8 +584,6 @@ def obfuscate_dataset(
         file_shards = dataset.groups() if out_format != "files" else None
         run_id, done = prepare_run(store, "obfuscate", config, keys, shard_size=shard_size,
                                    shards=file_shards)
-        if dataset.hf_layout is not None:
-            _write_hf_sidecars(dataset, out, _fingerprint(config))
         task_type = {"webdataset": ShardObfuscateTask,
                      "huggingface": HFShardObfuscateTask}.get(out_format, ObfuscateTask)
         task = task_type(
@@ -603,6 +602,8 @@ def obfuscate_dataset(
         )
         if done:
             _add_earlier_counts(store, run_id, summary)
+    if dataset.hf_layout is not None and not summary.interrupted and not summary.failed_shards:
+        _write_hf_sidecars(dataset, out, _fingerprint(config))  # once every shard is there
     return summary
 
 
