@@ -74,11 +74,12 @@ def load_faces(
     """Read the current boxes of every image from a store, a faces file or a mapping."""
     if isinstance(source, Mapping):
         return FacesSnapshot({k: list(v) for k, v in source.items()}, "boxes given in Python")
-    from veil.store import FaceStore
-
-    if isinstance(source, FaceStore):
+    if not isinstance(source, (str, os.PathLike)):  # an open FaceStore (no import here:
+        # SQLAlchemy loads only for a store, not for a faces file)
         return FacesSnapshot(source.current_boxes(), f"face store {source.display_url}")
     if is_store_location(source):
+        from veil.store import FaceStore
+
         if "://" not in str(source) and not Path(source).exists():
             raise VeilError(f"face store not found: {source}")
         with FaceStore(source, create=False) as store:

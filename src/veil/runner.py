@@ -19,15 +19,37 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
 from veil.backends import Backend, get_backend
 from veil.backends.base import ShardResult, ShardTask
-from veil.store import FaceStore
+from veil.store import ImageRecord, RunItem
 
 DEFAULT_SHARD_SIZE = 256
+
+
+class RunLog(Protocol):
+    """Where a run is recorded: a face store (:class:`veil.store.FaceStore`, with the
+    detections) or a run ledger (:class:`veil.store.RunLedger`, run items only)."""
+
+    def start_run(self, kind: str, config: Any, shards: Sequence[Sequence[str]] = ...) -> int:
+        ...
+
+    def find_resumable_run(self, kind: str, config: Any) -> int | None: ...
+
+    def resume_run(self, run_id: int) -> None: ...
+
+    def pending_shards(self, run_id: int) -> list[tuple[int, list[str]]]: ...
+
+    def complete_shard(self, run_id: int, index: int, *, items: Sequence[RunItem] = ...,
+                       images: Sequence[ImageRecord] = ..., detections: Any = ...,
+                       seconds: float = ...) -> None: ...
+
+    def fail_shard(self, run_id: int, index: int, error: str) -> None: ...
+
+    def finish_run(self, run_id: int, status: str = ..., timings: Any = ...) -> None: ...
 
 
 @dataclass
@@ -59,7 +81,7 @@ def make_shards(keys: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> li
 
 
 def prepare_run(
-    store: FaceStore, kind: str, config: dict[str, Any], keys: Sequence[str], *,
+    store: RunLog, kind: str, config: dict[str, Any], keys: Sequence[str], *,
     shard_size: int = DEFAULT_SHARD_SIZE, resume: bool = True,
     shards: Sequence[Sequence[str]] | None = None,
 ) -> tuple[int, int]:
@@ -85,7 +107,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def execute(
-    store: FaceStore,
+    store: RunLog,
     run_id: int,
     task: ShardTask,
     *,

@@ -14,14 +14,17 @@ import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veil.boxes import Box
 from veil.errors import FacesFileError, VeilError
 from veil.interchange.coco import read_coco, write_coco
 from veil.interchange.common import FORMATS, FacesFile, KeyResolver, flat_val_key, load_json
 from veil.interchange.paper import read_paper, write_paper
-from veil.store import FaceStore, ImageRecord, RunItem
+from veil.store import ImageRecord, RunItem
+
+if TYPE_CHECKING:  # a FaceStore comes from the caller: SQLAlchemy loads only then
+    from veil.store import FaceStore
 
 __all__ = [
     "FORMATS",

@@ -48,7 +48,7 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
-from veil import hf, wds
+from veil import containers, hf, wds
 from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
@@ -61,11 +61,11 @@ from veil.encoding import (
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
 from veil.files import atomic_copy, atomic_write_bytes, remove_stale_temps, sync_written
-from veil.images import LoadedImage, load_image, plain_jpeg, probe
-from veil.obfuscation import METHODS, affected_region, obfuscate
+from veil.images import LoadedImage, load_image, max_pixels_limit, plain_jpeg, probe
+from veil.obfuscation import METHODS, affected_region, obfuscate, read_region
 from veil.obfuscation.array_stages import compiled_passes
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
-from veil.store import FaceStore, RunItem
+from veil.store import RunItem, RunLedger
 
 FORMATS = ("keep", "png", "jpeg")
 OUT_FORMATS = ("auto", "files", "webdataset", "huggingface")
@@ -209,13 +209,14 @@ class ObfuscateTask:
         applied = kept if boxes is not None else None
         if not kept and self.fmt != "png":
             return self._copy(key, source, info, applied)
+        if kept and self.fmt == "keep":
+            if isinstance(source, Path):  # read once, for whichever path takes it
+                source = _read_quietly(source, head_only=False) or source
+            window = self._jpeg_domain_window(key, source, kept, info, applied)
+            if window is not None:
+                return window
         loaded = load_image(source, max_pixels=self.max_pixels)
-        outside = [b for b in kept if b.clipped(loaded.width, loaded.height).is_degenerate]
-        if outside:
-            size = f"{loaded.width}x{loaded.height}"
-            info.setdefault("warnings", []).append(
-                f"{len(outside)} box(es) lie entirely outside the {size} image"
-            )
+        self._warn_outside(kept, (loaded.width, loaded.height), info)
         image = loaded.image
         if kept:  # a PIL image in, a PIL image out
             image = cast(Image.Image, obfuscate(image, kept, self.method, **self.options))
@@ -234,6 +235,54 @@ class ObfuscateTask:
         if kept:
             info["regions"] = [list(r) for r in regions]
         return Rendered(info, data, target, applied)
+
+    @staticmethod
+    def _warn_outside(kept: list[Box], size: tuple[int, int], info: dict[str, Any]) -> None:
+        outside = [b for b in kept if b.clipped(*size).is_degenerate]
+        if outside:
+            info.setdefault("warnings", []).append(
+                f"{len(outside)} box(es) lie entirely outside the {size[0]}x{size[1]} image"
+            )
+
+    def _jpeg_domain_window(self, key: str, source: Path | bytes, kept: list[Box],
+                            info: dict[str, Any], applied: list[Box] | None) -> Rendered | None:
+        """The JPEG-domain output made from a decoded crop around the faces
+        (:func:`veil.jpeg_domain.splice_window`), for a JPEG stored as displayed; None
+        where the whole-decode path must decide (another format or orientation, over the
+        pixel limit, no TurboJPEG, or a file the crop path cannot handle)."""
+        from veil import jpeg_domain  # ctypes and the library: only for faced JPEGs
+
+        if not isinstance(source, bytes):
+            return None  # unreadable: load_image says why
+        raw = source
+        if not containers.is_jpeg(raw) or jpeg_domain.available() is not None:
+            return None
+        try:
+            header = probe(raw, max_pixels=self.max_pixels)
+        except ImageError:
+            return None  # the whole-decode path reports it in its words
+        if header.format != "JPEG" or header.orientation != 1:
+            return None
+        size = (header.width, header.height)
+        regions = affected_region(size, kept, self.method, **self.options)
+        if not regions:
+            return None
+        reads = read_region(size, kept, self.method, **self.options)
+
+        def run(canvas: Image.Image) -> Image.Image:
+            return cast(Image.Image, obfuscate(canvas, kept, self.method, **self.options))
+
+        try:
+            spliced = jpeg_domain.splice_window(raw, regions, reads, run)
+        except jpeg_domain.Unsupported:
+            return None
+        self._warn_outside(kept, size, info)
+        info.update(action="obfuscated", output=output_key(key, SUFFIXES["JPEG"]),
+                    regions=[list(r) for r in regions], encoding="jpeg-domain",
+                    mcus=[spliced.mcus, spliced.total_mcus])
+        data = jpeg_with_colour_and_orientation(spliced.data, header.icc_profile, 1,
+                                                grey=spliced.grey)
+        return Rendered(info, data, info["output"], applied)
 
     @staticmethod
     def _jpeg_domain(source: Path | bytes, image: Any, loaded: LoadedImage,
@@ -264,6 +313,12 @@ class ObfuscateTask:
         if raw is not None and plain_jpeg(raw, self.max_pixels):
             return Rendered({**info, "action": "copied", "output": key}, None, key, boxes,
                             None if self.link else raw)
+        if raw is not None and not self.link and self.strip_metadata:
+            cleaned = _cleaned_jpeg(raw, self.max_pixels)
+            if cleaned is not None:  # a JPEG with metadata segments: dropped, no Pillow
+                stripped = {"stripped": True} if cleaned != raw else {}
+                return Rendered({**info, "action": "copied", "output": key, **stripped},
+                                cleaned if stripped else None, key, boxes, raw)
         if self.fmt == "jpeg" and probe(source).format != "JPEG":
             loaded = load_image(source, max_pixels=self.max_pixels)
             data, suffix = encode_image(loaded.image, loaded, fmt="jpeg",
@@ -449,6 +504,26 @@ def _read_quietly(path: Path, head_only: bool) -> bytes | None:
         return None
 
 
+def _cleaned_jpeg(raw: bytes, max_pixels: int | None) -> bytes | None:
+    """``raw`` without its identifying marker segments, when it is a JPEG whose header
+    walks cleanly to one 8-bit frame within the pixel limit; None: let :func:`probe` judge
+    it (and name what is wrong). Most faceless files that are not :func:`plain_jpeg` only
+    carry a comment, IPTC or XMP: this settles them without Pillow's ~1 ms parse."""
+    if not containers.is_jpeg(raw):
+        return None
+    try:
+        frame = next((s for s in containers.jpeg_header(raw)
+                      if s.marker in (0xC0, 0xC1, 0xC2)), None)
+        if frame is None:
+            return None
+        sof = containers.jpeg_frame(raw, frame)
+        if sof.precision != 8 or not 0 < sof.width * sof.height <= max_pixels_limit(max_pixels):
+            return None
+        return strip_identifying_metadata(raw)
+    except ImageError:
+        return None
+
+
 def _record(result: ShardResult, key: str, rendered: Rendered) -> None:
     info = rendered.info
     if info["action"] == "unannotated":
@@ -572,7 +647,7 @@ def obfuscate_dataset(
         _adopt_legacy_ledger(out, ledger_file)
     ledger_file.parent.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    with FaceStore(ledger_file) as store:
+    with RunLedger(ledger_file) as store:
         previous = [r for r in store.runs("obfuscate") if r.config != config]
         if previous:
             raise VeilError(
@@ -656,7 +731,7 @@ def _write_hf_sidecars(dataset: Dataset, out: Path, fingerprint: str) -> None:
     hf.write_sidecars(dataset.hf_layout, out, written, fingerprint)
 
 
-def _add_earlier_counts(ledger: FaceStore, run_id: int, summary: RunSummary) -> None:
+def _add_earlier_counts(ledger: RunLedger, run_id: int, summary: RunSummary) -> None:
     """After a resume, report the whole run, not only the shards this process did."""
     counts: Counter[str] = Counter()
     errors = []

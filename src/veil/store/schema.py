@@ -28,12 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
-
-RUN_STATUSES = ("running", "done", "failed", "interrupted")
-SHARD_STATUSES = ("pending", "done", "failed")
-ITEM_STATUSES = ("ok", "error")
-REVIEW_KINDS = ("review", "gold", "import")
+from veil.store.vocabulary import (  # noqa: F401  (SCHEMA_VERSION: re-exported)
+    ITEM_STATUSES,
+    REVIEW_KINDS,
+    RUN_STATUSES,
+    SCHEMA_VERSION,
+    SHARD_STATUSES,
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -8,8 +8,6 @@ without error. Images with neither are absent: "never looked at" is not "no face
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,7 +32,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from veil import __version__
 from veil.boxes import Box
 from veil.errors import VeilError
-from veil.store import sql
+from veil.store import (
+    review_schema,  # noqa: F401  (registers the review tables on the metadata)
+    sql,
+)
 from veil.store.records import ImageRecord, ReviewRecord, RunItem, RunRecord
 from veil.store.schema import (
     ITEM_STATUSES,
@@ -52,23 +53,14 @@ from veil.store.schema import (
     shards_t,
 )
 from veil.store.values import BOX_COLUMNS, box_row, group_boxes, utcnow
+from veil.store.vocabulary import RESUMABLE_RUN_STATUSES, canonical_config
 
 #: Run kinds whose detections propose an image's boxes (audit re-detections do not).
 DETECTION_RUN_KINDS: tuple[str, ...] = ("detect",)
 #: A detection run counts while it runs (its finished shards are real) and once done.
 CURRENT_RUN_STATUSES = ("running", "done")
-RESUMABLE_RUN_STATUSES = ("running", "interrupted", "failed")
 #: A filtered query reads everything once when asked for more than 1/8 of all images.
 _FULL_SCAN_RATIO = 8
-
-def canonical_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """The config as stored (JSON-normalised) and its hash, which finds equal configs."""
-    try:
-        text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"run config must be plain JSON data: {exc}") from exc
-    return json.loads(text), hashlib.sha256(text.encode()).hexdigest()
-
 
 def _reopen(url: str) -> FaceStore:
     return FaceStore(url, create=False)
