@@ -20,6 +20,14 @@ byte for byte; each sample's ``json`` member (created if missing) gets a ``faces
 field: ``{"method", "options", "boxes": {<image field>: [{x0, y0, x1, y1, score,
 source}, ...] or null}}``, boxes in the image's displayed pixels, ``null`` where the
 faces source knew nothing of the image (``--unannotated copy``).
+
+A Hugging Face dataset is written as the same dataset (``out_format="huggingface"``):
+each Parquet or Arrow shard becomes the shard of the same path under OUT, one shard of
+the run, written whole and atomically with the source's schema (features metadata
+included), columns and row order; only image cells change, rendered as in a folder. A row
+whose image is not written (left out of the run, skipped, unannotated or failed) gets a
+null image, so every row keeps its key. A ``save_to_disk`` folder gets its JSON files
+once every shard is written.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
-from veil import containers, wds
+from veil import containers, hf, wds
 from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box, usable_boxes
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
@@ -60,7 +68,7 @@ from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.store import RunItem, RunLedger
 
 FORMATS = ("keep", "png", "jpeg")
-OUT_FORMATS = ("auto", "files", "webdataset")
+OUT_FORMATS = ("auto", "files", "webdataset", "huggingface")
 UNANNOTATED_POLICIES = ("error", "copy", "skip")
 LEGACY_LEDGER = PurePosixPath(".veil") / "ledger.sqlite"
 """Where veil before issue 14 kept the ledger: inside the output, published with it."""
@@ -425,6 +433,63 @@ class ShardObfuscateTask(ObfuscateTask):
         return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@dataclass
+class HFShardObfuscateTask(ObfuscateTask):
+    """Mirror one Parquet or Arrow shard of a Hugging Face dataset (see the module's
+    docstring): its images rendered as in a folder, everything else as it is."""
+
+    def _shard(self, index: int, keys: Sequence[str]) -> ShardResult:
+        result = ShardResult(index)
+        if not keys:
+            return result
+        reader = cast(hf.HFReader, self.reader)
+        shard, _ = reader.locate(keys[0])
+        source = reader.shard_path(shard)
+        wanted = set(keys)
+        outcomes: list[tuple[str, Rendered | Exception]] = []
+        with hf.ShardWriter(source, Path(self.out) / shard.relative) as out:
+            start = 0
+            for group in hf.iter_groups(source):
+                rendered = []
+                for batch in group:
+                    rendered.append(self._batch(batch, reader, shard, start, wanted, outcomes))
+                    start += batch.num_rows
+                out.write(rendered)
+        for key, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                _record_error(result, key, outcome)
+            else:
+                _record(result, key, outcome)
+        return result
+
+    def _batch(self, batch: Any, reader: hf.HFReader, shard: hf.Shard, start: int,
+               wanted: set[str], outcomes: list[tuple[str, Rendered | Exception]]) -> Any:
+        """The batch with its rows' images rendered; a row not written: a null image."""
+        images = batch.column(reader.image)
+        ids = batch.column(reader.id_column).to_pylist() if reader.id_column else None
+        changed: dict[int, bytes | None] = {}
+        for i in range(batch.num_rows):
+            key = f"{shard.split}/{ids[i]}" if ids is not None else shard.key(start + i)
+            if key not in wanted:
+                changed[i] = None  # not part of this run (--limit): not published
+                continue
+            try:
+                rendered = self.render(key, hf.image_bytes(images[i].as_py(),
+                                                           reader.shard_path(shard)))
+            except (ImageError, OSError) as exc:
+                outcomes.append((key, exc))
+                changed[i] = None
+                continue
+            outcomes.append((key, rendered))
+            if rendered.output is None:
+                changed[i] = None
+            else:  # the row keeps its key whatever the format (.png and all)
+                rendered.output = rendered.info["output"] = key
+                if rendered.data is not None:
+                    changed[i] = rendered.data
+        return hf.replace_images(batch, reader.image, changed)
+
+
 _HEAD = 1 << 16
 """Bytes read to look at a file's header when it is hard-linked, not written."""
 
@@ -567,7 +632,7 @@ def obfuscate_dataset(
         "format": fmt, "jpeg_quality": jpeg_quality, "link": link,
         "strip_metadata": strip_metadata, "unannotated": unannotated, "max_pixels": max_pixels,
     }
-    if out_format == "webdataset":
+    if out_format != "files":
         config["out_format"] = out_format
     ledger_file = ledger_path(out, ledger)
     if out.resolve() in ledger_file.resolve().parents:
@@ -591,10 +656,11 @@ def obfuscate_dataset(
             )
         remove_stale_temps(out)
         keys = dataset.keys()
-        tar_shards = dataset.groups() if out_format == "webdataset" else None
+        file_shards = dataset.groups() if out_format != "files" else None
         run_id, done = prepare_run(store, "obfuscate", config, keys, shard_size=shard_size,
-                                   shards=tar_shards)
-        task_type = ShardObfuscateTask if out_format == "webdataset" else ObfuscateTask
+                                   shards=file_shards)
+        task_type = {"webdataset": ShardObfuscateTask,
+                     "huggingface": HFShardObfuscateTask}.get(out_format, ObfuscateTask)
         task = task_type(
             str(root), str(out.resolve()),
             {k: faces.boxes[k] for k in keys if k in faces.boxes},
@@ -611,6 +677,8 @@ def obfuscate_dataset(
         )
         if done:
             _add_earlier_counts(store, run_id, summary)
+    if dataset.hf_layout is not None and not summary.interrupted and not summary.failed_shards:
+        _write_hf_sidecars(dataset, out, _fingerprint(config))  # once every shard is there
     return summary
 
 
@@ -640,14 +708,27 @@ def _resolve_out_format(out_format: str, dataset: Dataset, link: bool) -> str:
         raise VeilError(f"unknown output format {out_format!r}; choose one of "
                         f"{', '.join(OUT_FORMATS)}")
     if out_format == "auto":
-        out_format = "webdataset" if dataset.layout == "webdataset" else "files"
-    if out_format == "webdataset" and dataset.layout != "webdataset":
-        raise VeilError("--out-format webdataset mirrors WebDataset tar shards, but the "
-                        f"dataset is a {dataset.layout} dataset; use --out-format files")
-    if out_format == "webdataset" and link:
-        raise VeilError("--link hard-links files of a folder output; WebDataset shards are "
+        out_format = dataset.layout if dataset.layout in ("webdataset", "huggingface") else (
+            "files")
+    if out_format != "files" and dataset.layout != out_format:
+        name = {"webdataset": "WebDataset tar", "huggingface": "Hugging Face"}[out_format]
+        raise VeilError(f"--out-format {out_format} mirrors {name} shards, but the dataset "
+                        f"is a {dataset.layout} dataset; use --out-format files")
+    if dataset.layout == "huggingface" and out_format != "huggingface":
+        raise VeilError("a Hugging Face dataset's images are rows of its shards, not files: "
+                        "it is written back as the same dataset (--out-format huggingface)")
+    if out_format != "files" and link:
+        raise VeilError(f"--link hard-links files of a folder output; {out_format} shards are "
                         "written whole")
     return out_format
+
+
+def _write_hf_sidecars(dataset: Dataset, out: Path, fingerprint: str) -> None:
+    """A Hugging Face output's files besides its shards (those of this run's shards)."""
+    assert dataset.hf_layout is not None
+    used = {e.path for e in dataset}
+    written = [s for s in dataset.hf_layout.shards if dataset.hf_layout.root / s.relative in used]
+    hf.write_sidecars(dataset.hf_layout, out, written, fingerprint)
 
 
 def _add_earlier_counts(ledger: RunLedger, run_id: int, summary: RunSummary) -> None:
