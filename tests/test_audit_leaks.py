@@ -6,8 +6,8 @@ own detector) and faceless synthetic photos is obfuscated by veil in each layout
 leaks are planted in the output as a release manager might find them: restored
 originals, a radius-1 Gaussian blur, a fill that misses part of a box, a file swapped
 with another faced original, a truncated file, and EXIF (GPS, thumbnail), XMP and PNG
-text metadata. A layout is a small adapter (:class:`Layout`): a third (Hugging Face
-Parquet) is one more entry in ``LAYOUTS``.
+text metadata. A layout is a small adapter (:class:`Layout`): a folder, WebDataset tar
+shards and a Hugging Face Parquet shard; another is one more entry in ``LAYOUTS``.
 """
 
 from __future__ import annotations
@@ -91,7 +91,51 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-LAYOUTS = [Layout(), WebDatasetLayout()]
+class HuggingFaceLayout(Layout):
+    """A Hub-style Parquet shard: one row per file, the image in an Image struct column."""
+
+    name = "huggingface"
+    shard = "data/train-00000-of-00001.parquet"
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+
+    def key(self, name: str) -> str:
+        from veil.hf.layout import Shard
+
+        return Shard("train", self.shard, len(self.rows)).key(self.rows[name])
+
+    def write(self, folder: Path, files: dict[str, bytes]) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.rows = {name: i for i, name in enumerate(files)}
+        (folder / self.shard).parent.mkdir(parents=True)
+        table = pa.table({"image": [{"bytes": data, "path": name} for name, data in
+                                    files.items()], "name": list(files)})
+        pq.write_table(table, folder / self.shard)
+        return folder
+
+    def read(self, out: Path) -> dict[str, bytes]:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out / self.shard).to_pylist()
+        return {self.key(row["name"]): row["image"]["bytes"] for row in table}
+
+    def plant(self, out: Path, changes: dict[str, bytes]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out / self.shard)
+        rows = table.to_pylist()
+        for row in rows:
+            key = self.key(row["name"])
+            if key in changes:
+                row["image"] = {"bytes": changes[key], "path": row["image"]["path"]}
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / self.shard)
+
+
+LAYOUTS = [Layout(), WebDatasetLayout(), HuggingFaceLayout()]
 
 # -- the corpus ---------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from veil.datasets import open_dataset
 from veil.encoding import encode_image
 from veil.faces import load_faces
 from veil.images import load_image, probe
-from veil.obfuscation import affected_region, obfuscate
+from veil.obfuscation import affected_region, obfuscate, read_region
 from veil.stages.obfuscate import ledger_path, obfuscate_dataset
 from veil.store import FaceStore
 
@@ -275,3 +275,46 @@ def test_format_jpeg_reencodes_whole_and_the_summary_counts_both(photos, tmp_pat
     after = _coefficients((tmp_path / "jpeg" / "a.jpg").read_bytes(), tmp_path)[0]
     # a second lossy generation: many blocks far from the faces change too
     assert (before != after).any(axis=(2, 3))[:, 40:].mean() > 0.1
+
+
+@pytest.mark.parametrize("method,options", [
+    ("blur", {}), ("minimal-blur", {"force_inside": True}), ("overlay", {"shape": "ellipse"}),
+    ("mosaic", {})])
+def test_a_decoded_crop_gives_the_bytes_of_a_whole_decode(photos, method, options):
+    """``splice_window`` (decode only a crop around what the method reads, in the same
+    libjpeg-turbo pass that re-encodes the file) writes the very bytes ``splice`` writes
+    from the whole decoded picture: every layout, baseline and progressive."""
+    for layout, progressive in CASES:
+        source = _progressive(photos[layout]) if progressive else photos[layout]
+        loaded = load_image(source)
+        size = (loaded.width, loaded.height)
+        boxes = [Box(**b) for b in _faces(size)]
+        regions = affected_region(size, boxes, method, **options)
+        whole = jpeg_domain.splice(source, obfuscate(loaded.image, boxes, method, **options),
+                                   1, regions)
+        seen: list[tuple[int, int]] = []
+
+        def run(canvas: Image.Image, seen=seen, boxes=boxes) -> Image.Image:
+            seen.append(canvas.size)
+            return obfuscate(canvas, boxes, method, **options)
+
+        window = jpeg_domain.splice_window(source, regions,
+                                           read_region(size, boxes, method, **options), run)
+        assert seen == [size]
+        assert window.data == whole.data, (layout, progressive)
+        assert (window.mcus, window.total_mcus) == (whole.mcus, whole.total_mcus)
+
+
+def test_a_failing_method_in_the_crop_path_is_raised_not_swallowed(photos):
+    """An error inside the libjpeg-turbo callback reaches the caller as itself (a bug must
+    not pass for an unsupported file and be re-encoded silently)."""
+    source = photos["4:2:0"]
+    size = load_image(source).image.size
+    boxes = [Box(**b) for b in _faces(size)]
+
+    def broken(canvas: Image.Image) -> Image.Image:
+        raise ZeroDivisionError("method bug")
+
+    with pytest.raises(ZeroDivisionError, match="method bug"):
+        jpeg_domain.splice_window(source, affected_region(size, boxes),
+                                  read_region(size, boxes), broken)

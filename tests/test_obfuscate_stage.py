@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from corpus import jpeg_bytes, photo, write_corpus
+from corpus import insert_jpeg_segment, iptc_app13, jpeg_bytes, marked_image, photo, write_corpus
 from PIL import Image
 
 from veil.boxes import Box
@@ -384,3 +384,32 @@ def test_a_small_job_does_not_load_the_compiled_blur(tmp_path):
                           env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_faceless_jpegs_with_comments_iptc_or_xmp_are_cleaned_losslessly(tmp_path):
+    """The marker-walk path for faceless JPEGs (no Pillow parse): comment, IPTC and XMP
+    are dropped, the scan bytes and the orientation (XMP's, too) stay."""
+    plain = jpeg_bytes(marked_image(), quality=90)
+    xmp_rotated = (b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><rdf:Description "
+                   b'tiff:Orientation="6" dc:creator="Jane Doe"/></x:xmpmeta>')
+    sources = {
+        "comment.jpg": insert_jpeg_segment(plain, 0xFE, b"shot by Jane Doe"),
+        "iptc.jpg": insert_jpeg_segment(plain, 0xED, iptc_app13(b"Jane Doe")),
+        "xmp.jpg": insert_jpeg_segment(plain, 0xE1, xmp_rotated),
+    }
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, raw in sources.items():
+        (data / name).write_bytes(raw)
+        assert probe(raw).metadata, name
+    faces = _write_paper(tmp_path / "faces.json", {name: [] for name in sources})
+    out = tmp_path / "out"
+    summary = obfuscate_dataset(open_dataset(data), load_faces(faces), out, workers=1,
+                                progress=False)
+    assert summary.ok and summary.counts["copied"] == 3
+    for name, raw in sources.items():
+        result = (out / name).read_bytes()
+        assert b"Jane Doe" not in result and probe(result).metadata == (), name
+        assert result.endswith(plain[plain.index(b"\xff\xda"):]), name  # the scan, as it was
+        assert probe(result).orientation == probe(raw).orientation, name
+    assert probe(out / "xmp.jpg").orientation == 6

@@ -40,7 +40,7 @@ from veil.backends.ray import RayBackend  # noqa: E402
 from veil.datasets import open_dataset  # noqa: E402
 from veil.runner import execute, prepare_run  # noqa: E402
 from veil.stages.detect import DetectTask  # noqa: E402
-from veil.stages.obfuscate import ObfuscateTask  # noqa: E402
+from veil.stages.obfuscate import ObfuscateTask, ledger_path  # noqa: E402
 from veil.store import FaceStore  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -308,6 +308,40 @@ def test_webdataset_shards_on_ray_equal_local(cluster: Cluster, photos: Path,
     local, on_ray = _tree(tmp_path / "local"), _tree(tmp_path / "ray")
     assert sorted(local) == ["part-0.tar", "part-1.tar", "part-2.tar"]
     assert on_ray == local
+
+
+def test_huggingface_shards_on_ray_equal_local(cluster: Cluster, photos: Path,
+                                              local_faces: Path, tmp_path: Path) -> None:
+    """A Hub-style Parquet dataset (written with the datasets library): each shard file is
+    one shard of the run on either backend, and the output is the same bytes."""
+    hf = pytest.importorskip("datasets")
+    keys = sorted(_tree(photos))
+    table = hf.Dataset.from_dict(
+        {"image": [{"bytes": (photos / k).read_bytes(), "path": k} for k in keys],
+         "label": [int(k.startswith("people")) for k in keys]},
+        features=hf.Features(image=hf.Image(), label=hf.ClassLabel(names=["other", "people"])))
+    hub = tmp_path / "hub"
+    for n in range(3):  # three shards: three run shards, spread over two workers
+        table.shard(num_shards=3, index=n, contiguous=True).to_parquet(
+            str(hub / "data" / f"train-{n:05d}-of-00003.parquet"), batch_size=16)
+    faces, _ = _store_rows(local_faces)
+    dataset = open_dataset(hub)
+    reader = dataset.reader()
+    by_bytes = {(photos / k).read_bytes(): k for k in keys}
+    paper = [{"url": key, "bboxes": [b.to_dict() for b in faces[by_bytes[reader.read(key)]]]}
+             for key in dataset.keys()]
+    faces_file = tmp_path / "faces.json"
+    faces_file.write_text(json.dumps(paper))
+    _veil("obfuscate", hub, "--faces", faces_file, "--out", tmp_path / "local", "--workers", "1")
+    _veil("obfuscate", hub, "--faces", faces_file, "--out", tmp_path / "ray", "--backend", "ray",
+          "--address", cluster.address)
+    local, on_ray = _tree(tmp_path / "local"), _tree(tmp_path / "ray")
+    assert sorted(local) == [f"data/train-{n:05d}-of-00003.parquet" for n in range(3)]
+    assert on_ray == local
+    with FaceStore(ledger_path(tmp_path / "ray")) as ledger:
+        items = ledger.run_items(ledger.runs("obfuscate")[-1].id)
+    assert len(items) == IMAGES
+    assert sum((i.info or {}).get("action") == "obfuscated" for i in items) > 0
 
 
 # -- workers and nodes that die ------------------------------------------------------------------

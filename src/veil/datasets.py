@@ -17,9 +17,13 @@ Layouts (``layout="auto"`` picks one):
   pattern (``shards-{000000..000009}.tar``). Keys are ``<shard>.tar/<member name>``,
   relative to the folder holding the shards (see ``veil.wds`` for the scheme);
   labels come from each sample's ``cls`` or ``json``.
+- ``huggingface``: a Hugging Face dataset stored locally: Parquet shards as the Hub
+  serves them (``data/<split>-NNNNN-of-NNNNN.parquet``) or a ``save_to_disk`` folder.
+  Keys are ``<split>/<shard file>/<row>`` (or ``<split>/<id>`` with ``id_column``),
+  labels come from a ``ClassLabel`` column (see ``veil.hf``).
 
 Stages read an image's bytes through ``Dataset.reader()``, which works the same for
-files and for members of tar shards, in any process.
+files, members of tar shards and rows of Parquet or Arrow shards, in any process.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from veil import wds
+from veil import hf, wds
 from veil.errors import DatasetError
 
 IMAGE_SUFFIXES = frozenset(
@@ -39,14 +43,17 @@ IMAGE_SUFFIXES = frozenset(
 )
 SPLIT_NAMES = ("train", "val", "test")
 LABEL_FILE_NAMES = ("val_labels.txt", "LOC_val_solution.csv", "labels.txt", "labels.csv")
-LAYOUTS = ("auto", "imagefolder", "folder", "list", "webdataset")
+LAYOUTS = ("auto", "imagefolder", "folder", "list", "webdataset", "huggingface")
+SHARDED = ("webdataset", "huggingface")
+"""Layouts whose images live inside shard files (read through ``Dataset.reader()``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ImageEntry:
     key: str
-    path: Path  # the image file; for a WebDataset, the tar shard holding it
+    path: Path  # the image file; for a WebDataset or Hugging Face dataset, its shard
     label: str | None = None
+    row: int | None = None  # the row of a Hugging Face shard
 
 
 class ImageReader(Protocol):
@@ -73,6 +80,7 @@ class Dataset:
     layout: str
     entries: list[ImageEntry]
     source: str = ""
+    hf_layout: hf.Layout | None = field(default=None, repr=False)  # a Hugging Face dataset's
     _by_key: dict[str, ImageEntry] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -102,11 +110,21 @@ class Dataset:
     def reader(self) -> ImageReader:
         """Reads an image's bytes by key (raises ``OSError`` when it cannot)."""
         root = self.root.resolve()
+        if self.hf_layout is not None:
+            return hf.HFReader(root, tuple(self.hf_layout.shards), self.hf_layout.columns.image,
+                               self.hf_layout.columns.id)
         return wds.TarReader(root) if self.layout == "webdataset" else FileReader(root)
 
     def groups(self) -> list[list[str]]:
         """The keys of each input file that holds several images (each tar shard of a
-        WebDataset), in key order; empty for datasets of one file per image."""
+        WebDataset, each Parquet or Arrow shard of a Hugging Face dataset), in the
+        order the file stores them; empty for datasets of one file per image."""
+        if self.layout == "huggingface":
+            by_file: dict[Path, list[ImageEntry]] = {}
+            for e in self.entries:
+                by_file.setdefault(e.path, []).append(e)
+            return [[e.key for e in sorted(group, key=lambda e: e.row or 0)]
+                    for group in by_file.values()]
         if self.layout != "webdataset":
             return []
         by_shard: dict[str, list[str]] = {}
@@ -114,14 +132,28 @@ class Dataset:
             by_shard.setdefault(wds.split_key(e.key)[0], []).append(e.key)
         return list(by_shard.values())
 
+    def work_shards(self, shard_size: int) -> list[list[str]] | None:
+        """Units of work of at most ``shard_size`` keys that never straddle two input
+        files (so a worker reads each shard file in order, once); None for datasets of
+        one file per image, which the runner cuts by key order."""
+        groups = self.groups()
+        if not groups:
+            return None
+        if shard_size < 1:
+            raise ValueError("shard_size must be >= 1")
+        return [g[i:i + shard_size] for g in groups for i in range(0, len(g), shard_size)]
+
     @property
     def classes(self) -> list[str]:
         return sorted({e.label for e in self.entries if e.label is not None})
 
     @property
     def splits(self) -> list[str]:
+        """The splits present: the first folder of the keys that is a split name (any
+        name for a Hugging Face dataset, whose splits are named by the dataset)."""
+        named = self.layout == "huggingface"
         return sorted({e.key.split("/", 1)[0] for e in self.entries if "/" in e.key
-                       and e.key.split("/", 1)[0] in SPLIT_NAMES})
+                       and (named or e.key.split("/", 1)[0] in SPLIT_NAMES)})
 
     def subset(self, *, split: str | None = None, limit: int | None = None,
                keys: set[str] | None = None) -> Dataset:
@@ -139,7 +171,8 @@ class Dataset:
             entries = [e for e in entries if e.key in keys]
         if limit is not None:
             entries = _first_per_label(entries, limit)
-        return Dataset(self.root, self.layout, list(entries), source=self.source)
+        return Dataset(self.root, self.layout, list(entries), source=self.source,
+                       hf_layout=self.hf_layout)
 
 
 def _first_per_label(entries: list[ImageEntry], limit: int) -> list[ImageEntry]:
@@ -288,33 +321,65 @@ def _looks_like_webdataset(path: Path) -> bool:
     return not any(_walk_images(path)) and bool(wds.find_shards(path))
 
 
+def is_huggingface(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a Hugging Face dataset (what ``layout="auto"`` reads as one)."""
+    return hf.looks_like(Path(path).expanduser(), lambda p: any(_walk_images(p)))
+
+
+def _open_huggingface(path: Path, image_column: str | None, label_column: str | None,
+                      id_column: str | None) -> Dataset:
+    found, rows = hf.open_layout(path, image_column=image_column, label_column=label_column,
+                                 id_column=id_column)
+    if not rows:
+        raise DatasetError(f"{path}: the dataset has no rows")
+    entries = [ImageEntry(r.key, found.root / r.shard.relative, r.label, r.row) for r in rows]
+    return Dataset(found.root, "huggingface", entries, source=str(path), hf_layout=found)
+
+
 def open_dataset(
     source: str | os.PathLike[str],
     *,
     layout: str = "auto",
     root: str | os.PathLike[str] | None = None,
     labels_file: str | os.PathLike[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id_column: str | None = None,
 ) -> Dataset:
-    """Read a dataset from a folder, a file list or WebDataset tar shards.
+    """Read a dataset from a folder, a file list, WebDataset tar shards or a Hugging Face
+    dataset.
 
-    ``layout="auto"`` reads a ``.tar`` file, a brace pattern or a folder holding only
-    ``.tar`` shards as a WebDataset, any other file as a list, a folder with
-    ``train/``/``val/``/``test/`` or with only class subfolders as an ImageFolder, and
-    anything else as a plain folder.
+    ``layout="auto"`` reads a ``.parquet``/``.arrow`` file, a ``save_to_disk`` folder or a
+    folder holding ``.parquet`` files and no images as a Hugging Face dataset, a ``.tar``
+    file, a brace pattern or a folder holding only ``.tar`` shards as a WebDataset, any
+    other file as a list, a folder with ``train/``/``val/``/``test/`` or with only class
+    subfolders as an ImageFolder, and anything else as a plain folder.
+    ``image_column``, ``label_column`` and ``id_column`` name a Hugging Face dataset's
+    columns (default: its Image and ClassLabel features; keys by row).
     """
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     text = os.fspath(source)
     path = Path(text).expanduser()
+    columns = {"image_column": image_column, "label_column": label_column,
+               "id_column": id_column}
+    named = [f"--{k.replace('_', '-')}" for k, v in columns.items() if v is not None]
     if layout in ("auto", "webdataset") and wds.is_brace_pattern(text) and not path.exists():
         layout = "webdataset"
     elif not path.exists():
         raise DatasetError(f"dataset not found: {path}")
+    elif layout == "auto" and is_huggingface(path):
+        layout = "huggingface"
     elif layout == "auto" and (
         (path.is_file() and wds.is_shard_name(path.name))
         or (path.is_dir() and _looks_like_webdataset(path))
     ):
         layout = "webdataset"
+    if layout == "huggingface":
+        return _open_huggingface(path, **columns)
+    if named:
+        raise DatasetError(f"{', '.join(named)}: only a Hugging Face dataset has columns, and "
+                           f"{path} is not read as one (--layout huggingface reads it so)")
     if layout == "webdataset":
         shards = wds.expand_shards(text)
         if not shards:

@@ -192,10 +192,14 @@ def _orientation_exif(orientation: int) -> bytes:
 
 
 def _strip_jpeg(data: bytes) -> bytes:
-    orientation = probe(data, max_pixels=_NO_LIMIT).orientation
+    segments = containers.jpeg_segments(data)
+    # Only APP1 (EXIF, or XMP's tiff:Orientation) can rotate the picture: without one,
+    # Pillow's parse of the header (~1 ms) is skipped.
+    rotatable = any(segment.marker == 0xE1 for segment in segments)
+    orientation = probe(data, max_pixels=_NO_LIMIT).orientation if rotatable else 1
     out = bytearray(data[:2])
     insert_at = 2
-    for segment in containers.jpeg_segments(data):
+    for segment in segments:
         marker, start, end = segment.marker, segment.start, segment.end
         if _keep_jpeg_segment(marker, data[start + 4:start + 16]):
             if marker == 0xE0 and len(out) == 2:

@@ -123,6 +123,7 @@ class ImageProbe:
     mode: str  # the source's PIL mode, before any conversion
     orientation: int
     metadata: tuple[str, ...]
+    icc_profile: bytes | None = None  # colour, kept by encoders (not identifying)
 
 
 # --------------------------------------------------------------------------- limits
@@ -559,7 +560,9 @@ def probe(
         except _PIL_ERRORS as e:
             raise ImageError(_header_problem(im.format or "image", e)) from None
         width, height = _displayed_size(im.size, orientation)
-        return ImageProbe(width, height, _format(im), im.mode, orientation, metadata)
+        icc = im.info.get("icc_profile") or None
+        return ImageProbe(width, height, _format(im), im.mode, orientation, metadata,
+                          bytes(icc) if icc else None)
 
 
 @dataclass(frozen=True)

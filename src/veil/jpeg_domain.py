@@ -2,12 +2,20 @@
 
 Re-encoding a whole JPEG puts every 8x8 block through a second lossy generation although
 only the faces changed. :func:`splice` instead takes the method's output, computed on the
-fully decoded image (the blur needs its context), encodes just the MCU-aligned rectangle
+decoded image (the blur needs its context), encodes just the MCU-aligned rectangle
 around the affected region with the source's quantisation tables and sampling, and puts
 those quantised DCT coefficients into the source's coefficient arrays; every other
 block keeps the source's coefficients exactly, so its pixels decode identically. The
 entropy coding is libjpeg-turbo's (its lossless-transform API, ``tjTransform`` with a
 coefficient filter), never ours.
+
+:func:`splice_window` is what ``veil obfuscate`` runs for a JPEG stored as displayed: in
+the one ``tjTransform`` call that re-encodes the file, libjpeg-turbo first writes a
+lossless crop around what the method reads, which is decoded and obfuscated on a canvas,
+then the changed MCUs are replaced as above. The file's entropy-coded data is decoded
+once instead of twice (Pillow's whole decode and the transform's), and the output is
+byte for byte :func:`splice`'s (tested on every sampling layout, baseline and
+progressive, and every method).
 
 Options measured (``python benchmarks/obfuscate.py --repeat 2 --skip wider --skip
 imagenette --skip dataset --skip photos``: 60 of the full-size ILSVRC photos of
@@ -64,6 +72,7 @@ from PIL import Image
 
 from veil import containers
 from veil.errors import VeilError
+from veil.images import as_rgb
 
 __all__ = ["Frame", "Unsupported", "available", "parse_frame", "splice"]
 
@@ -181,6 +190,7 @@ _FILTER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), _Region
 _Transform._fields_ = [("r", _Region), ("op", ctypes.c_int), ("options", ctypes.c_int),
                        ("data", ctypes.c_void_p), ("customFilter", _FILTER)]
 
+_TJXOPT_CROP = 4
 _TJXOPT_NOOUTPUT = 16
 _TJXOPT_PROGRESSIVE = 32
 _TJXOPT_COPYNONE = 64  # no marker of the source: the caller adds back what may stay
@@ -228,34 +238,55 @@ def _transform(data: bytes, blocks_filter: BlocksFilter, *, output: bool,
     lib = _library()
     if isinstance(lib, str):
         raise Unsupported(lib)
-
-    def callback(coeffs, array_region, _plane, component, _index, _t):  # type: ignore[no-untyped-def]
-        try:
-            return blocks_filter(coeffs, array_region.y // 8, array_region.w // 8, component)
-        except Exception:  # an exception cannot cross the C frames: report it as failure
-            return -1
-
-    c_filter = _FILTER(callback)
-    transform = _Transform()
-    transform.options = _TJXOPT_COPYNONE | (0 if output else _TJXOPT_NOOUTPUT) | (
+    transforms = (_Transform * 1)()
+    transforms[0].options = _TJXOPT_COPYNONE | (0 if output else _TJXOPT_NOOUTPUT) | (
         _TJXOPT_PROGRESSIVE if progressive else 0)
-    transform.customFilter = c_filter
+    outputs, sizes = (ctypes.c_void_p * 1)(), (ctypes.c_ulong * 1)()
+    return _run_transforms(lib, data, transforms, outputs, sizes, [blocks_filter])[0]
+
+
+def _run_transforms(lib: ctypes.CDLL, data: bytes, transforms: Any, outputs: Any, sizes: Any,
+                    filters: Sequence[BlocksFilter | None]) -> list[bytes]:
+    """One ``tjTransform`` call making ``len(transforms)`` outputs from one decode of
+    ``data``, in order; ``filters[i]`` sees output i's block rows before it is encoded.
+    An exception a filter raises is raised here (it cannot cross the C frames)."""
+    raised: list[BaseException] = []
+    keep_alive = []
+    for transform, blocks_filter in zip(transforms, filters, strict=True):
+        if blocks_filter is None:
+            continue
+
+        def callback(coeffs, array_region, _plane, component, _index, _t,  # type: ignore[no-untyped-def]
+                     blocks_filter=blocks_filter):
+            if raised:
+                return -1
+            try:
+                return blocks_filter(coeffs, array_region.y // 8, array_region.w // 8,
+                                     component)
+            except BaseException as exc:  # reported after the C call returns
+                raised.append(exc)
+                return -1
+
+        c_filter = _FILTER(callback)
+        keep_alive.append(c_filter)
+        transform.customFilter = c_filter
     handle = lib.tjInitTransform()
     if not handle:
         raise Unsupported("libturbojpeg could not start a transform")
-    dst = ctypes.c_void_p()
-    size = ctypes.c_ulong(0)
     try:
-        status = lib.tjTransform(handle, data, len(data), 1, ctypes.byref(dst),
-                                 ctypes.byref(size), ctypes.byref(transform),
-                                 _TJFLAG_STOPONWARNING)
+        status = lib.tjTransform(handle, data, len(data), len(transforms), outputs, sizes,
+                                 transforms, _TJFLAG_STOPONWARNING)
+        if raised:
+            raise raised[0]
         if status != 0:
             message = (lib.tjGetErrorStr2(handle) or b"unknown error").decode(errors="replace")
             raise Unsupported(f"libjpeg-turbo: {message}")
-        return ctypes.string_at(dst, size.value) if output and dst else b""
+        return [ctypes.string_at(outputs[i], sizes[i]) if outputs[i] else b""
+                for i in range(len(transforms))]
     finally:
-        if dst:
-            lib.tjFree(dst)
+        for i in range(len(transforms)):
+            if outputs[i]:
+                lib.tjFree(outputs[i])
         lib.tjDestroy(handle)
 
 
@@ -355,27 +386,116 @@ def splice(source: bytes, obfuscated: Image.Image, orientation: int,
         raise Unsupported(f"decoded size {obfuscated.size} is not the frame's {displayed}")
     stored = obfuscated if orientation == 1 else obfuscated.transpose(_TO_STORED[orientation])
     stored_rects = [stored_rect(r, orientation, (frame.width, frame.height)) for r in regions]
-    mask = _mcu_mask(frame, stored_rects)
-    if not mask.any():
-        raise Unsupported("the affected region lies outside the image")
-    single = len(frame.components) == 1
-    factors = [(1, 1) if single else (h, v) for h, v, _ in frame.components]
-    # per component and block row: (first block, the patch's blocks as bytes) for each run
-    # of replaced blocks, so the filter only copies memory
-    plans: list[dict[int, list[tuple[int, bytes]]]] = [{} for _ in frame.components]
-    for r0, r1, c0, c1 in _patches(frame, stored_rects):
-        coefficients = _patch_coefficients(stored, frame, (r0, r1, c0, c1))
-        for row in range(r0, r1):
-            for first, last in _runs(mask[row], c0, c1):
-                for (h, v), coeffs, plan in zip(factors, coefficients, plans, strict=True):
-                    for sub in range(v):
-                        prow = (row - r0) * v + sub
-                        if prow < coeffs.shape[0]:
-                            plan.setdefault(row * v + sub, []).append((first * h, coeffs[
-                                prow, (first - c0) * h:(last - c0) * h].tobytes()))
+    replacements = _Replacements(frame, stored_rects)
+    replacements.plan(stored)
+    out = _transform(source, replacements, output=True, progressive=frame.progressive)
+    return replacements.spliced(out)
 
-    def replace(coeffs, row, width, component):  # type: ignore[no-untyped-def]
-        runs = plans[component].get(row)
+
+def splice_window(source: bytes, regions: Sequence[Rect], reads: Sequence[Rect],
+                  obfuscate: Callable[[Image.Image], Image.Image]) -> Spliced:
+    """:func:`splice` without decoding the whole picture first, for a JPEG stored as
+    displayed (EXIF orientation 1).
+
+    ``reads`` are the pixels the method reads to compute ``regions``; ``obfuscate`` runs
+    the method on a full-size RGB canvas. One ``tjTransform`` call decodes the file's
+    entropy-coded data once and makes two outputs: first a lossless crop around the
+    regions, what the method reads and a margin of one MCU (chroma upsampling reads one
+    sample across a block edge, so inside that margin the crop decodes to exactly the
+    pixels of a whole decode); then, from the first filter call of the second output, the
+    crop is decoded into the canvas, obfuscated, and the changed MCUs replaced as
+    :func:`splice` does. The whole decode and the second entropy decode that
+    :func:`splice` needs beside it are saved.
+    """
+    frame = parse_frame(source)
+    replacements = _Replacements(frame, list(regions))
+    crop = _crop_window(frame, replacements.patches, reads)
+    lib = _library()
+    if isinstance(lib, str):
+        raise Unsupported(lib)
+    outputs = (ctypes.c_void_p * 2)()
+    sizes = (ctypes.c_ulong * 2)()
+    transforms = (_Transform * 2)()
+    transforms[0].options = _TJXOPT_COPYNONE | _TJXOPT_CROP
+    transforms[0].r = _Region(*crop)
+
+    def first_call() -> None:
+        cropped = ctypes.string_at(outputs[0] or 0, sizes[0])
+        canvas = Image.new("RGB", (frame.width, frame.height))
+        canvas.paste(_decoded_rgb(cropped), crop[:2])
+        replacements.plan(obfuscate(canvas))
+
+    replacements.before_first = first_call
+    transforms[1].options = _TJXOPT_COPYNONE | (_TJXOPT_PROGRESSIVE if frame.progressive else 0)
+    written = _run_transforms(lib, source, transforms, outputs, sizes, [None, replacements])
+    if replacements.before_first is not None:
+        raise Unsupported("libjpeg-turbo made no second output")  # the filter never ran
+    return replacements.spliced(written[1])
+
+
+def _decoded_rgb(data: bytes) -> Image.Image:
+    """A crop's pixels, decoded as :func:`veil.images.load_image` decodes a JPEG (the
+    same decoder, then veil's colour rule), without its header checks: libjpeg-turbo
+    wrote this file a moment ago, with no marker of the source."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return as_rgb(image) if image.mode != "RGB" else image.copy()
+
+
+def _crop_window(frame: Frame, patches: Sequence[tuple[int, int, int, int]],
+                 reads: Sequence[Rect]) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of an MCU-aligned crop holding the patches' MCUs and the pixels the
+    method reads, one MCU wider on every side that is not the picture's edge."""
+    mw, mh = frame.mcu
+    cols, rows = -(-frame.width // mw), -(-frame.height // mh)
+    r0 = min([p[0] for p in patches] + [max(r[1], 0) // mh for r in reads])
+    r1 = max([p[1] for p in patches] + [-(-min(r[3], frame.height) // mh) for r in reads])
+    c0 = min([p[2] for p in patches] + [max(r[0], 0) // mw for r in reads])
+    c1 = max([p[3] for p in patches] + [-(-min(r[2], frame.width) // mw) for r in reads])
+    r0, c0 = max(r0 - 1, 0), max(c0 - 1, 0)
+    r1, c1 = min(r1 + 1, rows), min(c1 + 1, cols)
+    x, y = c0 * mw, r0 * mh
+    return x, y, min(c1 * mw, frame.width) - x, min(r1 * mh, frame.height) - y
+
+
+class _Replacements:
+    """The blocks to replace in a JPEG's coefficient arrays, and the transform filter
+    that replaces them (a callable with the filter's arguments)."""
+
+    def __init__(self, frame: Frame, stored_rects: Sequence[Rect]) -> None:
+        self.frame = frame
+        self.stored_rects = list(stored_rects)
+        self.mask = _mcu_mask(frame, self.stored_rects)
+        if not self.mask.any():
+            raise Unsupported("the affected region lies outside the image")
+        self.patches = _patches(frame, self.stored_rects)
+        # per component and block row: (first block, the patch's blocks as bytes) for each
+        # run of replaced blocks, so the filter only copies memory
+        self.plans: list[dict[int, list[tuple[int, bytes]]]] = [{} for _ in frame.components]
+        self.before_first: Callable[[], None] | None = None
+
+    def plan(self, stored: Image.Image) -> None:
+        """Encode the patches of ``stored`` (the obfuscated image in stored layout)."""
+        frame = self.frame
+        single = len(frame.components) == 1
+        factors = [(1, 1) if single else (h, v) for h, v, _ in frame.components]
+        for r0, r1, c0, c1 in self.patches:
+            coefficients = _patch_coefficients(stored, frame, (r0, r1, c0, c1))
+            for row in range(r0, r1):
+                for first, last in _runs(self.mask[row], c0, c1):
+                    for (h, v), coeffs, plan in zip(factors, coefficients, self.plans,
+                                                    strict=True):
+                        for sub in range(v):
+                            prow = (row - r0) * v + sub
+                            if prow < coeffs.shape[0]:
+                                plan.setdefault(row * v + sub, []).append((first * h, coeffs[
+                                    prow, (first - c0) * h:(last - c0) * h].tobytes()))
+
+    def __call__(self, coeffs: Any, row: int, width: int, component: int) -> int:
+        if self.before_first is not None:
+            before, self.before_first = self.before_first, None
+            before()
+        runs = self.plans[component].get(row)
         if runs:
             base = ctypes.cast(coeffs, ctypes.c_void_p).value or 0
             for first, blocks in runs:
@@ -384,8 +504,9 @@ def splice(source: bytes, obfuscated: Image.Image, orientation: int,
                     ctypes.memmove(base + first * 128, blocks, size)
         return 0
 
-    out = _transform(source, replace, output=True, progressive=frame.progressive)
-    return Spliced(out, int(mask.sum()), int(mask.size), single)
+    def spliced(self, data: bytes) -> Spliced:
+        return Spliced(data, int(self.mask.sum()), int(self.mask.size),
+                       len(self.frame.components) == 1)
 
 
 def _patches(frame: Frame, rects: Sequence[Rect]) -> list[tuple[int, int, int, int]]:

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from veil.analysis.run import StudyRun
+from veil.datasets import ImageReader, is_huggingface, open_dataset
 from veil.errors import VeilError
 from veil.faces import FacesSnapshot, load_faces, match_faces
 from veil.images import load_image
@@ -72,6 +73,16 @@ def data_root(run: StudyRun) -> Path:
     raise VeilError(f"the study's dataset ({data}) is not found")
 
 
+def _shard_reader(root: Path) -> ImageReader | None:
+    """The reader of a Hugging Face dataset's rows (its images are no files), else None."""
+    if not is_huggingface(root):
+        return None
+    try:
+        return open_dataset(root, layout="huggingface").reader()
+    except VeilError:
+        return None
+
+
 def method_options(run: StudyRun, method: str) -> dict[str, Any]:
     """The options the study obfuscated with (JSON lists back to tuples, e.g. colours)."""
     options = (run.study.get("method_options") or {}).get(method) or {}
@@ -98,13 +109,21 @@ def pick_examples(run: StudyRun, count: int, faces: str | None = None
     snapshot = match_faces(load_faces(faces_source(run, faces)), list(frame["key"]),
                            splits=["val"], min_share=0.0).snapshot
     labels = dict(zip(val["key"], val["label"], strict=True))
+    reader = _shard_reader(root)
     examples = []
     for key in ordered:
         boxes = snapshot.boxes.get(key)
-        path = root / key
-        if not boxes or not path.is_file():
+        if not boxes:
             continue
-        examples.append(Example(key, int(labels[key]), load_image(path).image, list(boxes)))
+        source: Path | bytes = root / key
+        if reader is not None:
+            try:
+                source = reader.read(key)
+            except OSError:
+                continue
+        elif not (root / key).is_file():
+            continue
+        examples.append(Example(key, int(labels[key]), load_image(source).image, list(boxes)))
         if len(examples) == count:
             break
     if not examples:

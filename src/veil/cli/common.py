@@ -20,15 +20,34 @@ from veil.runner import RunSummary
 DEFAULT_STORE = "faces.sqlite"
 
 
+def hf_column_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--image-column, --label-column and --id-column: a Hugging Face dataset's columns."""
+    func = click.option(
+        "--id-column", default=None, metavar="NAME",
+        help="Hugging Face dataset: key each row <split>/<value of this column> (unique in "
+             "its split) instead of <split>/<shard file>/<row>.")(func)
+    func = click.option(
+        "--label-column", default=None, metavar="NAME",
+        help="Hugging Face dataset: the column holding labels (default: its ClassLabel "
+             "column, or the one named 'label').")(func)
+    return click.option(
+        "--image-column", default=None, metavar="NAME",
+        help="Hugging Face dataset: the column holding the images (default: its Image "
+             "feature, or the one named 'image' among several).")(func)
+
+
 def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """DATASET plus the flags that say how to read it; passes ``dataset`` to the verb."""
 
     @click.argument("dataset_path", metavar="DATASET", type=click.Path())
     @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
                   help="How DATASET is organised: ImageFolder/ILSVRC (split/class/image), a plain "
-                       "folder, a text file listing image paths, or WebDataset tar shards (a "
+                       "folder, a text file listing image paths, WebDataset tar shards (a "
                        ".tar, a folder of them, or a pattern such as 'shards-{000000..000009}.tar'"
-                       "; keys are <shard>.tar/<member>).")
+                       "; keys are <shard>.tar/<member>), or a Hugging Face dataset (a folder "
+                       "of Parquet shards as the Hub serves them, data/<split>-NNNNN-of-NNNNN"
+                       ".parquet, or a save_to_disk folder; keys are <split>/<shard file>/<row>"
+                       ").")
     @click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
                   help="For a file list: the folder its paths are relative to "
                        "(default: the list's folder); for WebDataset shards, the folder "
@@ -36,16 +55,19 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
                   default=None, help="Labels for a flat val/ folder: '<file> <label>' lines or "
                                      "ILSVRC's LOC_val_solution.csv.")
+    @hf_column_options
     @click.option("--split", default=None,
                   help="Only this split (top-level folder), e.g. 'val'.")
     @click.option("--limit", type=click.IntRange(min=1), default=None,
                   help="Only the first N images (spread over the classes), for a quick try.")
     @functools.wraps(func)
     def wrapper(dataset_path: str, layout: str, root: str | None, labels_file: str | None,
-                split: str | None, limit: int | None, **kwargs: Any) -> Any:
+                split: str | None, limit: int | None, image_column: str | None,
+                label_column: str | None, id_column: str | None, **kwargs: Any) -> Any:
         try:
             dataset = open_dataset(dataset_path, layout=layout, root=root,
-                                   labels_file=labels_file)
+                                   labels_file=labels_file, image_column=image_column,
+                                   label_column=label_column, id_column=id_column)
             if split is not None or limit is not None:
                 dataset = dataset.subset(split=split, limit=limit)
         except VeilError as exc:

@@ -38,12 +38,17 @@ METHODS_EPILOG = "\b\nMethods (options are given with -o KEY=VALUE):\n\n" + _met
               help="Where the boxes come from: a face store (SQLite file or SQLAlchemy URL) or a "
                    "faces file (the paper's JSON, COCO JSON or Parquet).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder: the dataset's layout, mirrored.")
+              help="Output folder: the dataset's layout, mirrored (a Hugging Face dataset: the "
+                   "same shards, rows, columns and features; loadable with `datasets`).")
 @click.option("--out-format", type=click.Choice(OUT_FORMATS), default="auto", show_default=True,
               help="files: one file per image under OUT; webdataset: each input tar shard "
                    "mirrored into OUT (images obfuscated, other members copied byte for byte, "
                    "the boxes in each sample's json under 'faces'; one tar is one shard of the "
-                   "run). auto: webdataset for a WebDataset input, else files.")
+                   "run); huggingface: each Parquet or Arrow shard of a Hugging Face dataset "
+                   "mirrored into OUT (rows, columns and features as they are, image cells "
+                   "obfuscated; a row not written, e.g. failed, gets a null image; one file is "
+                   "one shard of the run). auto: the input's own layout for those two, else "
+                   "files.")
 @click.option("--method", type=click.Choice(list(METHODS)), default="blur", show_default=True,
               help="How faces are obfuscated (see Methods below).")
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",

@@ -95,11 +95,19 @@ def _profiles_help() -> str:
 
 @click.command("study", epilog=_profiles_help())
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True),
-              help="A labelled dataset with train/ and val/ splits (ImageFolder / ILSVRC).")
+              help="A labelled dataset with train/ and val/ splits (ImageFolder / ILSVRC), or"
+                   " a Hugging Face dataset with train and validation splits and a ClassLabel"
+                   " column (Parquet shards, or a save_to_disk folder).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="How --data is organised.")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Labels for a flat val/ folder (ILSVRC's LOC_val_solution.csv).")
+@click.option("--image-column", default=None, metavar="NAME",
+              help="Hugging Face dataset: the column holding the images (default: its Image "
+                   "feature).")
+@click.option("--label-column", default=None, metavar="NAME",
+              help="Hugging Face dataset: the column holding the labels (default: its "
+                   "ClassLabel column).")
 @click.option("--faces", "faces_source", required=True, metavar="STORE_OR_FILE",
               help="Where the boxes come from: a face store or a faces file (paper JSON, COCO, "
                    "Parquet), with keys relative to --data.")
@@ -160,7 +168,8 @@ def _profiles_help() -> str:
                    " without training.")
 @progress_option
 @fail_cleanly
-def study_command(data_path: str, layout: str, labels_file: str | None, faces_source: str,
+def study_command(data_path: str, layout: str, labels_file: str | None,
+                  image_column: str | None, label_column: str | None, faces_source: str,
                   methods: str, option_pairs: tuple[str, ...], archs: str | None, seeds: str,
                   profile: str, epochs: int | None, img_size: int | None,
                   batch_size: int | None, lr: float | None, lr_for: tuple[str, ...],
@@ -197,6 +206,7 @@ def study_command(data_path: str, layout: str, labels_file: str | None, faces_so
         archs=_split_list(archs),
         seeds=seeds_from(seeds) if seeds is not None else None, profile=profile,
         overrides=overrides, layout=layout, labels_file=labels_file, limit=limit,
+        image_column=image_column, label_column=label_column,
         workers=workers, threads=threads, device=device, keep_cache=keep_cache,
         parallel=parallel, progress=want_progress(progress),
         log=lambda m: click.echo(m, err=True),

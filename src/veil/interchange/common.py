@@ -89,8 +89,12 @@ def optional_number(value: Any, where: str, path: Path) -> float | None:
 
 
 def flat_val_key(key: str) -> str:
-    """The released file's val key: ``val/<wnid>/<file>`` -> ``val/<file>``."""
+    """The released file's val key: ``val/<wnid>/<file>`` -> ``val/<file>``. A row of a
+    Hugging Face shard (``val/<shard>.parquet/<row>``) keeps its key: its row number is no
+    file name."""
     if key.startswith("val/") and key.count("/") >= 2:
+        if key.split("/")[1].lower().endswith((".parquet", ".arrow")):
+            return key
         return "val/" + key.rsplit("/", 1)[1]
     return key
 

@@ -22,6 +22,7 @@ from veil.obfuscation.registry import (
     method_spec,
     obfuscate,
     parse_method_options,
+    read_region,
 )
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "obfuscate",
     "overlay",
     "parse_method_options",
+    "read_region",
     "solid",
 ]

@@ -64,6 +64,15 @@ class BlurPlan:
         return rg.clip_rects(rg.grow_rects(rg.clip_rects(self.black, width, height), near),
                              width, height)
 
+    def reads(self, width: int, height: int) -> list[Rect]:
+        """The input pixels :func:`run_plan` reads (empty when it changes nothing): a
+        canvas that holds the image's pixels there, whatever it holds elsewhere, gets the
+        same output inside :meth:`regions`."""
+        black = rg.clip_rects(self.black, width, height)
+        if self.sigma <= 0 or not black:
+            return []
+        return [plan_pieces(black, Blur.of(self.sigma), width, height).read]
+
 
 _NOTHING = BlurPlan([], 0.0)
 
@@ -257,6 +266,25 @@ def blur_regions(
 ) -> list[Rect]:
     """Rectangles outside which :func:`blur` leaves pixels unchanged."""
     return paper_plan(size, boxes, sigma_fraction, expand_fraction).regions(*size)
+
+
+def blur_reads(
+    size: tuple[int, int], boxes: Sequence[Box], *, sigma_fraction: float = 0.1,
+    expand_fraction: float = 0.1,
+) -> list[Rect]:
+    """Rectangles holding every pixel :func:`blur` reads."""
+    return paper_plan(size, boxes, sigma_fraction, expand_fraction).reads(*size)
+
+
+def minimal_blur_reads(
+    size: tuple[int, int], boxes: Sequence[Box], *, sigma_fraction: float = 0.1,
+    expand_fraction: float = 0.15, min_diagonal_fraction: float = 0.025,
+    force_inside: bool = False,
+) -> list[Rect]:
+    """Rectangles holding every pixel :func:`minimal_blur` reads."""
+    plan = minimal_plan(size, boxes, sigma_fraction, expand_fraction, min_diagonal_fraction,
+                        bool(force_inside))
+    return plan.reads(*size)
 
 
 def minimal_blur_regions(

@@ -13,11 +13,20 @@ pixel-identical to the input.
 Every method touches only the pixels its faces affect, so its cost follows face area, not
 image area; the blurs nonetheless give exactly the pixels of the published whole-image
 code (:mod:`veil.obfuscation.reference`). The ``*_regions`` functions say, per method,
-outside which rectangles the output is guaranteed to equal the input.
+outside which rectangles the output is guaranteed to equal the input; the ``*_reads``
+functions, which input pixels a blur reads to compute them (the fills read at most their
+regions).
 """
 
 from veil.obfuscation._common import IMAGENET_MEAN_RGB, SHAPES, ImageLike, Rect, Shape
-from veil.obfuscation.blurring import blur, blur_regions, minimal_blur, minimal_blur_regions
+from veil.obfuscation.blurring import (
+    blur,
+    blur_reads,
+    blur_regions,
+    minimal_blur,
+    minimal_blur_reads,
+    minimal_blur_regions,
+)
 from veil.obfuscation.fills import fill_regions, mosaic, overlay, solid
 
 __all__ = [
@@ -27,9 +36,11 @@ __all__ = [
     "Rect",
     "Shape",
     "blur",
+    "blur_reads",
     "blur_regions",
     "fill_regions",
     "minimal_blur",
+    "minimal_blur_reads",
     "minimal_blur_regions",
     "mosaic",
     "overlay",

@@ -109,6 +109,8 @@ class MethodSpec:
     help: str
     params: tuple[Param, ...]
     regions: Callable[..., list[m.Rect]] = field(repr=False)
+    reads: Callable[..., list[m.Rect]] | None = field(default=None, repr=False)
+    """Where the method reads input pixels; None: within its regions only."""
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -146,6 +148,7 @@ METHODS: dict[str, MethodSpec] = {
                       "enlarge each box by this fraction of its longer side, every side"),
             ),
             m.blur_regions,
+            m.blur_reads,
         ),
         MethodSpec(
             "minimal-blur", m.minimal_blur,
@@ -161,6 +164,7 @@ METHODS: dict[str, MethodSpec] = {
                       "blur the boxes themselves fully (tiny faces next to huge ones)"),
             ),
             m.minimal_blur_regions,
+            m.minimal_blur_reads,
         ),
         MethodSpec(
             "overlay", m.overlay,
@@ -245,3 +249,19 @@ def affected_region(
     spec.check_options(options)
     width, height = image_size
     return spec.regions((int(width), int(height)), boxes, **options)
+
+
+def read_region(
+    image_size: tuple[int, int], boxes: Sequence[Box], method: str = "blur", **options: Any
+) -> list[tuple[int, int, int, int]]:
+    """Pixel rectangles (x0, y0, x1, y1), clipped to the image, holding every input pixel
+    ``obfuscate(image, boxes, method, **options)`` reads to compute its
+    :func:`affected_region`: an image that agrees with the real one there, whatever it
+    holds elsewhere, is obfuscated to the same pixels inside that region. What lets a
+    JPEG be obfuscated from a decoded crop (:func:`veil.jpeg_domain.splice_window`)."""
+    spec = method_spec(method)
+    spec.check_options(options)
+    size = (int(image_size[0]), int(image_size[1]))
+    if spec.reads is None:
+        return spec.regions(size, boxes, **options)
+    return spec.reads(size, boxes, **options)

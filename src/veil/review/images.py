@@ -7,7 +7,8 @@ stripped (same pixels) or, for rotated or non-web formats, it is decoded with ve
 loader and re-encoded. Only dataset files are ever read: the key is looked up in the
 dataset, never joined to a path, and a file that is a symbolic link leading out of the
 dataset folder is refused unless ``follow_links`` allows it (the folder scan already
-skips directories that do).
+skips directories that do). Images inside shard files (WebDataset tars, Hugging Face
+Parquet or Arrow shards) are read through the dataset's reader, by key.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from veil.datasets import Dataset
+from veil.datasets import SHARDED, Dataset, ImageReader
 from veil.encoding import encode_image, strip_identifying_metadata
 from veil.errors import ImageError
 from veil.images import load_image, probe
@@ -45,7 +46,10 @@ class ImageServer:
         self.dataset = dataset
         self.follow_links = follow_links
         self._root: tuple[Path, Path] | None = None  # (as written, resolved)
-        if dataset.layout != "webdataset":
+        self._reader: ImageReader | None = None  # for images inside shard files
+        if dataset.layout in SHARDED:
+            self._reader = dataset.reader()
+        else:
             self._root = (Path(os.path.abspath(dataset.root)), dataset.root.resolve())
         self.max_pixels = max_pixels
         self._sizes: dict[str, tuple[int, int]] = {}
@@ -58,7 +62,7 @@ class ImageServer:
         with self._lock:
             known = self._sizes.get(key)
         if known is None:
-            info = probe(self.path(key), max_pixels=self.max_pixels)
+            info = probe(self._source(key), max_pixels=self.max_pixels)
             known = (info.width, info.height)
             with self._lock:
                 self._sizes[key] = known
@@ -75,23 +79,38 @@ class ImageServer:
                                  "(serve with --follow-links to allow it)")
         return path
 
+    def _source(self, key: str) -> Path | bytes:
+        """The file of ``key``, or its bytes when it lives inside a shard file."""
+        if self._reader is None:
+            return self.path(key)
+        self.dataset[key]  # a key of the dataset, or KeyError
+        try:
+            with self._lock:  # a reader keeps one shard open: one thread at a time
+                return self._reader.read(key)
+        except OSError as exc:
+            raise ImageError(f"cannot read {key}: {exc}") from exc
+
     def serve(self, key: str) -> Served:
-        path = self.path(key)
+        # a file is checked every time (a link may have changed); a shard's row once
+        path = self.path(key) if self._reader is None else None
         with self._lock:
             cached = self._bytes.get(key)
             if cached is not None:
                 self._bytes.move_to_end(key)
                 return cached
-        info = probe(path, max_pixels=self.max_pixels)
+        source = path if path is not None else self._source(key)
+        info = probe(source, max_pixels=self.max_pixels)
         with self._lock:
             self._sizes[key] = (info.width, info.height)
         if info.orientation == 1 and info.format in WEB_FORMATS and not info.metadata:
-            return Served(WEB_FORMATS[info.format], path=path)
-        if info.orientation == 1 and info.format in _STRIPPABLE:
+            if isinstance(source, Path):
+                return Served(WEB_FORMATS[info.format], path=source)
+            served = Served(WEB_FORMATS[info.format], data=source)
+        elif info.orientation == 1 and info.format in _STRIPPABLE:
             served = Served(WEB_FORMATS[info.format], data=strip_identifying_metadata(
-                path.read_bytes()))
+                source if isinstance(source, bytes) else source.read_bytes()))
         else:
-            loaded = load_image(path, max_pixels=self.max_pixels)
+            loaded = load_image(source, max_pixels=self.max_pixels)
             data, suffix = encode_image(loaded.image, loaded,
                                         fmt="keep" if loaded.jpeg is not None else "png")
             served = Served("image/jpeg" if suffix in (".jpg", ".jpeg") else "image/png",

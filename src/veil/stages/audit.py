@@ -256,7 +256,8 @@ def _run_audit(
         ledger = store if store is not None else FaceStore(Path(tmp) / "ledger.sqlite")
         try:
             run_id, done = prepare_run(ledger, "audit", config, dataset.keys(),
-                                       shard_size=shard_size)
+                                       shard_size=shard_size,
+                                       shards=dataset.work_shards(shard_size))
             summary = execute(ledger, run_id, task, workers=workers, progress=progress,
                               description="audit", resumed_shards=done, backend=runner)
             items = ledger.run_items(run_id)

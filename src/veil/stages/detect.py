@@ -25,7 +25,9 @@ class DetectTask:
     """Decode a shard batch by batch, detect, and report boxes and image facts.
 
     Images are read through ``reader`` (default: files under ``root``), so the same
-    task reads folders and WebDataset shards, in a local worker or on a Ray node.
+    task reads folders, WebDataset shards and Hugging Face shards, in a local worker or
+    on a Ray node (a run's shards never straddle two shard files:
+    ``Dataset.work_shards``).
     """
 
     wants_gpu: ClassVar[bool] = True  # a Ray cluster with GPUs gives each worker one
@@ -113,7 +115,8 @@ def detect(
         "max_pixels": max_pixels,
     }
     keys = dataset.keys()
-    run_id, done = prepare_run(store, "detect", config, keys, shard_size=shard_size, resume=resume)
+    run_id, done = prepare_run(store, "detect", config, keys, shard_size=shard_size,
+                               resume=resume, shards=dataset.work_shards(shard_size))
     task = DetectTask(
         str(dataset.root.resolve()), detector, options, batch_size=batch_size,
         threads=runner.threads_per_worker(workers), max_pixels=max_pixels,

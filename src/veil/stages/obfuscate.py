@@ -20,6 +20,14 @@ byte for byte; each sample's ``json`` member (created if missing) gets a ``faces
 field: ``{"method", "options", "boxes": {<image field>: [{x0, y0, x1, y1, score,
 source}, ...] or null}}``, boxes in the image's displayed pixels, ``null`` where the
 faces source knew nothing of the image (``--unannotated copy``).
+
+A Hugging Face dataset is written as the same dataset (``out_format="huggingface"``):
+each Parquet or Arrow shard becomes the shard of the same path under OUT, one shard of
+the run, written whole and atomically with the source's schema (features metadata
+included), columns and row order; only image cells change, rendered as in a folder. A row
+whose image is not written (left out of the run, skipped, unannotated or failed) gets a
+null image, so every row keeps its key. A ``save_to_disk`` folder gets its JSON files
+once every shard is written.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
-from veil import wds
+from veil import containers, hf, wds
 from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box, usable_boxes
 from veil.containers import is_jpeg
@@ -54,14 +62,21 @@ from veil.encoding import (
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
 from veil.files import atomic_copy, atomic_write_bytes, remove_stale_temps, sync_written
-from veil.images import LoadedImage, file_sha256, load_image, plain_jpeg, probe
-from veil.obfuscation import METHODS, affected_region, obfuscate
+from veil.images import (
+    LoadedImage,
+    file_sha256,
+    load_image,
+    max_pixels_limit,
+    plain_jpeg,
+    probe,
+)
+from veil.obfuscation import METHODS, affected_region, obfuscate, read_region
 from veil.obfuscation.array_stages import compiled_passes
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.store import RunItem, RunLedger
 
 FORMATS = ("keep", "png", "jpeg")
-OUT_FORMATS = ("auto", "files", "webdataset")
+OUT_FORMATS = ("auto", "files", "webdataset", "huggingface")
 UNANNOTATED_POLICIES = ("error", "copy", "skip")
 LEGACY_LEDGER = PurePosixPath(".veil") / "ledger.sqlite"
 """Where veil before issue 14 kept the ledger: inside the output, published with it."""
@@ -203,15 +218,16 @@ class ObfuscateTask:
         applied = kept if boxes is not None else None
         if not kept and self.fmt != "png":
             return self._copy(key, source, info, applied)
-        # read once (None: load_image says why it cannot be read, in its words)
-        raw = source if isinstance(source, bytes) else _read_quietly(source, False)
-        loaded = load_image(source if raw is None else raw, max_pixels=self.max_pixels)
-        outside = [b for b in kept if b.clipped(loaded.width, loaded.height).is_degenerate]
-        if outside:
-            size = f"{loaded.width}x{loaded.height}"
-            info.setdefault("warnings", []).append(
-                f"{len(outside)} box(es) lie entirely outside the {size} image"
-            )
+        if isinstance(source, Path):  # read once, for whichever path takes it (and its hash)
+            source = _read_quietly(source, head_only=False) or source
+        if kept and self.fmt == "keep":
+            window = self._jpeg_domain_window(key, source, kept, info, applied)
+            if window is not None:
+                window.info["boxes"] = [list(b.as_xyxy()) for b in kept]  # for `veil audit`
+                window.raw = source if isinstance(source, bytes) else None
+                return window
+        loaded = load_image(source, max_pixels=self.max_pixels)
+        self._warn_outside(kept, (loaded.width, loaded.height), info)
         image = loaded.image
         if kept:  # a PIL image in, a PIL image out
             image = cast(Image.Image, obfuscate(image, kept, self.method, **self.options))
@@ -219,8 +235,7 @@ class ObfuscateTask:
                                   **self.options) if kept else []
         data = None
         if kept and self.fmt == "keep" and loaded.jpeg is not None:
-            data = self._jpeg_domain(source if raw is None else raw, image, loaded, regions,
-                                     info)
+            data = self._jpeg_domain(source, image, loaded, regions, info)
         if data is None:
             data, suffix = encode_image(image, loaded, fmt=self.fmt,
                                         jpeg_quality=self.jpeg_quality)
@@ -231,7 +246,56 @@ class ObfuscateTask:
         if kept:
             info["regions"] = [list(r) for r in regions]
             info["boxes"] = [list(b.as_xyxy()) for b in kept]  # what `veil audit` verifies
-        return Rendered(info, data, target, applied, raw)
+        return Rendered(info, data, target, applied,
+                        source if isinstance(source, bytes) else None)
+
+    @staticmethod
+    def _warn_outside(kept: list[Box], size: tuple[int, int], info: dict[str, Any]) -> None:
+        outside = [b for b in kept if b.clipped(*size).is_degenerate]
+        if outside:
+            info.setdefault("warnings", []).append(
+                f"{len(outside)} box(es) lie entirely outside the {size[0]}x{size[1]} image"
+            )
+
+    def _jpeg_domain_window(self, key: str, source: Path | bytes, kept: list[Box],
+                            info: dict[str, Any], applied: list[Box] | None) -> Rendered | None:
+        """The JPEG-domain output made from a decoded crop around the faces
+        (:func:`veil.jpeg_domain.splice_window`), for a JPEG stored as displayed; None
+        where the whole-decode path must decide (another format or orientation, over the
+        pixel limit, no TurboJPEG, or a file the crop path cannot handle)."""
+        from veil import jpeg_domain  # ctypes and the library: only for faced JPEGs
+
+        if not isinstance(source, bytes):
+            return None  # unreadable: load_image says why
+        raw = source
+        if not containers.is_jpeg(raw) or jpeg_domain.available() is not None:
+            return None
+        try:
+            header = probe(raw, max_pixels=self.max_pixels)
+        except ImageError:
+            return None  # the whole-decode path reports it in its words
+        if header.format != "JPEG" or header.orientation != 1:
+            return None
+        size = (header.width, header.height)
+        regions = affected_region(size, kept, self.method, **self.options)
+        if not regions:
+            return None
+        reads = read_region(size, kept, self.method, **self.options)
+
+        def run(canvas: Image.Image) -> Image.Image:
+            return cast(Image.Image, obfuscate(canvas, kept, self.method, **self.options))
+
+        try:
+            spliced = jpeg_domain.splice_window(raw, regions, reads, run)
+        except jpeg_domain.Unsupported:
+            return None
+        self._warn_outside(kept, size, info)
+        info.update(action="obfuscated", output=output_key(key, SUFFIXES["JPEG"]),
+                    regions=[list(r) for r in regions], encoding="jpeg-domain",
+                    mcus=[spliced.mcus, spliced.total_mcus])
+        data = jpeg_with_colour_and_orientation(spliced.data, header.icc_profile, 1,
+                                                grey=spliced.grey)
+        return Rendered(info, data, info["output"], applied)
 
     @staticmethod
     def _jpeg_domain(source: Path | bytes, image: Any, loaded: LoadedImage,
@@ -264,6 +328,12 @@ class ObfuscateTask:
                 and plain_jpeg(raw, self.max_pixels):
             return Rendered({**info, "action": "copied", "output": key}, None, key, boxes,
                             None if self.link else raw)
+        if raw is not None and not self.link and self.strip_metadata:
+            cleaned = _cleaned_jpeg(raw, self.max_pixels)
+            if cleaned is not None:  # a JPEG with metadata segments: dropped, no Pillow
+                stripped = {"stripped": True} if cleaned != raw else {}
+                return Rendered({**info, "action": "copied", "output": key, **stripped},
+                                cleaned if stripped else None, key, boxes, raw)
         if self.fmt == "jpeg" and probe(source).format != "JPEG":
             loaded = load_image(source, max_pixels=self.max_pixels)
             data, suffix = encode_image(loaded.image, loaded, fmt="jpeg",
@@ -385,6 +455,64 @@ class ShardObfuscateTask(ObfuscateTask):
         return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@dataclass
+class HFShardObfuscateTask(ObfuscateTask):
+    """Mirror one Parquet or Arrow shard of a Hugging Face dataset (see the module's
+    docstring): its images rendered as in a folder, everything else as it is."""
+
+    def _shard(self, index: int, keys: Sequence[str]) -> ShardResult:
+        result = ShardResult(index)
+        if not keys:
+            return result
+        reader = cast(hf.HFReader, self.reader)
+        shard, _ = reader.locate(keys[0])
+        source = reader.shard_path(shard)
+        wanted = set(keys)
+        outcomes: list[tuple[str, Rendered | Exception]] = []
+        with hf.ShardWriter(source, Path(self.out) / shard.relative) as out:
+            start = 0
+            for group in hf.iter_groups(source):
+                rendered = []
+                for batch in group:
+                    rendered.append(self._batch(batch, reader, shard, start, wanted, outcomes))
+                    start += batch.num_rows
+                out.write(rendered)
+        for key, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                _record_error(result, key, outcome)
+            else:
+                _record(result, key, outcome)
+        return result
+
+    def _batch(self, batch: Any, reader: hf.HFReader, shard: hf.Shard, start: int,
+               wanted: set[str], outcomes: list[tuple[str, Rendered | Exception]]) -> Any:
+        """The batch with its rows' images rendered; a row not written: a null image."""
+        images = batch.column(reader.image)
+        ids = batch.column(reader.id_column).to_pylist() if reader.id_column else None
+        changed: dict[int, bytes | None] = {}
+        for i in range(batch.num_rows):
+            key = f"{shard.split}/{ids[i]}" if ids is not None else shard.key(start + i)
+            if key not in wanted:
+                changed[i] = None  # not part of this run (--limit): not published
+                continue
+            try:
+                data = hf.image_bytes(images[i].as_py(), reader.shard_path(shard))
+                rendered = self.render(key, data)
+            except (ImageError, OSError) as exc:
+                outcomes.append((key, exc))
+                changed[i] = None
+                continue
+            outcomes.append((key, rendered))
+            if rendered.output is None:
+                changed[i] = None
+            else:  # the row keeps its key whatever the format (.png and all)
+                rendered.output = rendered.info["output"] = key
+                _record_hashes(rendered, data)
+                if rendered.data is not None:
+                    changed[i] = rendered.data
+        return hf.replace_images(batch, reader.image, changed)
+
+
 _HEAD = 1 << 16
 """Bytes read to look at a file's header when it is hard-linked, not written."""
 
@@ -417,6 +545,26 @@ def _record_hashes(rendered: Rendered, source: Path | bytes) -> None:
         output_sha = hashlib.sha256(rendered.data).hexdigest()
         size = len(rendered.data)
     info.update(sha256=output_sha, bytes=size, source_sha256=source_sha)
+
+
+def _cleaned_jpeg(raw: bytes, max_pixels: int | None) -> bytes | None:
+    """``raw`` without its identifying marker segments, when it is a JPEG whose header
+    walks cleanly to one 8-bit frame within the pixel limit; None: let :func:`probe` judge
+    it (and name what is wrong). Most faceless files that are not :func:`plain_jpeg` only
+    carry a comment, IPTC or XMP: this settles them without Pillow's ~1 ms parse."""
+    if not containers.is_jpeg(raw):
+        return None
+    try:
+        frame = next((s for s in containers.jpeg_header(raw)
+                      if s.marker in (0xC0, 0xC1, 0xC2)), None)
+        if frame is None:
+            return None
+        sof = containers.jpeg_frame(raw, frame)
+        if sof.precision != 8 or not 0 < sof.width * sof.height <= max_pixels_limit(max_pixels):
+            return None
+        return strip_identifying_metadata(raw)
+    except ImageError:
+        return None
 
 
 def _record(result: ShardResult, key: str, rendered: Rendered) -> None:
@@ -527,7 +675,7 @@ def obfuscate_dataset(
         "format": fmt, "jpeg_quality": jpeg_quality, "link": link,
         "strip_metadata": strip_metadata, "unannotated": unannotated, "max_pixels": max_pixels,
     }
-    if out_format == "webdataset":
+    if out_format != "files":
         config["out_format"] = out_format
     ledger_file = ledger_path(out, ledger)
     if out.resolve() in ledger_file.resolve().parents:
@@ -551,10 +699,11 @@ def obfuscate_dataset(
             )
         remove_stale_temps(out)
         keys = dataset.keys()
-        tar_shards = dataset.groups() if out_format == "webdataset" else None
+        file_shards = dataset.groups() if out_format != "files" else None
         run_id, done = prepare_run(store, "obfuscate", config, keys, shard_size=shard_size,
-                                   shards=tar_shards)
-        task_type = ShardObfuscateTask if out_format == "webdataset" else ObfuscateTask
+                                   shards=file_shards)
+        task_type = {"webdataset": ShardObfuscateTask,
+                     "huggingface": HFShardObfuscateTask}.get(out_format, ObfuscateTask)
         task = task_type(
             str(root), str(out.resolve()),
             {k: faces.boxes[k] for k in keys if k in faces.boxes},
@@ -571,6 +720,8 @@ def obfuscate_dataset(
         )
         if done:
             _add_earlier_counts(store, run_id, summary)
+    if dataset.hf_layout is not None and not summary.interrupted and not summary.failed_shards:
+        _write_hf_sidecars(dataset, out, _fingerprint(config))  # once every shard is there
     return summary
 
 
@@ -600,14 +751,27 @@ def _resolve_out_format(out_format: str, dataset: Dataset, link: bool) -> str:
         raise VeilError(f"unknown output format {out_format!r}; choose one of "
                         f"{', '.join(OUT_FORMATS)}")
     if out_format == "auto":
-        out_format = "webdataset" if dataset.layout == "webdataset" else "files"
-    if out_format == "webdataset" and dataset.layout != "webdataset":
-        raise VeilError("--out-format webdataset mirrors WebDataset tar shards, but the "
-                        f"dataset is a {dataset.layout} dataset; use --out-format files")
-    if out_format == "webdataset" and link:
-        raise VeilError("--link hard-links files of a folder output; WebDataset shards are "
+        out_format = dataset.layout if dataset.layout in ("webdataset", "huggingface") else (
+            "files")
+    if out_format != "files" and dataset.layout != out_format:
+        name = {"webdataset": "WebDataset tar", "huggingface": "Hugging Face"}[out_format]
+        raise VeilError(f"--out-format {out_format} mirrors {name} shards, but the dataset "
+                        f"is a {dataset.layout} dataset; use --out-format files")
+    if dataset.layout == "huggingface" and out_format != "huggingface":
+        raise VeilError("a Hugging Face dataset's images are rows of its shards, not files: "
+                        "it is written back as the same dataset (--out-format huggingface)")
+    if out_format != "files" and link:
+        raise VeilError(f"--link hard-links files of a folder output; {out_format} shards are "
                         "written whole")
     return out_format
+
+
+def _write_hf_sidecars(dataset: Dataset, out: Path, fingerprint: str) -> None:
+    """A Hugging Face output's files besides its shards (those of this run's shards)."""
+    assert dataset.hf_layout is not None
+    used = {e.path for e in dataset}
+    written = [s for s in dataset.hf_layout.shards if dataset.hf_layout.root / s.relative in used]
+    hf.write_sidecars(dataset.hf_layout, out, written, fingerprint)
 
 
 def _add_earlier_counts(ledger: RunLedger, run_id: int, summary: RunSummary) -> None:

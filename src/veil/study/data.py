@@ -40,6 +40,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from veil.boxes import Box, usable_boxes
-from veil.datasets import Dataset, open_dataset
+from veil.datasets import SHARDED, Dataset, ImageReader, open_dataset
 from veil.errors import DatasetError, VeilError
 from veil.faces import FacesSnapshot
 from veil.files import atomic_path
@@ -70,15 +71,24 @@ SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "classes.txt")
 
 @dataclass
 class Split:
-    """One split in key order: keys, files and integer labels."""
+    """One split in key order: keys, files and integer labels. Images inside shard files
+    (a WebDataset, a Hugging Face dataset) are read by key through ``reader``; ``paths``
+    are then the shard files."""
 
     name: str
     keys: list[str]
     paths: list[Path]
     labels: np.ndarray  # int64, one per key
+    reader: ImageReader | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def source(self, index: int) -> Path | bytes:
+        """What :func:`veil.images.load_image` decodes for image ``index``."""
+        if self.reader is None:
+            return self.paths[index]
+        return read_source(self.reader, self.keys[index])
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -106,32 +116,50 @@ class StudyData:
                 for i, c in enumerate(self.classes)]
 
 
+def read_source(reader: ImageReader, key: str) -> bytes:
+    """An image's bytes from a shard file, or the VeilError a study stops on."""
+    try:
+        return reader.read(key)
+    except OSError as exc:
+        raise VeilError(f"{key}: cannot read it: {exc} (a study needs every image; remove or"
+                        " replace it)") from None
+
+
+VAL_SPLITS = ("val", "validation")
+"""Names of the split a study evaluates on (Hugging Face datasets call it validation)."""
+
+
 def open_study_data(
     source: str | os.PathLike[str], *, layout: str = "auto",
     labels_file: str | os.PathLike[str] | None = None, limit: int | None = None,
+    image_column: str | None = None, label_column: str | None = None,
 ) -> StudyData:
-    """Read a labelled dataset with ``train/`` and ``val/`` splits.
+    """Read a labelled dataset with ``train/`` and ``val/`` splits (a Hugging Face
+    dataset: ``train`` and ``validation``, labels from its ClassLabel column).
 
     ``limit`` keeps the first ``limit`` images of each split, spread over the classes.
     """
-    dataset = open_dataset(source, layout=layout, labels_file=labels_file)
+    dataset = open_dataset(source, layout=layout, labels_file=labels_file,
+                           image_column=image_column, label_column=label_column)
     where = dataset.source or str(dataset.root)
-    missing = [s for s in ("train", "val") if s not in dataset.splits]
+    val_name = next((s for s in VAL_SPLITS if s in dataset.splits), "val")
+    missing = [s for s in ("train", val_name) if s not in dataset.splits]
     if missing:
         raise DatasetError(
             f"{where}: a study needs a train/ and a val/ split (ImageFolder layout:"
-            f" train/<class>/<image>, val/<class>/<image>); missing: {', '.join(missing)}"
+            f" train/<class>/<image>, val/<class>/<image>; a Hugging Face dataset: train and"
+            f" validation); missing: {', '.join(missing)}"
         )
     unlabelled = [e.key for e in dataset if e.label is None
-                  and e.key.split("/", 1)[0] in ("train", "val")]
+                  and e.key.split("/", 1)[0] in ("train", val_name)]
     if unlabelled:
         raise DatasetError(
             f"{where}: {len(unlabelled)} image(s) have no label (e.g. {unlabelled[0]});"
-            " a study needs a class for every train and val image (class folders, or"
-            " --labels for a flat val/ folder)"
+            " a study needs a class for every train and val image (class folders,"
+            " --labels for a flat val/ folder, or a Hugging Face dataset's --label-column)"
         )
     train = dataset.subset(split="train", limit=limit)
-    val = dataset.subset(split="val", limit=limit)
+    val = dataset.subset(split=val_name, limit=limit)
     classes = sorted(set(train.classes) | set(val.classes))
     if len(classes) < 2:
         raise DatasetError(f"{where}: a study needs at least 2 classes, found {len(classes)}")
@@ -149,6 +177,7 @@ def _split(name: str, dataset: Dataset, index: Mapping[str, int]) -> Split:
         name=name, keys=[e.key for e in entries], paths=[e.path for e in entries],
         labels=np.array([index[e.label] for e in entries if e.label is not None],
                         dtype=np.int64),
+        reader=dataset.reader() if dataset.layout in SHARDED else None,
     )
 
 
@@ -228,11 +257,11 @@ def face_boxes(snapshot: FacesSnapshot) -> dict[str, list[Box]]:
     return {key: usable_boxes(boxes)[0] for key, boxes in snapshot.boxes.items()}
 
 
-def load_condition_image(path: str | os.PathLike[str], key: str,
+def load_condition_image(path: str | os.PathLike[str] | bytes, key: str,
                          boxes: Mapping[str, Sequence[Box]], condition: Condition
                          ) -> Image.Image:
-    """The image as the model's input starts: decoded, faces obfuscated at full size
-    (and re-saved as JPEG for a JPEG condition)."""
+    """The image as the model's input starts: decoded (from its file, or its bytes),
+    faces obfuscated at full size (and re-saved as JPEG for a JPEG condition)."""
     try:
         image = load_image(path).image
     except VeilError as exc:
@@ -275,9 +304,10 @@ def union_area(boxes: Sequence[Box], width: int, height: int) -> float:
     return total
 
 
-def _probe_size(path: Path) -> tuple[int, int]:
+def _probe_size(path: Path, key: str | None = None, reader: ImageReader | None = None
+                ) -> tuple[int, int]:
     try:
-        info = probe(path)
+        info = probe(path if reader is None or key is None else read_source(reader, key))
         return info.width, info.height
     except VeilError:
         return 0, 0
@@ -288,11 +318,12 @@ def face_rows(data: StudyData, boxes: Mapping[str, Sequence[Box]], workers: int 
     """One row per train and val image for ``faces.parquet`` (sizes from the headers)."""
     rows: list[dict[str, Any]] = []
     for split in (data.train, data.val):
+        size_of = partial(_probe_size, reader=split.reader)
         if workers > 1:
             with process_pool(workers) as pool:
-                sizes = list(pool.map(_probe_size, split.paths, chunksize=256))
+                sizes = list(pool.map(size_of, split.paths, split.keys, chunksize=256))
         else:
-            sizes = [_probe_size(p) for p in split.paths]
+            sizes = [size_of(p, k) for p, k in zip(split.paths, split.keys, strict=True)]
         for key, label, (width, height) in zip(split.keys, split.labels.tolist(), sizes,
                                                strict=True):
             found = list(boxes.get(key, ()))
@@ -308,19 +339,20 @@ def face_rows(data: StudyData, boxes: Mapping[str, Sequence[Box]], workers: int 
 # --------------------------------------------------------------------------- cache
 
 
-def _cache_one(path: str, key: str, boxes: Mapping[str, Sequence[Box]],
+def _cache_one(path: str | bytes, key: str, boxes: Mapping[str, Sequence[Box]],
                condition: Condition, size: int) -> np.ndarray:
     image = load_condition_image(path, key, boxes, condition)
     image = T.functional.center_crop(T.functional.resize(image, size), [size, size])
     return np.asarray(image, dtype=np.uint8)
 
 
-def _cache_chunk(args: tuple[list[str], list[str], dict[str, list[Box]], Condition, int]
-                 ) -> np.ndarray:
-    paths, keys, boxes, condition, size = args
+def _cache_chunk(args: tuple[list[str], list[str], dict[str, list[Box]], Condition, int,
+                              ImageReader | None]) -> np.ndarray:
+    paths, keys, boxes, condition, size, reader = args
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
-        out[i] = _cache_one(path, key, boxes, condition, size)
+        source: str | bytes = path if reader is None else read_source(reader, key)
+        out[i] = _cache_one(source, key, boxes, condition, size)
     return out
 
 
@@ -360,7 +392,8 @@ def decode_images(split: Split, indices: Sequence[int], boxes: Mapping[str, Sequ
         part = indices[start:start + chunk]
         keys = [split.keys[i] for i in part]
         jobs.append(([str(split.paths[i]) for i in part], keys,
-                     {k: list(boxes[k]) for k in keys if boxes.get(k)}, condition, size))
+                     {k: list(boxes[k]) for k in keys if boxes.get(k)}, condition, size,
+                     split.reader))
     bar = tqdm(total=len(indices), desc=f"decode {split.name}/{condition.name}", unit="img",
                disable=not progress, dynamic_ncols=True, leave=False)
     with bar:
@@ -676,7 +709,7 @@ class _StreamDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
-        image = load_condition_image(self.split.paths[index], self.split.keys[index],
+        image = load_condition_image(self.split.source(index), self.split.keys[index],
                                      self.boxes, self.condition)
         return index, self.transform(image), int(self.split.labels[index])
 

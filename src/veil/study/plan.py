@@ -111,7 +111,7 @@ def measure_decode(study: Any, count: int = PLAN_DECODES) -> float:
     picked = list(range(min(count, len(split))))
     start = time.perf_counter()
     for i in picked:
-        load_condition_image(split.paths[i], split.keys[i], study.boxes, condition)
+        load_condition_image(split.source(i), split.keys[i], study.boxes, condition)
     return (time.perf_counter() - start) / max(1, len(picked))
 
 

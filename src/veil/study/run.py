@@ -98,6 +98,8 @@ class StudyConfig:
     overrides: Mapping[str, Any] = field(default_factory=dict)  # Recipe fields
     layout: str = "auto"
     labels_file: str | None = None
+    image_column: str | None = None  # a Hugging Face dataset's (default: its Image feature)
+    label_column: str | None = None  # a Hugging Face dataset's (default: its ClassLabel)
     limit: int | None = None  # images per split, spread over the classes
     workers: int | None = None  # decoding processes (cache) or DataLoader workers (stream)
     threads: int | None = None  # torch CPU threads per process
@@ -195,11 +197,14 @@ class Study:
             defaults.seeds if defaults else (0,)))
         self.data: StudyData = open_study_data(config.data, layout=config.layout,
                                                labels_file=config.labels_file,
+                                               image_column=config.image_column,
+                                               label_column=config.label_column,
                                                limit=config.limit)
         snapshot = (config.faces if isinstance(config.faces, FacesSnapshot)
                     else load_faces(config.faces))  # type: ignore[arg-type]
-        matching = match_faces(snapshot, self.data.train.keys + self.data.val.keys,
-                               splits=("train", "val"))
+        keys = self.data.train.keys + self.data.val.keys
+        matching = match_faces(snapshot, keys,  # "validation" in a Hugging Face dataset
+                               splits=sorted({k.split("/", 1)[0] for k in keys}))
         self.face_matching = matching.to_json()
         snapshot = matching.snapshot
         self.faces_description = snapshot.description

@@ -18,8 +18,10 @@ from veil.transfer.tasks.voc import DetectionTask
 
 #: task name -> what it reads, for help texts
 TASKS: dict[str, str] = {
-    "cifar10": "CIFAR-10: cifar-10-batches-py/ pickles, or train/ and test/ class folders",
-    "scenes": "scene recognition: SUN397 with Partitions/, 15-Scene, or an ImageFolder",
+    "cifar10": "CIFAR-10: cifar-10-batches-py/ pickles, train/ and test/ class folders, or "
+               "a Hugging Face dataset (Parquet shards or save_to_disk)",
+    "scenes": "scene recognition: SUN397 with Partitions/, 15-Scene, an ImageFolder, or a "
+              "Hugging Face dataset",
     "celeba": "CelebA: list_attr_celeba.txt, list_eval_partition.txt, img_align_celeba/",
     "voc": "PASCAL VOC detection: VOCdevkit/VOC20xx (Annotations/, ImageSets/Main/)",
 }

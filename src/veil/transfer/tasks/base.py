@@ -3,8 +3,9 @@ a split is named by a fingerprint that changes whenever its images could.
 
 A classification task is a list of splits, each with keys (dataset-relative names, the
 same role as everywhere else in veil), labels and an :class:`ImageSource`. Pixels come
-either from files (``FileImages``) or from arrays already in memory (``ArrayImages``,
-CIFAR-10's pickles); the feature and pixel caches only ever see an ``ImageSource``.
+either from files (``FileImages``), from rows of a Hugging Face dataset's shards
+(``ReaderImages``) or from arrays already in memory (``ArrayImages``, CIFAR-10's
+pickles); the feature and pixel caches only ever see an ``ImageSource``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from veil.datasets import ImageReader
 from veil.errors import DatasetError
 from veil.images import load_image
 
@@ -63,6 +65,40 @@ class FileImages:
             except OSError as exc:
                 raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
             digest.update(f"{key}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class ReaderImages:
+    """Images read by key through a dataset's reader: the rows of a Hugging Face
+    dataset's Parquet or Arrow shards (``files``)."""
+
+    reader: ImageReader
+    keys: tuple[str, ...]
+    files: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image(self, index: int) -> Image.Image:
+        try:
+            data = self.reader.read(self.keys[index])
+        except OSError as exc:
+            raise DatasetError(f"cannot read {self.keys[index]}: {exc}") from exc
+        return load_image(data).image
+
+    def take(self, indices: Sequence[int]) -> ReaderImages:
+        return ReaderImages(self.reader, tuple(self.keys[i] for i in indices), self.files)
+
+    def fingerprint(self, keys: Sequence[str]) -> str:
+        """Keys with each shard file's size and modification time (as ``FileImages``)."""
+        digest = hashlib.sha256("\n".join(keys).encode())
+        for path in sorted(set(self.files)):
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            digest.update(f"\n{path.name}\t{info.st_size}\t{info.st_mtime_ns}".encode())
         return digest.hexdigest()
 
 

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from veil.datasets import open_dataset
+from veil.datasets import is_huggingface, open_dataset
 from veil.errors import DatasetError
 from veil.transfer.tasks.base import (
     MULTICLASS,
     ArrayImages,
     ClassificationTask,
     FileImages,
+    ReaderImages,
     TaskSplit,
     check_splits,
     limit_split,
@@ -150,12 +151,15 @@ def open_cifar10(root: str | Path, *, train_split: str = "train", test_split: st
 
 def imagefolder_splits(root: Path, train_split: str, test_split: str, task: str
                        ) -> tuple[list[str], dict[str, TaskSplit]]:
-    """``<split>/<class>/<image>`` folders as labelled splits; classes in sorted order."""
+    """``<split>/<class>/<image>`` folders as labelled splits, or a Hugging Face dataset's
+    splits with its ClassLabel labels; classes in sorted order."""
     if not root.is_dir():
         raise DatasetError(f"{task}: data folder not found: {root}")
-    dataset = open_dataset(root, layout="imagefolder")
+    hub = is_huggingface(root)
+    dataset = open_dataset(root, layout="huggingface" if hub else "imagefolder")
     present = dataset.splits
-    test = test_split if test_split in present else ("val" if "val" in present else None)
+    test = test_split if test_split in present else next(
+        (s for s in ("val", "validation") if s in present), None)
     if train_split not in present or test is None:
         raise DatasetError(
             f"{root}: {task} needs {train_split}/<class>/ and {test_split}/<class>/ folders"
@@ -169,10 +173,14 @@ def imagefolder_splits(root: Path, train_split: str, test_split: str, task: str
         raise DatasetError(f"{root}: {test}/ has classes not in {train_split}/: "
                            f"{', '.join(str(u) for u in unknown[:5])}")
 
+    reader = dataset.reader() if hub else None
+
     def split(name: str, data: Any) -> TaskSplit:
         entries = [e for e in data if e.label is not None]
-        return TaskSplit(name, [e.key for e in entries],
-                         FileImages(tuple(e.path for e in entries)),
+        keys = [e.key for e in entries]
+        images = (FileImages(tuple(e.path for e in entries)) if reader is None else
+                  ReaderImages(reader, tuple(keys), tuple({e.path: 0 for e in entries})))
+        return TaskSplit(name, keys, images,
                          np.array([index[e.label] for e in entries], dtype=np.int64))
 
     splits = {"train": split("train", train), "test": split("test", tested)}

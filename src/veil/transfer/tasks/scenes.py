@@ -7,7 +7,8 @@ Three layouts, tried in this order:
   in the root or in ``Partitions/``). Each line names an image as ``/a/abbey/sun_x.jpg``;
   the class is its folder (``a/abbey``). ``partition`` picks one of the ten splits.
 - **ImageFolder with splits**: ``<train_split>/<class>/`` and ``<test_split>/<class>/``
-  (``../shared/data/scene15`` is laid out this way).
+  (``../shared/data/scene15`` is laid out this way), or a Hugging Face dataset with those
+  splits and a ClassLabel column (Parquet shards or a ``save_to_disk`` folder).
 - **Class folders only** (15-Scene as published): ``<class>/<image>``; the benchmark's
   protocol takes ``train_per_class`` images of each class for training (chosen at random
   with a fixed seed, so every run splits alike) and tests on the rest.
@@ -19,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from veil.datasets import open_dataset
+from veil.datasets import is_huggingface, open_dataset
 from veil.errors import DatasetError
 from veil.transfer.tasks.base import (
     MULTICLASS,
@@ -113,7 +114,7 @@ def open_scenes(root: str | Path, *, train_split: str = "train", test_split: str
         source = f"SUN397 partition {partition:02d}"
     else:
         names = {p.name for p in root.iterdir() if p.is_dir()}
-        if train_split in names:
+        if train_split in names or is_huggingface(root):
             classes, splits = imagefolder_splits(root, train_split, test_split, "scenes")
             source = "ImageFolder"
         else:
