@@ -86,8 +86,10 @@ def test_audit_finds_the_obfuscated_regions_in_the_outputs_ledger(tmp_path):
                            tmp_path / "blurred", progress=False, workers=1)
     veil.obfuscate_dataset(data, veil.load_faces({"astronaut.png": []}),
                            tmp_path / "copied", progress=False, workers=1)
-    clean = veil.audit(veil.open_dataset(tmp_path / "blurred"), progress=False, workers=1)
-    leaky = veil.audit(veil.open_dataset(tmp_path / "copied"), progress=False, workers=1)
+    clean = veil.audit(veil.open_dataset(tmp_path / "blurred"), source=data, progress=False,
+                       workers=1)
+    leaky = veil.audit(veil.open_dataset(tmp_path / "copied"), source=data, progress=False,
+                       workers=1)
     assert clean.counts["residual faces"] == 0 and clean.clean
     assert leaky.counts["residual faces"] >= 1 and not leaky.clean
     assert leaky.findings[0].key == "astronaut.png"
@@ -103,8 +105,9 @@ def test_audit_finds_the_obfuscated_regions_in_the_outputs_ledger(tmp_path):
     assert all(len(f["box"]) == 4 and f["score"] >= 0.5 for f in faces)
     html = leaky.write_html(tmp_path / "leaky.html").read_text()
     assert "Not clean" in html and "astronaut.png" in html
-    assert html.count("data:image/jpeg;base64,") == len(faces)  # a crop per residual face
-    assert "Clean: no residual face" in clean.write_html(tmp_path / "clean.html").read_text()
+    # a crop of the output and one of the source per residual face
+    assert html.count("data:image/jpeg;base64,") == 2 * len(faces)
+    assert "Clean: every check ran" in clean.write_html(tmp_path / "clean.html").read_text()
     with pytest.raises(veil.errors.VeilError, match="no finished obfuscate run there"):
         veil.audit(veil.open_dataset(tmp_path / "copied"), ledger=tmp_path / "none.sqlite",
                    progress=False, workers=1)

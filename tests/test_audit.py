@@ -12,7 +12,9 @@ from corpus import identifying_exif, jpeg_bytes
 from PIL import Image
 
 from veil.cli import main
+from veil.faces import load_faces
 from veil.gallery import write_gallery
+from veil.obfuscation import obfuscate
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +44,26 @@ def test_clean_output_passes_and_leaks_are_caught(photos: Path, tmp_path: Path) 
     code, out = _run("obfuscate", str(photos), "--faces", str(store), "--out", str(blurred))
     assert code == 0, out
     report = tmp_path / "clean.html"
-    code, out = _run("audit", str(blurred), "--report", str(report), "--json",
-                     str(tmp_path / "clean.json"))
+    code, out = _run("audit", str(blurred), "--source", str(photos), "--report", str(report),
+                     "--json", str(tmp_path / "clean.json"))
     assert code == 0, out
     assert "CLEAN" in out and "NOT CLEAN" not in out
-    code, out = _run("audit", str(blurred), "--profile", "fast", "--report", str(report))
+    code, out = _run("audit", str(blurred), "--source", str(photos), "--profile", "fast",
+                     "--report", str(report))
     assert code == 0 and "profile fast" in out, out
-    assert json.loads((tmp_path / "clean.json").read_text())["clean"] is True
+    clean = json.loads((tmp_path / "clean.json").read_text())
+    assert clean["clean"] is True and clean["verdict"] == "clean"
+    faced = [i for i in clean["images"] if i["regions"]]
+    assert {i["key"] for i in faced} == {"astronaut.png", "grace_hopper.jpg"}
+    assert all(any(v.startswith("pixels: 1 face region(s) hidden as blur") for v in i["verified"])
+               for i in faced), faced
+    # Without the source the face regions cannot be verified: not called clean.
+    code, out = _run("audit", str(blurred), "--report", str(report), "--json",
+                     str(tmp_path / "blind.json"))
+    assert code == 1 and "NOT VERIFIED" in out and "no --source" in out, out
+    blind = json.loads((tmp_path / "blind.json").read_text())
+    assert blind["clean"] is False and blind["findings"] == []
+    assert "Not verified" in report.read_text()
 
     # A face the boxes missed: the astronaut is copied unobfuscated.
     faces = {"astronaut.png": [], "grace_hopper.jpg": [], "coffee.png": [], "rocket.jpg": []}
@@ -66,7 +81,8 @@ def test_clean_output_passes_and_leaks_are_caught(photos: Path, tmp_path: Path) 
     found = json.loads((tmp_path / "leaky.json").read_text())
     faces_found = {f["key"] for f in found["findings"] if f["kind"] == "face"}
     assert {"astronaut.png", "grace_hopper.jpg"} <= faces_found
-    metadata = {(f["key"], f["detail"]) for f in found["findings"] if f["kind"] == "metadata"}
+    metadata = {(f["key"], f["detail"].split(":")[0]) for f in found["findings"]
+                if f["kind"] == "metadata"}
     assert {("rocket.jpg", "exif-thumbnail"), ("rocket.jpg", "gps")} <= metadata
     html = report.read_text()
     assert html.count("data:image/jpeg;base64,") >= 2  # a crop per residual face
@@ -74,18 +90,37 @@ def test_clean_output_passes_and_leaks_are_caught(photos: Path, tmp_path: Path) 
 
 
 def test_faces_option_for_outputs_made_elsewhere(photos: Path, tmp_path: Path) -> None:
-    """Without a veil ledger every detection counts, unless --faces says where faces were."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    """Without a veil ledger every detection counts, unless --faces says where faces were;
+    then --source and --method let the face regions be judged, and a face left as it
+    was is a finding even though it is inside the regions."""
+    source = tmp_path / "source"
+    source.mkdir()
     with Image.open(photos / "astronaut.png") as image:  # pixels only: no PNG text chunks
-        image.save(elsewhere / "astronaut.png")
+        image.save(source / "astronaut.png")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(source, elsewhere)
     code, out = _run("audit", str(elsewhere), "--report", str(tmp_path / "a.html"))
     assert code == 1 and "every detected face will be reported" in out
     store = tmp_path / "faces.sqlite"
     _run("detect", str(elsewhere), "--store", str(store))
     code, out = _run("audit", str(elsewhere), "--faces", str(store), "--report",
                      str(tmp_path / "b.html"))
-    assert code == 0, out
+    assert code == 1 and "could not be verified (no --source)" in out, out
+    code, out = _run("audit", str(elsewhere), "--faces", str(store), "--source", str(source),
+                     "--method", "blur", "--report", str(tmp_path / "c.html"))
+    assert code == 1 and "face region not hidden as blur hides it" in out, out
+    faces = load_faces(str(store)).boxes["astronaut.png"]
+    with Image.open(source / "astronaut.png") as image:  # blurred by another tool
+        obfuscate(image.convert("RGB"), faces, "blur").save(elsewhere / "astronaut.png")
+    code, out = _run("audit", str(elsewhere), "--faces", str(store), "--source", str(source),
+                     "--report", str(tmp_path / "d.html"))
+    assert code == 1 and "NOT VERIFIED" in out and "pass --method" in out, out
+    code, out = _run("audit", str(elsewhere), "--faces", str(store), "--source", str(source),
+                     "--method", "blur", "--report", str(tmp_path / "e.html"))
+    assert code == 0 and "CLEAN" in out, out
+    code, out = _run("audit", str(elsewhere), "-o", "color=0,0,0", "--report",
+                     str(tmp_path / "f.html"))
+    assert code == 2 and "-o/--option needs --method" in out
 
 
 def test_the_ledger_is_found_beside_the_output_and_flagged_inside_it(photos: Path,
@@ -99,8 +134,8 @@ def test_the_ledger_is_found_beside_the_output_and_flagged_inside_it(photos: Pat
     code, out = _run("obfuscate", str(photos), "--faces", str(store), "--out", str(blurred),
                      "--ledger", str(ledger))
     assert code == 0, out
-    code, out = _run("audit", str(blurred), "--ledger", str(ledger), "--report",
-                     str(tmp_path / "a.html"))
+    code, out = _run("audit", str(blurred), "--ledger", str(ledger), "--source", str(photos),
+                     "--report", str(tmp_path / "a.html"))
     assert code == 0 and "CLEAN" in out, out
     code, out = _run("audit", str(blurred), "--ledger", str(tmp_path / "none.sqlite"),
                      "--report", str(tmp_path / "b.html"))
@@ -108,8 +143,8 @@ def test_the_ledger_is_found_beside_the_output_and_flagged_inside_it(photos: Pat
 
     (blurred / ".veil").mkdir()
     shutil.move(ledger, blurred / ".veil" / "ledger.sqlite")  # where veil once kept it
-    code, out = _run("audit", str(blurred), "--report", str(tmp_path / "c.html"), "--json",
-                     str(tmp_path / "c.json"))
+    code, out = _run("audit", str(blurred), "--source", str(photos), "--report",
+                     str(tmp_path / "c.html"), "--json", str(tmp_path / "c.json"))
     assert code == 1 and "NOT CLEAN" in out, out
     found = json.loads((tmp_path / "c.json").read_text())["findings"]
     assert [f["key"] for f in found] == [".veil/ledger.sqlite"]

@@ -4,6 +4,7 @@ typo from a leak."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -88,12 +89,22 @@ def test_audit_findings_exit_1_and_a_clean_audit_0(place: Path, tmp_path: Path) 
     code, out = _invoke(place, ["audit", str(leaky), "--report", str(tmp_path / "a.html"),
                                 "--workers", "1", "--no-progress"])
     assert code == exit_codes.FINDINGS and "NOT CLEAN" in out, out
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    flat.save(photos / "flat.png")
+    faces = tmp_path / "faces.json"
+    faces.write_text(json.dumps([{"url": "flat.png", "bboxes": []}]))
     clean = tmp_path / "clean"
-    clean.mkdir()
-    flat.save(clean / "flat.png")
+    code, out = _invoke(place, ["obfuscate", str(photos), "--faces", str(faces), "--out",
+                                str(clean), "--workers", "1", "--no-progress"])
+    assert code == exit_codes.OK, out
     code, out = _invoke(place, ["audit", str(clean), "--report", str(tmp_path / "b.html"),
                                 "--workers", "1", "--no-progress"])
     assert code == exit_codes.OK and "CLEAN" in out, out
+    (clean / "flat.png").write_bytes(jpeg_bytes(flat))  # not the file veil wrote
+    code, out = _invoke(place, ["audit", str(clean), "--report", str(tmp_path / "c.html"),
+                                "--workers", "1", "--no-progress"])
+    assert code == exit_codes.FINDINGS and "changed since veil obfuscate wrote it" in out, out
 
 
 @click.command()

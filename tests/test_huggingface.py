@@ -496,8 +496,8 @@ def test_detect_review_export_obfuscate_audit_through_the_cli(
     result = runner.invoke(main, ["obfuscate", str(hub), "--faces", str(exports["parquet"]),
                                   "--out", str(out), "--workers", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["audit", str(out), "--report", str(tmp_path / "a.html"),
-                                  "--workers", "1", "--no-progress"])
+    result = runner.invoke(main, ["audit", str(out), "--source", str(hub), "--report",
+                                  str(tmp_path / "a.html"), "--workers", "1", "--no-progress"])
     assert result.exit_code == 0 and "CLEAN" in result.output, result.output
     result = runner.invoke(main, ["audit", str(hub), "--report", str(tmp_path / "b.html"),
                                   "--workers", "1", "--no-progress"])

@@ -274,8 +274,8 @@ def test_detect_obfuscate_audit_on_shards(shards: Path, tmp_path: Path) -> None:
     meta = json.loads(dict(_members(out / "shard-000000.tar"))["a.json"])
     assert len(meta["faces"]["boxes"]["png"]) == len(boxes["shard-000000.tar/a.png"])
 
-    result = runner.invoke(main, ["audit", str(out), "--report", str(tmp_path / "a.html"),
-                                  "--workers", "1", "--no-progress"])
+    result = runner.invoke(main, ["audit", str(out), "--source", pattern, "--report",
+                                  str(tmp_path / "a.html"), "--workers", "1", "--no-progress"])
     assert result.exit_code == 0, result.output  # clean: the faces were found and hidden
     assert "CLEAN" in result.output
 

@@ -9,7 +9,7 @@ The Python API mirrors the CLI verbs, one function each::
         veil.detect(data, store)                                  # veil detect
     faces = veil.load_faces("faces.sqlite")
     veil.obfuscate_dataset(data, faces, "imagenette-blurred")     # veil obfuscate
-    report = veil.audit(veil.open_dataset("imagenette-blurred"))  # veil audit
+    report = veil.audit(veil.open_dataset("imagenette-blurred"), source=data)  # veil audit
     report.write_html("audit.html"); report.write_json("audit.json")
     blurred = veil.obfuscate(image, boxes, "blur")                # one image
 

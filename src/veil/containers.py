@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -28,13 +29,16 @@ __all__ = [
     "JpegFrame",
     "PngChunk",
     "Segment",
+    "iptc_datasets",
     "is_jpeg",
     "is_png",
     "jfif_thumbnail",
     "jpeg_frame",
     "jpeg_header",
     "jpeg_segments",
+    "photoshop_resources",
     "png_chunks",
+    "png_text",
     "quantisation_tables",
     "restart_interval",
 ]
@@ -258,6 +262,47 @@ def jfif_thumbnail(data: bytes, segment: Segment) -> bool | None:
     return len(payload) > 14
 
 
+def photoshop_resources(payload: bytes) -> list[tuple[int, bytes]]:
+    """(resource id, data) of each Photoshop image resource in an APP13 payload
+    (``Photoshop 3.0\\0`` then ``8BIM`` blocks: id, even-padded Pascal name, size, data).
+    The walk stops quietly where the structure breaks: what is listed was well formed."""
+    at = payload.find(b"8BIM")
+    resources = []
+    while at >= 0 and at + 12 <= len(payload) and payload[at:at + 4] == b"8BIM":
+        ident = int.from_bytes(payload[at + 4:at + 6], "big")
+        name_length = payload[at + 6]
+        at += 6 + ((name_length + 2) & ~1)  # the length byte and the name, even in all
+        if at + 4 > len(payload):
+            break
+        size = int.from_bytes(payload[at:at + 4], "big")
+        data = payload[at + 4:at + 4 + size]
+        if len(data) < size:
+            break
+        resources.append((ident, data))
+        at += 4 + size + (size & 1)
+    return resources
+
+
+def iptc_datasets(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(record, dataset, value) of each IPTC-IIM dataset (tag 0x1C, record, dataset, length,
+    value; extended lengths included); stops quietly where the structure breaks."""
+    at, found = 0, []
+    while at + 5 <= len(data) and data[at] == 0x1C:
+        record, dataset = data[at + 1], data[at + 2]
+        length = int.from_bytes(data[at + 3:at + 5], "big")
+        at += 5
+        if length & 0x8000:  # extended: the next (length & 0x7FFF) bytes hold the length
+            count = length & 0x7FFF
+            length = int.from_bytes(data[at:at + count], "big")
+            at += count
+        value = data[at:at + length]
+        if len(value) < length:
+            break
+        found.append((record, dataset, value))
+        at += length
+    return found
+
+
 # --------------------------------------------------------------------------- PNG
 
 
@@ -319,3 +364,27 @@ def png_chunks(source: bytes | IO[bytes], *, strict: bool = True) -> Iterator[Pn
         if ctype == b"IEND":
             return
         offset = chunk.end
+
+
+_TEXT_LIMIT = 1 << 22
+"""Bytes a compressed PNG text chunk may inflate to before it is cut (a zip-bomb guard)."""
+
+
+def png_text(ctype: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """(keyword, text bytes) of a ``tEXt``, ``zTXt`` or ``iTXt`` chunk's data, inflated
+    where compressed (at most 4 MiB; a corrupt stream gives what inflated before it)."""
+    keyword, _, rest = data.partition(b"\0")
+    compressed = False
+    if ctype == b"zTXt":
+        rest, compressed = rest[1:], True
+    elif ctype == b"iTXt":
+        compressed = rest[:1] == b"\1"
+        parts = rest[2:].split(b"\0", 2)  # language tag, translated keyword, text
+        rest = parts[2] if len(parts) == 3 else b""
+    if compressed:
+        inflater = zlib.decompressobj()
+        try:
+            rest = inflater.decompress(rest, _TEXT_LIMIT)
+        except zlib.error:
+            rest = b""
+    return keyword, rest

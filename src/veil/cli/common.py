@@ -77,6 +77,15 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def open_source_dataset(path: str) -> Any:
+    """A second dataset a verb compares with (``veil audit --source``), its layout found
+    as DATASET's is; a missing or unreadable one is a usage error."""
+    try:
+        return open_dataset(path)
+    except VeilError as exc:
+        raise click.ClickException(f"--source: {exc}") from exc
+
+
 def store_option(required: bool = False) -> Callable[..., Any]:
     return click.option(
         "--store", "store_url", default=None if required else DEFAULT_STORE,

@@ -1,13 +1,23 @@
 """The audit stage: prove an obfuscated dataset is clean before it is published.
 
-It re-detects faces in the *output* images. A detection that is not inside a region
-veil obfuscated is a residual face: a face the boxes missed, or a face copied
-unobfuscated. It also flags identifying metadata (EXIF thumbnails still show the face;
-GPS says where it was taken). Obfuscated regions come from the output's own ledger
-(``OUT.veil-ledger.sqlite`` beside it, written by ``veil obfuscate``; an older veil's
-``OUT/.veil/ledger.sqlite`` is read too, and flagged: it names the host and absolute
-paths, and would be published with the folder) or, for folders made by
-other tools, from the faces they were obfuscated with (``--faces``).
+It proves rather than trusts (:mod:`veil.stages.audit_checks` for each check):
+
+* every output file's bytes against the SHA-256 ``veil obfuscate`` recorded in its ledger
+  (``OUT.veil-ledger.sqlite`` beside the output; an older veil's ``OUT/.veil/ledger.sqlite``
+  is read too, and flagged: it names the host and absolute paths, and would be published
+  with the folder), and every file copied unchanged against its source;
+* with the source (``source=``, ``--source``), every obfuscated face box against the
+  source's pixels: hidden at least as well as the method hides it, and the picture
+  outside the regions still the source's;
+* every identifying metadata field;
+* residual faces: a detection outside the obfuscated regions is a finding; one inside is
+  for information when its box passed the pixel check, a finding when it failed or could
+  not run.
+
+Regions and boxes come from the ledger or, for folders made by other tools, from the
+faces they were obfuscated with (``--faces``; then ``--method`` says how, for the pixel
+check). What could not be verified (no source, no ledger, an unknown method) is listed,
+and such an audit is not called clean.
 """
 
 from __future__ import annotations
@@ -20,16 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-import numpy as np
-
 from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box
 from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError, VeilError
-from veil.evaluation.faces import covered_fraction
-from veil.images import load_image, probe
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
+from veil.stages.audit_checks import COVERED_FRACTION, ImageChecker
+from veil.stages.audit_ledger import (
+    Ledger,
+    LedgerReader,
+    find_ledger,
+    published_ledger,
+    read_ledger,
+)
 from veil.stages.audit_report import AuditReport, Finding, detector_label
 from veil.store import FaceStore, RunItem
 
@@ -39,16 +53,12 @@ __all__ = ["COVERED_FRACTION", "DEFAULT_MIN_SCORE", "AuditReport", "AuditTask", 
 
 Rect = tuple[float, float, float, float]
 DEFAULT_MIN_SCORE = 0.5
-COVERED_FRACTION = 0.5
-"""A detection whose area lies at least this much inside obfuscated regions is a face
-veil already obfuscated (detectors still fire on a blurred face), not a residual."""
-LEAKING_METADATA = ("exif-thumbnail", "gps", "xmp", "iptc", "comment", "maker-note", "exif",
-                    "png-text")
 
 
 @dataclass
 class AuditTask:
-    """Check a shard of output images: metadata first, then residual faces."""
+    """Audit a shard of output images (see :class:`~veil.stages.audit_checks.ImageChecker`
+    for the fields it passes on)."""
 
     wants_gpu: ClassVar[bool] = True  # a Ray cluster with GPUs gives each worker one
 
@@ -60,90 +70,47 @@ class AuditTask:
     threads: int | None = None
     max_pixels: int | None = None
     reader: ImageReader | None = None
+    ledger: LedgerReader | None = None  # None: no ledger
+    source: ImageReader | None = None
+    source_keys: dict[str, str] = field(default_factory=dict)
+    boxes: dict[str, list[Rect]] = field(default_factory=dict)
+    method: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+    render: dict[str, Any] | None = None
 
     def setup(self) -> None:
         if self.reader is None:
             self.reader = FileReader(Path(self.root))
-        self._detector = create_detector(self.detector, threads=self.threads, **self.options)
+        self._checker = ImageChecker(
+            self.regions, create_detector(self.detector, threads=self.threads, **self.options),
+            self.min_score, None, self.source, self.source_keys, self.boxes,
+            self.method, self.method_options, self.render, self.max_pixels)
 
     def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
         result = ShardResult(index)
+        if self.ledger is not None:  # this shard's records, read here
+            self._checker.records = self.ledger.records(keys)
         for key in keys:
             try:
-                findings = self._check(key)
+                data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
+                audited = self._checker.check(key, data)
             except (ImageError, OSError) as exc:
                 message = str(exc) if isinstance(exc, ImageError) else (exc.strerror or str(exc))
                 result.items.append(RunItem(key, status="error", error=message))
                 result.counts["errors"] += 1
                 continue
             result.counts["images"] += 1
-            result.counts["residual faces"] += sum(f.kind == "face" for f in findings)
-            result.counts["metadata findings"] += sum(f.kind == "metadata" for f in findings)
-            result.counts["clean images"] += not findings
-            result.items.append(RunItem(key, info={
-                "findings": [f.to_dict() for f in findings]}))
+            result.counts["images with findings"] += bool(audited.findings)
+            result.items.append(RunItem(key, info=audited.to_info()))
         return result
-
-    def _check(self, key: str) -> list[Finding]:
-        data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
-        findings = [
-            Finding(key, "metadata", kind) for kind in probe(data).metadata
-            if kind in LEAKING_METADATA
-        ]
-        image = load_image(data, max_pixels=self.max_pixels)
-        regions = self.regions.get(key, [])
-        for box in self._detector.detect([np.asarray(image.image)])[0]:
-            if (box.score or 0.0) < self.min_score:
-                continue
-            rect = box.as_xyxy()
-            share = covered_fraction(rect, np.asarray(regions, dtype=np.float64))
-            if share < COVERED_FRACTION:
-                findings.append(Finding(
-                    key, "face", f"face (score {box.score:.2f}) {100 * share:.0f}% inside "
-                    "obfuscated regions", rect, box.score))
-        return findings
-
-
-def find_ledger(out: Path, ledger: Path | None = None) -> Path | None:
-    """The obfuscate ledger of output folder ``out``: ``ledger`` if given, else the one
-    beside ``out``, else one an older veil left inside it; None when there is none."""
-    from veil.stages.obfuscate import LEGACY_LEDGER, ledger_path
-
-    for candidate in (ledger_path(out, ledger), Path(out) / LEGACY_LEDGER):
-        if candidate.is_file():
-            return candidate
-        if ledger is not None:
-            return None
-    return None
-
-
-def published_ledger(out: Path) -> Path | None:
-    """A ledger inside ``out`` (an older veil's ``.veil/ledger.sqlite``): a metadata
-    finding, since it records the host name and absolute paths."""
-    from veil.stages.obfuscate import LEGACY_LEDGER
-
-    inside = Path(out) / LEGACY_LEDGER
-    return inside if inside.is_file() else None
 
 
 def regions_from_ledger(out: Path, ledger: Path | None = None
                         ) -> dict[str, list[Rect]] | None:
     """Output key -> obfuscated rectangles, from the newest obfuscate run recorded for
     ``out`` (its ledger as :func:`find_ledger` finds it)."""
-    ledger = find_ledger(out, ledger)
-    if ledger is None:
-        return None
-    with FaceStore(ledger, create=False) as store:
-        runs = [r for r in store.runs("obfuscate") if r.status == "done"]
-        if not runs:
-            return None
-        regions: dict[str, list[Rect]] = {}
-        for item in store.run_items(runs[-1].id, status="ok"):
-            info = item.info or {}
-            output = info.get("output", item.key)
-            regions[output] = [(float(x0), float(y0), float(x1), float(y1))
-                               for x0, y0, x1, y1 in info.get("regions", [])]
-        return regions
+    found = read_ledger(out, ledger)
+    return None if found is None else found.regions()
 
 
 def regions_from_faces(faces: Mapping[str, Sequence[Box]], keys: Sequence[str]
@@ -165,6 +132,9 @@ def audit(
     *,
     ledger: str | os.PathLike[str] | None = None,
     regions_source: str | None = None,
+    source: Dataset | None = None,
+    method: str | None = None,
+    method_options: dict[str, Any] | None = None,
     detector: str = "centerface",
     options: dict[str, Any] | None = None,
     min_score: float = DEFAULT_MIN_SCORE,
@@ -175,59 +145,113 @@ def audit(
     progress: bool = True,
     backend: str | Backend | None = None,
 ) -> AuditReport:
-    """Re-detect faces in ``dataset`` (an obfuscated output) and list what leaks.
+    """Audit ``dataset`` (an obfuscated output) and list what leaks and what could not
+    be verified.
 
-    ``regions`` are the obfuscated rectangles per key (``regions_source`` says where
-    they came from, for the report); None reads them from the obfuscate ledger (``ledger``,
-    else the one beside the output; an explicit ``ledger`` without a finished run is a
-    :class:`~veil.errors.VeilError`) or, without one, reports every detection. A ledger an
-    older veil left inside the folder is a finding. With a ``store`` the audit is
-    recorded as a run of kind ``audit`` and resumes when interrupted; otherwise it runs
-    on a throwaway ledger. The returned :class:`AuditReport` writes the JSON and HTML
-    reports ``veil audit`` writes.
+    The obfuscate ledger (``ledger``, else the one beside the output; an explicit
+    ``ledger`` without a finished run is a :class:`~veil.errors.VeilError`) gives each
+    file's recorded bytes, face boxes, regions and the method. ``regions``: the face
+    boxes per key of an output made elsewhere (``regions_source`` says where they came
+    from, for the report); they are the regions and, where the ledger records no boxes,
+    the boxes the pixel check judges. ``source``: the dataset that was obfuscated; with
+    it, copied files are compared with their sources and obfuscated regions with the
+    source's pixels. ``method``/``method_options``: how an output without a ledger was
+    obfuscated (a ledger's own method wins; a different one is a VeilError).
+
+    With a ``store`` the audit is recorded as a run of kind ``audit`` and resumes when
+    interrupted; otherwise it runs on a throwaway ledger. The returned
+    :class:`AuditReport` writes the JSON and HTML reports ``veil audit`` writes.
     """
     root = Path(dataset.root)
-    if regions is None:
-        given = Path(ledger) if ledger is not None else None
-        regions = regions_from_ledger(root, given)
-        if regions is not None:
-            regions_source = f"the obfuscate ledger {find_ledger(root, given)}"
-        elif given is not None:
-            raise VeilError(f"ledger {given}: no finished obfuscate run there")
-        else:
-            regions = {}
-            regions_source = "none (no ledger and no faces given): every detection is reported"
-    elif regions_source is None:
-        regions_source = "the regions given to veil.audit"
-    summary, findings = _run_audit(
-        dataset, regions, detector=detector, options=options or {}, min_score=min_score,
-        store=store, workers=workers, shard_size=shard_size, max_pixels=max_pixels,
-        progress=progress, backend=backend)
+    given = Path(ledger) if ledger is not None else None
+    found = read_ledger(root, given)
+    if found is None and given is not None:
+        raise VeilError(f"ledger {given}: no finished obfuscate run there")
+    boxes: dict[str, list[Rect]] = {}
+    if regions is not None:
+        boxes = {k: list(v) for k, v in regions.items()}
+        regions_source = regions_source or "the regions given to veil.audit"
+    elif found is not None:
+        regions = {}  # each worker takes them from the ledger's records
+        regions_source = f"the obfuscate ledger {found.path}"
+    else:
+        regions = {}
+        regions_source = "none (no ledger and no faces given): every detection is reported"
+    method, method_options = _method(found, method, method_options)
+    config = {"dataset": str(dataset.root.resolve()), "images": len(dataset),
+              "detector": detector, "options": options or {}, "min_score": min_score,
+              "source": None if source is None else str(source.root.resolve()),
+              "ledger": None if found is None else str(found.path), "method": method,
+              "method_options": method_options}
+    task = AuditTask(
+        str(dataset.root.resolve()), regions, detector, dict(options or {}), min_score,
+        max_pixels=max_pixels, reader=dataset.reader(),
+        ledger=None if found is None else found.reader(),
+        source=None if source is None else source.reader(),
+        source_keys={} if source is None or found is not None else _source_keys(
+            dataset.keys(), source),
+        boxes=boxes, method=method, method_options=method_options,
+        render=None if found is None else _render_settings(found))
+    summary, items = _run_audit(dataset, task, config, store=store, workers=workers,
+                                shard_size=shard_size, progress=progress, backend=backend)
+    known = found.known_hashes() if found is not None else {}
+    report = AuditReport.from_items(
+        str(root), summary, items, detector_label(detector, options or {}), min_score,
+        regions_source, COVERED_FRACTION, known_hashes=known, dataset=dataset, source=source,
+        method=method, ledger=None if found is None else str(found.path))
     inside = published_ledger(root)
     if inside is not None:  # an older veil's ledger, published with the images
-        findings.append(Finding(
+        report.add_finding(Finding(
             inside.relative_to(root).as_posix(), "metadata",
             "veil's obfuscate ledger inside the folder: it records the host name and absolute "
             "paths; run `veil obfuscate` again (it moves the ledger beside the folder) or "
             "delete it before publishing"))
-        summary.counts["metadata findings"] += 1
-    return AuditReport(str(root), summary, findings, detector_label(detector, options or {}),
-                       min_score, regions_source, COVERED_FRACTION, dataset=dataset)
+    return report
+
+
+def _method(found: Ledger | None, method: str | None, options: dict[str, Any] | None
+            ) -> tuple[str | None, dict[str, Any]]:
+    """The method the outputs were made with: the ledger's, else the one given."""
+    if found is None or found.method is None:
+        return method, dict(options or {})
+    if method is not None and (method != found.method
+                               or (options is not None and options != found.options)):
+        raise VeilError(f"the ledger {found.path} says the output was made with "
+                        f"{found.method} {found.options or ''}; --method/--option must not "
+                        "contradict it (leave them out)")
+    return found.method, found.options
+
+
+def _render_settings(found: Ledger) -> dict[str, Any] | None:
+    """The obfuscate run's encoder settings, to re-render its exact output."""
+    config = found.config
+    if "format" not in config:
+        return None
+    return {"fmt": config["format"], "jpeg_quality": config.get("jpeg_quality", 95),
+            "strip_metadata": config.get("strip_metadata", True)}
+
+
+def _source_keys(keys: Sequence[str], source: Dataset) -> dict[str, str]:
+    """Output key -> source key for an output made elsewhere: the same key, or the same
+    key with another suffix (a conversion to PNG)."""
+    by_stem = {str(PurePosixPath(k).with_suffix("")): k for k in source.keys()}
+    mapping = {}
+    for key in keys:
+        if key not in source:
+            match = by_stem.get(str(PurePosixPath(key).with_suffix("")))
+            if match is not None:
+                mapping[key] = match
+    return mapping
 
 
 def _run_audit(
-    dataset: Dataset, regions: dict[str, list[Rect]], *, detector: str,
-    options: dict[str, Any], min_score: float, store: FaceStore | None, workers: int | None,
-    shard_size: int, max_pixels: int | None, progress: bool, backend: str | Backend | None,
-) -> tuple[RunSummary, list[Finding]]:
-    """Run the audit's shards and read back every finding from its ledger."""
+    dataset: Dataset, task: AuditTask, config: dict[str, Any], *, store: FaceStore | None,
+    workers: int | None, shard_size: int, progress: bool, backend: str | Backend | None,
+) -> tuple[RunSummary, list[RunItem]]:
+    """Run the audit's shards and read every image's record back from its ledger."""
     runner = get_backend(backend)
     workers = workers or runner.default_workers()
-    config = {"dataset": str(dataset.root.resolve()), "images": len(dataset),
-              "detector": detector, "options": options, "min_score": min_score}
-    task = AuditTask(str(dataset.root.resolve()), regions, detector, dict(options),
-                     min_score, threads=runner.threads_per_worker(workers),
-                     max_pixels=max_pixels, reader=dataset.reader())
+    task.threads = runner.threads_per_worker(workers)
     with tempfile.TemporaryDirectory(prefix="veil-audit-") as tmp:
         ledger = store if store is not None else FaceStore(Path(tmp) / "ledger.sqlite")
         try:
@@ -240,20 +264,7 @@ def _run_audit(
         finally:
             if store is None:
                 ledger.close()
-    findings = [
-        Finding(f["key"], f["kind"], f["detail"], tuple(f["box"]) if f["box"] else None,
-                f["score"])
-        for item in items if item.status == "ok"
-        for f in (item.info or {}).get("findings", [])
-    ]
     # Counted from the ledger, so a resumed audit reports the whole run.
     summary.errors = [(i.key, i.error or "error") for i in items if i.status == "error"]
-    flagged = {f.key for f in findings}
-    summary.counts = Counter({
-        "images": sum(i.status == "ok" for i in items),
-        "clean images": sum(i.status == "ok" and i.key not in flagged for i in items),
-        "residual faces": sum(f.kind == "face" for f in findings),
-        "metadata findings": sum(f.kind == "metadata" for f in findings),
-        "errors": len(summary.errors),
-    })
-    return summary, findings
+    summary.counts = Counter()
+    return summary, items

@@ -51,6 +51,7 @@ from PIL import Image
 from veil import containers, hf, wds
 from veil.backends import Backend, ShardResult, get_backend
 from veil.boxes import Box, usable_boxes
+from veil.containers import is_jpeg
 from veil.datasets import Dataset, FileReader, ImageReader, is_image_name
 from veil.encoding import (
     SUFFIXES,
@@ -61,7 +62,14 @@ from veil.encoding import (
 from veil.errors import ImageError, VeilError
 from veil.faces import FacesSnapshot
 from veil.files import atomic_copy, atomic_write_bytes, remove_stale_temps, sync_written
-from veil.images import LoadedImage, load_image, max_pixels_limit, plain_jpeg, probe
+from veil.images import (
+    LoadedImage,
+    file_sha256,
+    load_image,
+    max_pixels_limit,
+    plain_jpeg,
+    probe,
+)
 from veil.obfuscation import METHODS, affected_region, obfuscate, read_region
 from veil.obfuscation.array_stages import compiled_passes
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
@@ -165,6 +173,7 @@ class ObfuscateTask:
                 rendered = self.render(key, source)
                 if rendered.output is not None:
                     written.append(self._write(source, rendered))
+                    _record_hashes(rendered, source)
             except (ImageError, OSError) as exc:
                 _record_error(result, key, exc)
             else:
@@ -209,11 +218,13 @@ class ObfuscateTask:
         applied = kept if boxes is not None else None
         if not kept and self.fmt != "png":
             return self._copy(key, source, info, applied)
+        if isinstance(source, Path):  # read once, for whichever path takes it (and its hash)
+            source = _read_quietly(source, head_only=False) or source
         if kept and self.fmt == "keep":
-            if isinstance(source, Path):  # read once, for whichever path takes it
-                source = _read_quietly(source, head_only=False) or source
             window = self._jpeg_domain_window(key, source, kept, info, applied)
             if window is not None:
+                window.info["boxes"] = [list(b.as_xyxy()) for b in kept]  # for `veil audit`
+                window.raw = source if isinstance(source, bytes) else None
                 return window
         loaded = load_image(source, max_pixels=self.max_pixels)
         self._warn_outside(kept, (loaded.width, loaded.height), info)
@@ -234,7 +245,9 @@ class ObfuscateTask:
         info.update(action="obfuscated" if kept else "converted", output=target)
         if kept:
             info["regions"] = [list(r) for r in regions]
-        return Rendered(info, data, target, applied)
+            info["boxes"] = [list(b.as_xyxy()) for b in kept]  # what `veil audit` verifies
+        return Rendered(info, data, target, applied,
+                        source if isinstance(source, bytes) else None)
 
     @staticmethod
     def _warn_outside(kept: list[Box], size: tuple[int, int], info: dict[str, Any]) -> None:
@@ -310,7 +323,9 @@ class ObfuscateTask:
         # Most faceless files are plain JPEGs: a look at their marker segments settles it
         # without Pillow, and the bytes read are the bytes written.
         raw = source if isinstance(source, bytes) else _read_quietly(source, self.link)
-        if raw is not None and plain_jpeg(raw, self.max_pixels):
+        # (and nothing after its end: an appended picture is no part of a plain JPEG)
+        if raw is not None and (self.link or raw.endswith(b"\xff\xd9")) \
+                and plain_jpeg(raw, self.max_pixels):
             return Rendered({**info, "action": "copied", "output": key}, None, key, boxes,
                             None if self.link else raw)
         if raw is not None and not self.link and self.strip_metadata:
@@ -326,11 +341,17 @@ class ObfuscateTask:
             target = output_key(key, suffix)
             return Rendered({**info, "action": "converted", "output": target}, data, target,
                             boxes)
-        if self.strip_metadata and probe(source).metadata:
-            if raw is None or self.link:
-                raw = source.read_bytes() if isinstance(source, Path) else source
-            return Rendered({**info, "action": "copied", "output": key, "stripped": True},
-                            strip_identifying_metadata(raw), key, boxes)
+        if self.strip_metadata:
+            found = probe(source).metadata
+            # A JPEG that is not plain may carry blocks probe does not name (an XMP packet
+            # behind a malformed header, bytes after its end): the strip decides.
+            if found or (raw is not None and is_jpeg(raw)):
+                if raw is None or self.link:
+                    raw = source.read_bytes() if isinstance(source, Path) else source
+                cleaned = strip_identifying_metadata(raw)
+                if found or cleaned != raw:
+                    return Rendered({**info, "action": "copied", "output": key,
+                                     "stripped": True}, cleaned, key, boxes, raw)
         return Rendered({**info, "action": "copied", "output": key}, None, key, boxes)
 
 
@@ -374,6 +395,7 @@ class ShardObfuscateTask(ObfuscateTask):
             outcomes.append((key, rendered))
             if rendered.output is not None:
                 rendered.data = data if rendered.data is None else rendered.data
+                _record_hashes(rendered, data)
                 written[member.name] = rendered
         if written:
             self._write_sample(archive, members, images, written, out)
@@ -474,8 +496,8 @@ class HFShardObfuscateTask(ObfuscateTask):
                 changed[i] = None  # not part of this run (--limit): not published
                 continue
             try:
-                rendered = self.render(key, hf.image_bytes(images[i].as_py(),
-                                                           reader.shard_path(shard)))
+                data = hf.image_bytes(images[i].as_py(), reader.shard_path(shard))
+                rendered = self.render(key, data)
             except (ImageError, OSError) as exc:
                 outcomes.append((key, exc))
                 changed[i] = None
@@ -485,6 +507,7 @@ class HFShardObfuscateTask(ObfuscateTask):
                 changed[i] = None
             else:  # the row keeps its key whatever the format (.png and all)
                 rendered.output = rendered.info["output"] = key
+                _record_hashes(rendered, data)
                 if rendered.data is not None:
                     changed[i] = rendered.data
         return hf.replace_images(batch, reader.image, changed)
@@ -502,6 +525,26 @@ def _read_quietly(path: Path, head_only: bool) -> bytes | None:
             return f.read(_HEAD) if head_only else f.readall()
     except OSError:
         return None
+
+
+def _record_hashes(rendered: Rendered, source: Path | bytes) -> None:
+    """Put the SHA-256 and size of the output, and the SHA-256 of its source, into the
+    image's ledger record, so that `veil audit` can prove each published file is the one
+    written. Hashes the bytes in memory; only a file copied without being read (``--link``,
+    ``--keep-metadata``) is read for it."""
+    info = rendered.info
+    raw = source if isinstance(source, bytes) else rendered.raw
+    if raw is not None:
+        source_sha, size = hashlib.sha256(raw).hexdigest(), len(raw)
+    else:
+        path = cast(Path, source)
+        source_sha, size = file_sha256(path), os.stat(path).st_size
+    if rendered.data is None:  # the source's bytes, unchanged
+        output_sha = source_sha
+    else:
+        output_sha = hashlib.sha256(rendered.data).hexdigest()
+        size = len(rendered.data)
+    info.update(sha256=output_sha, bytes=size, source_sha256=source_sha)
 
 
 def _cleaned_jpeg(raw: bytes, max_pixels: int | None) -> bytes | None:
