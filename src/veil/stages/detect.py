@@ -16,8 +16,15 @@ from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
 from veil.images import load_image
-from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
+from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, make_shards, prepare_run
 from veil.store import FaceStore, ImageRecord, RunItem
+
+#: Images decoded ahead and handed to the detector in one call: up to this many batches'
+#: worth, so images of equal size (which share network runs) can find each other in a
+#: dataset of mixed sizes; a batch of mixed sizes runs one image at a time.
+WINDOW_BATCHES = 8
+#: ... and at most this many decoded pixels (memory stays bounded on huge images).
+WINDOW_PIXELS = 48_000_000
 
 
 @dataclass
@@ -47,27 +54,36 @@ class DetectTask:
 
     def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
         result = ShardResult(index)
-        for start in range(0, len(keys), self.batch_size):
-            self._detect_batch(keys[start : start + self.batch_size], result)
+        ready: list[tuple[str, np.ndarray]] = []
+        pixels = 0
+        for key in keys:
+            pixels += self._read(key, result, ready)
+            if len(ready) >= self.batch_size * WINDOW_BATCHES or pixels >= WINDOW_PIXELS:
+                self._detect_window(ready, result)
+                ready, pixels = [], 0
+        self._detect_window(ready, result)
         return result
 
-    def _detect_batch(self, keys: Sequence[str], result: ShardResult) -> None:
-        ready: list[tuple[str, np.ndarray]] = []
-        for key in keys:
-            try:
-                data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
-            except OSError as exc:
-                self._error(result, key, f"cannot read file: {exc.strerror or exc}")
-                continue
-            try:
-                loaded = load_image(data, max_pixels=self.max_pixels)
-            except ImageError as exc:
-                self._error(result, key, str(exc), sha256=hashlib.sha256(data).hexdigest())
-                continue
-            result.images.append(ImageRecord(
-                key, loaded.width, loaded.height, hashlib.sha256(data).hexdigest(),
-            ))
-            ready.append((key, np.asarray(loaded.image)))
+    def _read(self, key: str, result: ShardResult, ready: list[tuple[str, np.ndarray]]) -> int:
+        """Decode ``key`` into ``ready`` (or record why not); the pixels it added."""
+        try:
+            data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
+        except OSError as exc:
+            self._error(result, key, f"cannot read file: {exc.strerror or exc}")
+            return 0
+        try:
+            loaded = load_image(data, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            self._error(result, key, str(exc), sha256=hashlib.sha256(data).hexdigest())
+            return 0
+        result.images.append(ImageRecord(
+            key, loaded.width, loaded.height, hashlib.sha256(data).hexdigest(),
+        ))
+        ready.append((key, np.asarray(loaded.image)))
+        return loaded.width * loaded.height
+
+    def _detect_window(self, ready: list[tuple[str, np.ndarray]], result: ShardResult) -> None:
+        """Detect in a window of decoded images; the detector batches equal sizes."""
         if not ready:
             return
         found = self._detector.detect([pixels for _, pixels in ready])
@@ -114,6 +130,9 @@ def detect(
     }
     keys = dataset.keys()
     run_id, done = prepare_run(store, "detect", config, keys, shard_size=shard_size, resume=resume)
+    # No more workers than shards left: one shard runs in this process with every core's
+    # threads, not with the share of one of `workers` pool processes (half the speed on 2).
+    workers = max(1, min(workers, len(make_shards(keys, shard_size)) - done))
     task = DetectTask(
         str(dataset.root.resolve()), detector, options, batch_size=batch_size,
         threads=runner.threads_per_worker(workers), max_pixels=max_pixels,
