@@ -96,6 +96,10 @@ def profile_options(profile: str, **overrides: Any) -> dict[str, Any]:
             f"its options: {', '.join(sorted(accepted))}"
         )
     options.update({k: v for k, v in overrides.items() if v is not None})
+    if "views" in PROFILES[profile] and any(
+            overrides.get(k) is not None for k in ("scales", "aspects", "flip")):
+        # The user's scales / flip describe the views afresh: the profile's list yields.
+        options.pop("views")
     if options["base"] != "centerface" and "box_scale" not in overrides:
         options["box_scale"] = (1.0, 1.0)
     return options

@@ -234,6 +234,77 @@ def _affected(size: tuple[int, int], boxes: Sequence[Box], *, method: str,
                       dtype=np.float64).reshape(-1, 4)
 
 
+@dataclass(frozen=True)
+class OperatingCurve:
+    """Recall and precision at every score threshold, from one matching of all detections.
+
+    Greedy matching takes detections by falling score, so the detections kept by a
+    threshold are matched exactly as if the others did not exist: one pass over all
+    detections gives the metrics at every threshold (what tuning a threshold needs,
+    hundreds of times, without re-evaluating).
+    """
+
+    scores: np.ndarray  # every detection's score, highest first
+    true: np.ndarray  # (bool) matched a must-find face one-to-one
+    precise: np.ndarray  # (bool) overlaps some ground-truth face at IoU >= iou
+    must_find: int
+
+    def at(self, threshold: float) -> tuple[float, float]:
+        """``(recall, precision)`` of the detections scoring >= ``threshold``."""
+        kept = int(np.searchsorted(-self.scores, -threshold, side="right"))
+        found, precise = int(self.true[:kept].sum()), int(self.precise[:kept].sum())
+        return _ratio(found, self.must_find), _ratio(precise, kept)
+
+    def best_recall(self, min_precision: float) -> tuple[float, float, float]:
+        """The highest recall whose precision is >= ``min_precision``: ``(recall,
+        precision, threshold)``, the threshold being the lowest score kept (NaNs when no
+        threshold reaches that precision)."""
+        if len(self.scores) == 0 or self.must_find == 0:
+            return math.nan, math.nan, math.nan
+        last = np.append(self.scores[1:] != self.scores[:-1], True)  # whole ties only
+        found = np.cumsum(self.true)[last]
+        precise = np.cumsum(self.precise)[last]
+        kept = np.flatnonzero(last) + 1
+        ok = precise >= min_precision * kept - 1e-9
+        if not ok.any():
+            return math.nan, math.nan, math.nan
+        i = int(np.flatnonzero(ok)[np.argmax(found[ok])])
+        return (float(found[i] / self.must_find), float(precise[i] / kept[i]),
+                float(self.scores[kept[i] - 1]))
+
+
+def operating_curve(
+    ground_truth: Mapping[str, Sequence[Box]],
+    predictions: Mapping[str, Sequence[Box] | np.ndarray],
+    *,
+    invalid: Mapping[str, Sequence[bool]] | None = None,
+    iou: float = 0.5,
+    min_height: float = 16.0,
+) -> OperatingCurve:
+    """The :class:`OperatingCurve` of ``predictions`` (boxes, or ``(n, 5)`` arrays with
+    the score last) over every ground-truth image, by :func:`evaluate_faces`' rules."""
+    scores, true, precise = [], [], []
+    must_find = 0
+    for key in ground_truth:
+        image = _ImageData.build(key, ground_truth[key], predictions.get(key, ()),
+                                 None if invalid is None else invalid.get(key), iou, None,
+                                 coverage=False)
+        targets = image.gt_valid & (image.gt_height >= min_height)
+        label, _ = _greedy_match(image.iou, image.overlaps, targets, iou)
+        must_find += int(targets.sum())
+        scores.append(image.det_score)
+        true.append(label == TRUE)
+        precise.append(image.overlaps.any(axis=1))
+    all_scores = np.concatenate(scores) if scores else np.empty(0)
+    order = np.argsort(-all_scores, kind="stable")
+    return OperatingCurve(
+        all_scores[order],
+        (np.concatenate(true) if true else np.empty(0, bool))[order],
+        (np.concatenate(precise) if precise else np.empty(0, bool))[order],
+        must_find,
+    )
+
+
 def invalid_flags(
     extras: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> dict[str, list[bool]] | None:
@@ -301,27 +372,37 @@ class _ImageData:
         cls,
         key: str,
         gt_boxes: Sequence[Box],
-        det_boxes: Sequence[Box],
+        det_boxes: Sequence[Box] | np.ndarray,
         invalid: Sequence[bool] | None,
         iou: float,
         min_score: float | None,
         region: Callable[[Sequence[Box]], np.ndarray] | None = None,
+        *,
+        coverage: bool = True,
     ) -> _ImageData:
+        """``det_boxes`` are Boxes or an ``(n, 5)`` array (score last); ``coverage=False``
+        skips the coverage shares (left at 0), which only matching does not need."""
         gt_boxes = list(gt_boxes)
         if invalid is not None and len(invalid) != len(gt_boxes):
             raise ValueError(
                 f"{key}: {len(invalid)} invalid flags for {len(gt_boxes)} ground-truth boxes"
             )
         gt = _as_array(gt_boxes)
-        scores = np.array(
-            [math.inf if b.score is None else float(b.score) for b in det_boxes], dtype=np.float64
-        )
-        det = _as_array(det_boxes)
+        if isinstance(det_boxes, np.ndarray):
+            rows = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 5)
+            det, scores = rows[:, :4], rows[:, 4].copy()
+        else:
+            scores = np.array([math.inf if b.score is None else float(b.score)
+                               for b in det_boxes], dtype=np.float64)
+            det = _as_array(det_boxes)
         keep = np.ones(len(det), dtype=bool) if min_score is None else scores >= min_score
         keep &= np.isfinite(det).all(axis=1) & (det[:, 2] > det[:, 0]) & (det[:, 3] > det[:, 1])
         region_coverage = None
         if region is not None:
-            kept = [box for box, k in zip(det_boxes, keep, strict=True) if k]
+            kept = ([Box(*map(float, d), score=float(c)) for d, c in zip(det[keep], scores[keep],
+                                                                         strict=True)]
+                    if isinstance(det_boxes, np.ndarray)
+                    else [box for box, k in zip(det_boxes, keep, strict=True) if k])
             region_coverage = _covered_fractions(gt, region(kept))
         det, scores = det[keep], scores[keep]
         order = np.argsort(-scores, kind="stable")
@@ -333,7 +414,8 @@ class _ImageData:
         return cls(
             key=key, gt=gt, gt_boxes=gt_boxes, gt_height=gt[:, 3] - gt[:, 1], gt_valid=valid,
             det=det, det_score=scores, det_height=det[:, 3] - det[:, 1],
-            overlaps=ious >= iou, iou=ious, coverage=_covered_fractions(gt, det),
+            overlaps=ious >= iou, iou=ious,
+            coverage=_covered_fractions(gt, det) if coverage else np.zeros(len(gt)),
             region_coverage=region_coverage,
         )
 
