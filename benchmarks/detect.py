@@ -169,11 +169,14 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
     log = print if args.verbose else None
     procedures: dict[str, Callable[[Sequence[int]], cv.Settings]] = {
         "fast": fast_procedure(problem),
-        "thorough": thorough_procedure(problem, args.budget, log=log),
+        "balanced": thorough_procedure(problem, cv.BALANCED_BUDGET, log=log),
+        "thorough": thorough_procedure(problem, cv.THOROUGH_BUDGET, log=log),
     }
     if args.free_aspects:
-        procedures["thorough, one-way stretches allowed"] = thorough_procedure(
-            problem, args.budget, symmetric=False, log=log)
+        procedures["balanced, one-way stretches allowed"] = thorough_procedure(
+            problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
+    procedures = {k: v for k, v in procedures.items()
+                  if k.split(",")[0] in args.profiles}
     rows = []
     deface = deface_detector("opencv")(images)
     d = measure_boxes(problem, dict(zip(keys, deface, strict=True)))
@@ -224,11 +227,11 @@ def describe(settings: cv.Settings) -> str:
 def ships(name: str, settings: cv.Settings) -> bool:
     """Whether ``PROFILES[name]`` is what the procedure chose on all images."""
     profile = PROFILES[name]
-    views = sorted(cv.parse_view(v) for v in settings.views)
-    shipped = sorted(cv.ViewSpec("centerface", s, a, f) for s, a, f in
+    chosen = [cv.parse_view(v) for v in settings.views]
+    views = sorted((v.scale, round(v.aspect, 4), v.flip) for v in chosen)
+    shipped = sorted((float(s), round(float(a), 4), bool(f)) for s, a, f in
                      profile.get("views", [(s, 1.0, False) for s in profile["scales"]]))
-    same_views = [(v.scale, round(v.aspect, 4), v.flip) for v in views] == [
-        (v.scale, round(v.aspect, 4), v.flip) for v in shipped]
+    same_views = views == shipped
     return (same_views and tuple(profile["box_scale"]) == settings.box_scale
             and profile["threshold"] == settings.threshold
             and (len(settings.views) == 1 or (
@@ -382,8 +385,9 @@ def main() -> None:
                         help="Which parts to run (comma-separated: cv, speed, imagenette).")
     parser.add_argument("--repeats", type=int, default=5, help="CV repeats (2 folds each).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the CV splits.")
-    parser.add_argument("--budget", type=float, default=cv.THOROUGH_BUDGET,
-                        help="thorough's view megapixels per image (its speed).")
+    parser.add_argument("--profiles", default="fast,balanced,thorough",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="Profiles to cross-validate.")
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")

@@ -276,9 +276,14 @@ def test_multiscale_options_are_checked():
 # --- profiles ---------------------------------------------------------------------------------
 
 def test_profiles_build_by_name_and_take_overrides():
-    assert set(PROFILES) == {"fast", "thorough"}
+    assert set(PROFILES) == {"fast", "balanced", "thorough"}
     detector = create_detector("thorough", threads=2)
-    assert detector.name == "thorough" and detector.flip and len(detector.views(416, 416)) >= 6
+    views = detector.views(416, 416)
+    assert detector.name == "thorough" and len(views) >= 6 and any(v.flip for v in views)
+    # Costs grow profile by profile (view pixels per 416 x 416 image).
+    costs = [sum(v.width * v.height for v in create_detector(p, threads=1).views(416, 416))
+             for p in ("fast", "balanced", "thorough")]
+    assert costs == sorted(costs) and costs[0] == 416 * 416
     assert profile_options("fast", threshold=None)["threshold"] == PROFILES["fast"]["threshold"]
     assert profile_options("fast", threshold=0.5)["threshold"] == 0.5
     assert profile_options("fast", base="mtcnn")["box_scale"] == (1.0, 1.0)

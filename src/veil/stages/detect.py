@@ -25,6 +25,9 @@ from veil.store import FaceStore, ImageRecord, RunItem
 WINDOW_BATCHES = 8
 #: ... and at most this many decoded pixels (memory stays bounded on huge images).
 WINDOW_PIXELS = 48_000_000
+#: Unless told how many workers, a local run starts a pool only with this many shards
+#: per worker; fewer run in this process on every core.
+SHARDS_PER_WORKER = 4
 
 
 @dataclass
@@ -121,6 +124,7 @@ def detect(
     backend; the images' labels from the dataset are recorded in the store's catalogue.
     """
     runner = get_backend(backend)
+    chosen_workers = workers
     workers = workers or runner.default_workers()
     options = dict(options or {})
     config = {
@@ -132,7 +136,12 @@ def detect(
     run_id, done = prepare_run(store, "detect", config, keys, shard_size=shard_size, resume=resume)
     # No more workers than shards left: one shard runs in this process with every core's
     # threads, not with the share of one of `workers` pool processes (half the speed on 2).
-    workers = max(1, min(workers, len(make_shards(keys, shard_size)) - done))
+    pending = len(make_shards(keys, shard_size)) - done
+    if chosen_workers is None and runner.name == "local":
+        # A local pool pays off only with a few shards per worker: with fewer, one worker
+        # finishes early and idles while the other's single thread finishes its shard.
+        workers = min(workers, pending // SHARDS_PER_WORKER)
+    workers = max(1, min(workers, pending))
     task = DetectTask(
         str(dataset.root.resolve()), detector, options, batch_size=batch_size,
         threads=runner.threads_per_worker(workers), max_pixels=max_pixels,
