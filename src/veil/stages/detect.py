@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,16 +57,34 @@ class DetectTask:
         )
 
     def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
+        """Detect window by window while a thread reads and decodes the next window
+        (decoding releases the GIL and fills the gaps the network leaves in the cores)."""
         result = ShardResult(index)
+        pending = iter(keys)
+        with ThreadPoolExecutor(1, thread_name_prefix="veil-decode") as decoder:
+            upcoming = decoder.submit(self._decode_window, pending)
+            while True:
+                read, ready = upcoming.result()
+                if not read.images:
+                    break  # no keys left
+                upcoming = decoder.submit(self._decode_window, pending)
+                result.images.extend(read.images)
+                result.items.extend(read.items)
+                result.counts.update(read.counts)
+                self._detect_window(ready, result)
+        return result
+
+    def _decode_window(self, keys: Iterator[str]
+                       ) -> tuple[ShardResult, list[tuple[str, np.ndarray]]]:
+        """The next window of ``keys``, decoded: records (errors included) and pixels."""
+        read = ShardResult(-1)
         ready: list[tuple[str, np.ndarray]] = []
         pixels = 0
         for key in keys:
-            pixels += self._read(key, result, ready)
+            pixels += self._read(key, read, ready)
             if len(ready) >= self.batch_size * WINDOW_BATCHES or pixels >= WINDOW_PIXELS:
-                self._detect_window(ready, result)
-                ready, pixels = [], 0
-        self._detect_window(ready, result)
-        return result
+                break
+        return read, ready
 
     def _read(self, key: str, result: ShardResult, ready: list[tuple[str, np.ndarray]]) -> int:
         """Decode ``key`` into ``ready`` (or record why not); the pixels it added."""
