@@ -482,3 +482,14 @@ def test_ensemble_fuses_its_members_into_one_box_per_face(astronaut):
         create_detector("ensemble", members=["centerface", "centerface"])
     with pytest.raises(VeilError, match="itself"):
         create_detector("ensemble", members=["ensemble"])
+
+
+def test_help_gives_every_profile_its_held_out_numbers_and_the_command():
+    from veil.detection.profiles import HELD_OUT, MEASURED_BY, profiles_help
+
+    text = profiles_help()
+    assert set(HELD_OUT) == set(PROFILES)
+    for name in PROFILES:
+        assert f"'{name}' (" in text
+    assert text.count("held-out recall") == len(PROFILES) and "img/s" in text
+    assert MEASURED_BY in text and "SPEED" not in text

@@ -97,9 +97,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 #: held-out recall@IoU0.5 / precision (must-find faces, 2-fold CV by image, 5 repeats, on
 #: the 97 WIDER FACE val images) and ``veil detect`` speed end to end on 2 cores.
 HELD_OUT: dict[str, str] = {
-    "fast": "1 view; held-out recall 0.747, precision 0.543; ~SPEED_FAST img/s",
-    "balanced": "5 views; held-out recall 0.777, precision 0.811; ~SPEED_BALANCED img/s",
-    "thorough": "9 views; held-out recall 0.828, precision 0.821; ~SPEED_THOROUGH img/s",
+    "fast": "1 view; held-out recall 0.747, precision 0.543; ~37 img/s",
+    "balanced": "5 views; held-out recall 0.777, precision 0.811; ~4.5 img/s",
+    "thorough": "9 views; held-out recall 0.828, precision 0.821; ~1.7 img/s",
 }
 MEASURED_BY = "python benchmarks/detect.py --sections cv,speed"
 
