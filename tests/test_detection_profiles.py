@@ -165,6 +165,39 @@ def test_plan_views_stretch_one_side_per_aspect():
     assert [(v.width, v.height) for v in capped] == [(1000, 500), (1000, 1000)]
 
 
+def test_plan_views_takes_an_explicit_view_list_in_its_order():
+    views = plan_views(416, 416, (9,), flip=False, tile_size=2048, tile_overlap=256,
+                       max_side=4096, size_multiple=32,
+                       passes=[(1.5, 1.5, True), (1, 1, False), (1.5, 1.5, True), (2, 1, True)])
+    assert [(v.width, v.height, v.flip, v.pass_index) for v in views] == [
+        (928, 640, True, 0), (416, 416, False, 1), (832, 832, True, 2)]  # repeats dropped
+    with pytest.raises(VeilError, match="view"):
+        MultiScaleDetector(views=[(1, 1)])
+    with pytest.raises(VeilError, match="at least one"):
+        MultiScaleDetector(views=[])
+
+
+def test_compiled_fusion_gives_the_numpy_clusters(monkeypatch):
+    from veil.detection import fusion
+
+    rng = np.random.default_rng(0)
+    views = []
+    for _ in range(10):  # ten views of 40 faces, jittered: 400 boxes
+        centres = rng.uniform(0, 400, (40, 2))
+        sides = rng.uniform(10, 60, (40, 1))
+        boxes = np.hstack([centres - sides / 2, centres + sides / 2]) + rng.normal(0, 2, (40, 4))
+        views.append(np.hstack([boxes, rng.uniform(0.05, 1, (40, 1))]))
+    assert sum(int((v[:, 4] >= 0.1).sum()) for v in views) >= fusion.COMPILED_FROM
+    if fusion._kernel() is None:
+        pytest.skip("numba is not installed")
+    for score in ("mean", "rms", "max"):
+        compiled = weighted_box_fusion(views, 0.55, skip_below=0.1, score=score)
+        monkeypatch.setattr(fusion, "COMPILED_FROM", 10**9)
+        plain = weighted_box_fusion(views, 0.55, skip_below=0.1, score=score)
+        monkeypatch.setattr(fusion, "COMPILED_FROM", 256)
+        assert np.array_equal(compiled, plain)
+
+
 def test_boxes_map_back_through_scale_flip_and_tile_and_cut_ones_are_dropped():
     view = View(0, 2.0, 2.0, 1000, 0, 500, 400, True, (True, False, True, False))
     boxes = [Box(100, 10, 140, 50, score=0.9),  # mirrored: x 360..400 in the tile
@@ -243,9 +276,14 @@ def test_multiscale_options_are_checked():
 # --- profiles ---------------------------------------------------------------------------------
 
 def test_profiles_build_by_name_and_take_overrides():
-    assert set(PROFILES) == {"fast", "thorough"}
+    assert set(PROFILES) == {"fast", "balanced", "thorough"}
     detector = create_detector("thorough", threads=2)
-    assert detector.name == "thorough" and detector.flip and len(detector.views(416, 416)) >= 6
+    views = detector.views(416, 416)
+    assert detector.name == "thorough" and len(views) >= 6 and any(v.flip for v in views)
+    # Costs grow profile by profile (view pixels per 416 x 416 image).
+    costs = [sum(v.width * v.height for v in create_detector(p, threads=1).views(416, 416))
+             for p in ("fast", "balanced", "thorough")]
+    assert costs == sorted(costs) and costs[0] == 416 * 416
     assert profile_options("fast", threshold=None)["threshold"] == PROFILES["fast"]["threshold"]
     assert profile_options("fast", threshold=0.5)["threshold"] == 0.5
     assert profile_options("fast", base="mtcnn")["box_scale"] == (1.0, 1.0)
@@ -253,6 +291,11 @@ def test_profiles_build_by_name_and_take_overrides():
         profile_options("fast", scale=2)
     with pytest.raises(VeilError, match="unknown profile"):
         profile_options("medium")
+    # A profile with a chosen view list gives way to the user's own scales or flip.
+    if "views" in PROFILES["thorough"]:
+        assert "views" not in profile_options("thorough", scales=(1, 2))
+        assert profile_options("thorough", threshold=0.3)["views"] == PROFILES["thorough"][
+            "views"]
 
 
 def test_settings_map_onto_a_detector_and_its_options():
@@ -439,3 +482,14 @@ def test_ensemble_fuses_its_members_into_one_box_per_face(astronaut):
         create_detector("ensemble", members=["centerface", "centerface"])
     with pytest.raises(VeilError, match="itself"):
         create_detector("ensemble", members=["ensemble"])
+
+
+def test_help_gives_every_profile_its_held_out_numbers_and_the_command():
+    from veil.detection.profiles import HELD_OUT, MEASURED_BY, profiles_help
+
+    text = profiles_help()
+    assert set(HELD_OUT) == set(PROFILES)
+    for name in PROFILES:
+        assert f"'{name}' (" in text
+    assert text.count("held-out recall") == len(PROFILES) and "img/s" in text
+    assert MEASURED_BY in text and "SPEED" not in text

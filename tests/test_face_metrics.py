@@ -194,6 +194,41 @@ def test_json_output_is_standard_even_when_rates_are_undefined():
     assert data["overall"]["recall"] is None and data["overall"]["ap"] is None
 
 
+# --- coverage under an obfuscation method's region --------------------------------------------
+
+def test_region_coverage_counts_a_face_the_blur_hides_but_the_box_does_not_cover():
+    from veil.obfuscation import affected_region
+
+    face = box(10, 10, 50, 50)
+    short = box(10, 10, 50, 36, score=0.9)  # 65% of the face: not covered by the box
+    result = evaluate_faces({"a": [face]}, {"a": [short]}, method="blur",
+                            sizes={"a": (200, 200)})
+    assert result.overall.coverage_recall == 0.0
+    assert result.overall.region_coverage_recall == 1.0
+    assert result.uncovered == []  # the list follows the method once one is given
+    # The region is the obfuscation's own (no copy): the same rectangles give the same share.
+    rects = affected_region((200, 200), [short], "blur")
+    assert covered_fraction(face, [Box(*map(float, r)) for r in rects]) == 1.0
+    # overlay without enlargement changes exactly the box's pixels: no more than the box.
+    plain = evaluate_faces({"a": [face]}, {"a": [short]}, method="overlay",
+                           sizes={"a": (200, 200)})
+    assert plain.overall.region_coverage_recall == 0.0
+    assert plain.uncovered[0].coverage == (pytest.approx(0.65),)
+
+
+def test_region_coverage_is_clipped_to_the_image_and_needs_its_size():
+    face = box(0, 0, 20, 20)
+    with pytest.raises(ValueError, match="size of every image"):
+        evaluate_faces({"a": [face]}, {"a": [face]}, method="blur")
+    with pytest.raises(ValueError, match="no option"):
+        evaluate_faces({"a": [face]}, {"a": [face]}, method="blur", sizes={"a": (9, 9)},
+                       method_options={"radius": 3})
+    # A 9 x 9 image holds only part of the face: the region cannot reach beyond it.
+    clipped = evaluate_faces({"a": [face]}, {"a": [face]}, method="blur", sizes={"a": (9, 9)})
+    assert clipped.overall.region_coverage_recall == 0.0
+    assert math.isnan(evaluate_faces({"a": [face]}, {"a": [face]}).overall.region_coverage_recall)
+
+
 # --- veil eval-faces --------------------------------------------------------------------------
 
 def _paper(path: Path, faces: dict[str, list[dict]]) -> Path:
@@ -304,3 +339,44 @@ def test_one_store_rule_for_eval_faces_and_faces_sources(files, tmp_path, monkey
     assert result.exit_code != 0 and "no detection run" in result.output
     result = CliRunner().invoke(eval_faces, [str(pred), str(tmp_path / "new.sqlite")])
     assert result.exit_code != 0 and "no face store at" in result.output
+
+
+# --- veil eval-faces --method -----------------------------------------------------------------
+
+def test_cli_method_reports_coverage_under_the_blur_beside_the_boxes(files, tmp_path):
+    from PIL import Image
+
+    gt, _ = files
+    (tmp_path / "images").mkdir()
+    for name in ("a.jpg", "b.jpg"):  # sizes come from the images beside the faces file
+        Image.new("RGB", (400, 100)).save(tmp_path / "images" / name)
+    pred = _paper(tmp_path / "short.json", {
+        "images/a.jpg": [{"x0": 0, "y0": 0, "x1": 20, "y1": 13, "score": 0.9}],
+        "images/b.jpg": [{"x0": 0, "y0": 0, "x1": 40, "y1": 26, "score": 0.9}],
+    })
+    result = CliRunner().invoke(eval_faces, [str(gt), str(pred), "--method", "blur"])
+    assert result.exit_code == 0, result.output
+    header, _, all_row = result.output.splitlines()[3:6]
+    assert "under blur" in header
+    assert all_row.split()[3:5] == ["0.000", "1.000"]  # boxes cover 65%, the blur all
+    assert "every must-find face is covered" in result.output
+    data = json.loads(CliRunner().invoke(
+        eval_faces, [str(gt), str(pred), "--method", "overlay", "-o", "expand_fraction=0.5",
+                     "--json"]).output)
+    assert data["overall"]["region_coverage_recall"] == 1.0
+    assert data["settings"]["method_options"] == {"expand_fraction": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "blur"], "--images"),  # no images beside the faces file: no sizes
+        (["--method", "blur", "-o", "radius=3"], "no option 'radius'"),
+        (["-o", "expand_fraction=0.2"], "--option needs --method"),
+    ],
+)
+def test_cli_method_errors(files, extra, message):
+    gt, pred = files
+    result = CliRunner().invoke(eval_faces, [str(gt), str(pred), *extra])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output

@@ -64,6 +64,10 @@ class RunSummary:
     seconds: float = 0.0
     resumed_shards: int = 0
     interrupted: bool = False
+    #: Seconds before the first shard started working (a worker's set-up: loading a
+    #: model, spawning a pool): the first result's arrival less its own work. None
+    #: until a shard finishes.
+    startup_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -72,6 +76,12 @@ class RunSummary:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def images_per_second_after_startup(self) -> float:
+        """Throughput once workers were set up: what a larger run converges to."""
+        working = self.seconds - (self.startup_seconds or 0.0)
+        return self.images / working if working > 0 else 0.0
 
 
 def make_shards(keys: Sequence[str], shard_size: int = DEFAULT_SHARD_SIZE) -> list[list[str]]:
@@ -139,6 +149,9 @@ def execute(
                 store.fail_shard(run_id, index, message)
                 summary.failed_shards.append((index, message))
             else:
+                if summary.startup_seconds is None:
+                    arrived = time.perf_counter() - start
+                    summary.startup_seconds = max(0.0, arrived - outcome.seconds)
                 if postprocess is not None:
                     postprocess(outcome)
                 store.complete_shard(
@@ -166,6 +179,8 @@ def execute(
         store.finish_run(run_id, status, timings={
             "seconds": round(summary.seconds, 3), "images": summary.images,
             "images_per_second": round(summary.images_per_second, 3), "workers": workers,
+            "startup_seconds": (None if summary.startup_seconds is None
+                                else round(summary.startup_seconds, 3)),
             **runner.describe(),
         })
     return summary

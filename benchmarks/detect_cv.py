@@ -1,0 +1,400 @@
+"""Cross-validated tuning of the detection profiles, from cached view outputs.
+
+A profile is a set of *views* (a detector on the image at a scale, an aspect stretch,
+mirrored or not) whose boxes are fused into one box per face, then reshaped and
+thresholded. Every view's raw boxes are computed once per image (the expensive part:
+the networks) by the same code the detector runs (:func:`view_boxes`), and everything
+after that (which views, how to fuse, the box shape, the threshold) is a function of
+those boxes (:func:`veil.detection.multiscale.merge_views`), so the *selection
+procedure* can be run hundreds of times on halves of the images and judged on the
+other halves:
+
+- :func:`select` is the procedure: views chosen greedily by training recall gained per
+  second of network time within a budget, fusion settings from a small grid, the box
+  shape fitted (median size ratio of matched faces), the threshold that keeps the most
+  training recall at precision >= 0.8. Every choice sees only its training images.
+- :func:`cross_validate` runs it on repeated 2-fold splits by image and measures each
+  held-out half; :func:`select` on all images gives the shipped settings, and the
+  held-out numbers are the honest estimate of how they do on new photos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veil.boxes import Box
+from veil.detection.fusion import fuse
+from veil.detection.multiscale import (
+    boxes_to_source,
+    finish_boxes,
+    merge_views,
+    plan_views,
+    render_view,
+)
+from veil.evaluation import evaluate_faces, operating_curve
+
+MIN_PRECISION = 0.8
+#: The precision the threshold must keep on the *training* images: a threshold at the
+#: edge of 0.8 there lands just under 0.8 on new images (held-out 0.79 at 0.80 in-sample
+#: in the first cross-validation), so the procedure keeps a margin.
+TRAIN_PRECISION = 0.82
+#: Network work per image in view megapixels (CenterFace runs a 416 x 416 view, 0.17 MP,
+#: in ~18 ms on 2 cores): balanced ~1.6 MP for >= 5 img/s end to end, thorough ~6 MP
+#: for >= 1.5 img/s (decoding, resizing views and fusion take the rest).
+BALANCED_BUDGET = 1.6
+THOROUGH_BUDGET = 6.0
+#: Fusion settings the procedure may choose from (scores, cluster IoU, last NMS).
+FUSION_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"fusion_score": score, "fusion_iou": iou, "dedupe_iou": dedupe}
+    for score in ("mean", "rms")
+    for iou in (0.45, 0.55, 0.65)
+    for dedupe in (None, 0.3, 0.45)
+)
+DEFAULT_FUSION = {"fusion_score": "rms", "fusion_iou": 0.55, "dedupe_iou": 0.3}
+CANDIDATE_THRESHOLD = 0.05  # what every view reports (fusion may skip more)
+#: The lowest final threshold the search considers (fused scores below it are never
+#: kept at precision 0.8; ignoring them makes each trial cheaper).
+SEARCH_FLOOR = 0.1
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view: ``family`` ('centerface' or 'retinaface') at ``scale`` x ``aspect``."""
+
+    family: str
+    scale: float
+    aspect: float = 1.0
+    flip: bool = False
+
+    @property
+    def name(self) -> str:
+        prefix = "rf_" if self.family == "retinaface" else ""
+        aspect = "" if self.family == "retinaface" else f"_a{self.aspect:.7g}"
+        return f"{prefix}s{self.scale:g}{aspect}_f{int(self.flip)}"
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The view's pixel size (the network's input) for a ``width`` x ``height`` image."""
+        (view,) = plan_views(width, height, (self.scale,), flip=False, tile_size=1 << 16,
+                             tile_overlap=0, max_side=1 << 16, size_multiple=32,
+                             aspects=(self.aspect,))
+        return view.width, view.height
+
+
+def parse_view(name: str) -> ViewSpec:
+    """The :class:`ViewSpec` of a :attr:`ViewSpec.name`."""
+    family = "retinaface" if name.startswith("rf_") else "centerface"
+    parts = dict((p[0], p[1:]) for p in name.removeprefix("rf_").split("_"))
+    return ViewSpec(family, float(parts["s"]), float(parts.get("a", 1.0)), parts["f"] == "1")
+
+
+@dataclass
+class ViewCache:
+    """Raw boxes ``(n, 5)`` in source pixels, per view name, per image (keys' order)."""
+
+    keys: list[str]
+    boxes: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # view megapixels per image
+
+    @classmethod
+    def load(cls, folder: Path, keys: list[str], size: tuple[int, int]) -> ViewCache:
+        """Every cached view of these ``keys``. A view's cost is its megapixels for an
+        image of ``size``: the networks' time grows with pixels, and a cost that does
+        not depend on how busy the machine was keeps the selection reproducible."""
+        cache = cls(keys)
+        for path in sorted(folder.glob("*.pkl")):
+            data = pickle.loads(path.read_bytes())
+            if data["keys"] == keys:
+                w, h = parse_view(path.stem).size(*size)
+                cache.boxes[path.stem] = data["boxes"]
+                cache.cost[path.stem] = w * h / 1e6
+        return cache
+
+
+def view_boxes(detect: Callable[[list[np.ndarray]], list[list[Box]]], spec: ViewSpec,
+               images: Sequence[np.ndarray], batch: int = 8) -> list[np.ndarray]:
+    """``spec``'s raw boxes on every image, by the multi-scale detector's own view code."""
+    rendered, views = [], []
+    for image in images:
+        height, width = image.shape[:2]
+        (view,) = plan_views(width, height, (spec.scale,), flip=False, tile_size=1 << 16,
+                             tile_overlap=0, max_side=1 << 16, size_multiple=32,
+                             aspects=(spec.aspect,))
+        view = dataclasses.replace(view, flip=spec.flip)
+        rendered.append(render_view(image, view, {}))
+        views.append(view)
+    found: list[list[Box]] = []
+    for i in range(0, len(rendered), batch):
+        found.extend(detect(rendered[i:i + batch]))
+    return [boxes_to_source(b, v) for b, v in zip(found, views, strict=True)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What :func:`select` chose: everything a profile needs after its views ran."""
+
+    views: tuple[str, ...]
+    fusion_score: str
+    fusion_iou: float
+    dedupe_iou: float | None
+    box_scale: tuple[float, float]
+    threshold: float
+    cost: float  # view megapixels per image
+
+    def merge(self, cache: ViewCache, index: int, width: int, height: int,
+              threshold: float | None = None) -> np.ndarray:
+        return merge_views(
+            [cache.boxes[v][index] for v in self.views], width, height,
+            fusion="wbf", fusion_iou=self.fusion_iou, fusion_score=self.fusion_score,
+            candidate_threshold=CANDIDATE_THRESHOLD,
+            threshold=self.threshold if threshold is None else threshold,
+            box_scale=self.box_scale, dedupe_iou=self.dedupe_iou)
+
+
+@dataclass
+class Problem:
+    """The images, their ground truth and sizes, and the cached views."""
+
+    cache: ViewCache
+    gt: dict[str, list[Box]]
+    invalid: dict[str, list[bool]] | None
+    sizes: dict[str, tuple[int, int]]
+    _fused: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def fused_raw(self, settings: Settings, index: int) -> np.ndarray:
+        """Fusion's output (before threshold, reshaping and last NMS) for one image,
+        boxes scoring >= :data:`SEARCH_FLOOR` only, remembered: greedy search and the
+        folds ask for the same view sets again and again."""
+        key = (settings.views, settings.fusion_score, settings.fusion_iou, index)
+        found = self._fused.get(key)
+        if found is None:
+            if len(self._fused) > 400_000:
+                self._fused.clear()
+            found = fuse([self.cache.boxes[v][index] for v in settings.views], "wbf",
+                         settings.fusion_iou, skip_below=CANDIDATE_THRESHOLD,
+                         score=settings.fusion_score)
+            found = found[found[:, 4] >= SEARCH_FLOOR]
+            self._fused[key] = found
+        return found
+
+    def curve_boxes(self, settings: Settings, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """Every image's final boxes scoring >= :data:`SEARCH_FLOOR` (each threshold's
+        boxes are a prefix of these: see :func:`finish_boxes`)."""
+        out = {}
+        for i in indices:
+            key = self.cache.keys[i]
+            out[key] = finish_boxes(self.fused_raw(settings, i), *self.sizes[key],
+                                    threshold=SEARCH_FLOOR, box_scale=settings.box_scale,
+                                    dedupe_iou=settings.dedupe_iou)
+        return out
+
+    def subset(self, indices: Sequence[int]) -> tuple[list[int], dict[str, list[Box]]]:
+        keys = [self.cache.keys[i] for i in indices]
+        return list(indices), {k: self.gt[k] for k in keys}
+
+    def fused(self, settings: Settings, indices: Sequence[int], threshold: float | None = None
+              ) -> dict[str, np.ndarray]:
+        out = {}
+        for i in indices:
+            key = self.cache.keys[i]
+            out[key] = settings.merge(self.cache, i, *self.sizes[key], threshold=threshold)
+        return out
+
+
+def fit_box_scale(problem: Problem, fused: Mapping[str, np.ndarray], min_score: float = 0.3
+                  ) -> tuple[float, float]:
+    """Median (width, height) ratio of ground truth to boxes over matched must-find faces
+    (IoU >= 0.3, confident boxes), rounded to 0.01: one fitted number per side."""
+    from veil.detection.nms import pairwise_iou
+
+    ratios = []
+    for key, boxes in fused.items():
+        boxes = boxes[boxes[:, 4] >= min_score]
+        gt = np.array([b.as_xyxy() for b in problem.gt[key]]).reshape(-1, 4)
+        valid = ~np.asarray(problem.invalid[key] if problem.invalid else [False] * len(gt),
+                            dtype=bool)
+        gt = gt[valid & (gt[:, 3] - gt[:, 1] >= 16)]
+        if not len(gt) or not len(boxes):
+            continue
+        iou = pairwise_iou(boxes[:, :4], gt)
+        taken = np.zeros(len(gt), bool)
+        for d in range(len(boxes)):
+            free = np.where(taken, -1.0, iou[d])
+            g = int(np.argmax(free))
+            if free[g] >= 0.3:
+                taken[g] = True
+                ratios.append(((gt[g, 2] - gt[g, 0]) / (boxes[d, 2] - boxes[d, 0]),
+                               (gt[g, 3] - gt[g, 1]) / (boxes[d, 3] - boxes[d, 1])))
+    if not ratios:
+        return 1.0, 1.0
+    median = np.median(np.array(ratios), axis=0)
+    return float(np.round(median[0], 2)), float(np.round(median[1], 2))
+
+
+def objective(problem: Problem, settings: Settings, indices: Sequence[int]
+              ) -> tuple[float, Settings]:
+    """Training recall at precision >= :data:`TRAIN_PRECISION`, with the box shape and
+    threshold fitted."""
+    _, gt = problem.subset(indices)
+    raw = dataclasses.replace(settings, box_scale=(1.0, 1.0), dedupe_iou=None)
+    box_scale = fit_box_scale(problem, problem.curve_boxes(raw, indices))
+    shaped = dataclasses.replace(settings, box_scale=box_scale)
+    curve = operating_curve(gt, problem.curve_boxes(shaped, indices), invalid=problem.invalid)
+    recall, _, threshold = curve.best_recall(TRAIN_PRECISION)
+    if math.isnan(recall):
+        return 0.0, dataclasses.replace(shaped, threshold=1.0)
+    return recall, dataclasses.replace(shaped, threshold=math.floor(threshold * 1000) / 1000)
+
+
+def select(problem: Problem, indices: Sequence[int], *,
+           candidates: Sequence[tuple[str, ...]], budget: float,
+           fixed_views: Sequence[str] = (), grid: bool = True,
+           log: Callable[[str], None] | None = None) -> Settings:
+    """The selection procedure on the training images ``indices`` (see the module doc).
+
+    Views: greedy from ``fixed_views``, each step adding the candidate (a group of views
+    taken together, e.g. a stretch in both directions) with the most training recall
+    gained per second of cost that still fits ``budget`` (seconds per image), until
+    none gains. Then fusion settings from :data:`FUSION_GRID` (``grid``), the box shape
+    and the threshold, all on the same training images.
+    """
+    cost = problem.cache.cost
+    base = Settings(tuple(fixed_views), threshold=0.0, box_scale=(1.0, 1.0),
+                    cost=sum(cost[v] for v in fixed_views), **DEFAULT_FUSION)
+    current = objective(problem, base, indices)[0] if fixed_views else 0.0
+    chosen = list(fixed_views)
+    while True:
+        best: tuple[float, tuple[str, ...], float] | None = None
+        spent = sum(cost[v] for v in chosen)
+        for group in candidates:
+            extra = sum(cost[v] for v in group)
+            if any(v in chosen for v in group) or spent + extra > budget:
+                continue
+            trial = dataclasses.replace(base, views=(*chosen, *group))
+            value = objective(problem, trial, indices)[0]
+            gain = (value - current) / extra
+            if value > current and (best is None or gain > best[0]):
+                best = (gain, group, value)
+        if best is None:
+            break
+        chosen.extend(best[1])
+        current = best[2]
+        if log:
+            log(f"    + {'+'.join(best[1]):<40} recall {current:.3f}  cost "
+                f"{sum(cost[v] for v in chosen):.2f} MP/img")
+    base = dataclasses.replace(base, views=tuple(chosen), cost=sum(cost[v] for v in chosen))
+    options = FUSION_GRID if grid else (DEFAULT_FUSION,)
+    scored = [objective(problem, dataclasses.replace(base, **fusion), indices)
+              for fusion in options]
+    return max(scored, key=lambda pair: pair[0])[1]
+
+
+def candidate_groups(views: Sequence[str], *, symmetric: bool) -> list[tuple[str, ...]]:
+    """Candidates for :func:`select`: single views, or with ``symmetric`` a stretch only
+    together with the opposite stretch (a and 1/a), so no direction of stretching is
+    assumed (a sample whose photos were all squeezed one way would otherwise teach it)."""
+    if not symmetric:
+        return [(v,) for v in views]
+    groups: list[tuple[str, ...]] = []
+    for name in views:
+        spec = parse_view(name)
+        if spec.aspect == 1.0:
+            groups.append((name,))
+        elif spec.aspect > 1.0:
+            mirror = dataclasses.replace(spec, aspect=1.0 / spec.aspect)
+            twin = next((v for v in views if _same(parse_view(v), mirror)), None)
+            if twin is not None:
+                groups.append((name, twin))
+    return groups
+
+
+def _same(a: ViewSpec, b: ViewSpec) -> bool:
+    return (a.family, a.scale, a.flip) == (b.family, b.scale, b.flip) and math.isclose(
+        a.aspect, b.aspect, rel_tol=1e-4)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Held-out (or in-sample) numbers of one settings on some images."""
+
+    recall: float
+    precision: float
+    coverage32: float  # must-find faces >= 32 px with >= 70% under the boxes
+    blur32: float  # ... under the paper blur's changed region
+    faces: int
+    faces32: int
+
+
+def measure(problem: Problem, settings: Settings, indices: Sequence[int]) -> Measured:
+    """Recall and precision (DESIGN.md's must-find faces) and coverage of faces >= 32 px,
+    by ``veil.evaluation`` itself, on ``indices``."""
+    return measure_fused(problem, problem.fused(settings, indices))
+
+
+@dataclass
+class CVResult:
+    in_sample: Measured
+    settings: Settings  # chosen on all images
+    held_out: list[Measured]  # one per repeat: both held-out halves pooled
+    fold_settings: list[Settings]
+
+
+def cross_validate(problem: Problem, *, repeats: int, seed: int,
+                   choose: Callable[[Sequence[int]], Settings],
+                   log: Callable[[str], None] | None = None) -> CVResult:
+    """Repeated 2-fold CV by image of the procedure ``choose(training indices)``.
+
+    Each repeat splits the images in two at random; settings chosen on one half are
+    measured on the other, both ways; the two halves' detections are pooled into one
+    evaluation of every image (so held-out and in-sample numbers count the same faces).
+    """
+    n = len(problem.cache.keys)
+    rng = np.random.default_rng(seed)
+    held: list[Measured] = []
+    fold_settings: list[Settings] = []
+    for r in range(repeats):
+        order = rng.permutation(n)
+        halves = [sorted(order[: n // 2].tolist()), sorted(order[n // 2:].tolist())]
+        fused: dict[str, np.ndarray] = {}
+        for train, test in (halves, halves[::-1]):
+            start = time.perf_counter()
+            chosen = choose(train)
+            fold_settings.append(chosen)
+            fused.update(problem.fused(chosen, test))
+            if log:
+                log(f"  repeat {r + 1} fold: {len(chosen.views)} views, threshold "
+                    f"{chosen.threshold:.3f}, box {chosen.box_scale}, "
+                    f"{chosen.fusion_score}/{chosen.fusion_iou}/{chosen.dedupe_iou} "
+                    f"({time.perf_counter() - start:.0f} s)")
+        held.append(measure_fused(problem, fused))
+    settings = choose(list(range(n)))
+    return CVResult(measure(problem, settings, range(n)), settings, held, fold_settings)
+
+
+def measure_fused(problem: Problem, fused: Mapping[str, np.ndarray]) -> Measured:
+    """:func:`measure` for detections already made (each at its own fold's settings)."""
+    gt = {k: problem.gt[k] for k in fused}
+    boxes = {k: [Box(*map(float, r[:4]), score=float(r[4])) for r in v]
+             for k, v in fused.items()}
+    sizes = {k: problem.sizes[k] for k in gt}
+    overall = evaluate_faces(gt, boxes, invalid=problem.invalid).overall
+    large = evaluate_faces(gt, boxes, invalid=problem.invalid, min_height=32.0,
+                           method="blur", sizes=sizes).overall
+    return Measured(overall.recall, overall.precision, large.coverage_recall,
+                    large.region_coverage_recall, overall.must_find, large.must_find)
+
+
+def summarise(values: Sequence[float]) -> str:
+    """Mean over repeats, with the range."""
+    array = np.asarray(values, dtype=float)
+    if len(array) == 1:
+        return f"{array[0]:.3f}"
+    return f"{array.mean():.3f} ({array.min():.3f}-{array.max():.3f})"
