@@ -26,9 +26,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
+    "CommitOnExit",
     "atomic_copy",
     "atomic_path",
     "atomic_write_bytes",
@@ -226,3 +227,24 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """``data`` as indented UTF-8 JSON with a final newline, written atomically."""
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+class CommitOnExit:
+    """A writer used as ``with``: its :meth:`commit` runs when the block ends cleanly,
+    its :meth:`abort` (remove what was half written) when it raises. Shard writers of
+    every layout (WebDataset tars, Parquet and Arrow shards) share this rule."""
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()

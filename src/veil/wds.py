@@ -262,7 +262,7 @@ class TarReader:
 # --------------------------------------------------------------------------- writing
 
 
-class ShardWriter:
+class ShardWriter(files.CommitOnExit):
     """Write one tar shard atomically: members go to a temp file beside the target,
     which replaces the target only on ``commit`` (fsynced, and its directory after the
     rename)."""
@@ -295,12 +295,3 @@ class ShardWriter:
         self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, kind: object, *exc: object) -> None:
-        if kind is None:
-            self.commit()
-        else:
-            self.abort()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from veil.files import atomic_copy, fsync_directory, temp_path, write_json
+from veil.files import CommitOnExit, atomic_copy, fsync_directory, temp_path, write_json
 from veil.hf.layout import DICT_FILE, INFO_FILE, META_KEY, STATE_FILE, Layout, Shard, read_json
 from veil.hf.storage import is_arrow, require_pyarrow, shard_schema
 
@@ -87,7 +87,7 @@ def _parquet_options(path: Path) -> tuple[dict[str, Any], dict[bytes, bytes]]:
     return options, extra
 
 
-class ShardWriter:
+class ShardWriter(CommitOnExit):
     """Write one shard (Parquet or Arrow stream, as ``source``) with ``source``'s schema
     and settings, atomically: a temp file beside ``target`` (the name
     :func:`veil.files.remove_stale_temps` cleans), fsynced and renamed on ``commit``."""
@@ -142,15 +142,6 @@ class ShardWriter:
                 self._sink.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, kind: object, *exc: object) -> None:
-        if kind is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 def write_sidecars(layout: Layout, out: Path, written: Sequence[Shard], fingerprint: str
