@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from runs import done_shards
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach the Hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -307,14 +307,6 @@ def _face_photos(folder: Path, count: int, size: int = 640) -> list[Photo]:
     return made
 
 
-def _done_shards(ledger: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=0.2) as db:
-            return db.execute("select count(*) from shards where status = 'done'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_bytes(tmp_path: Path) -> None:
     made = _face_photos(tmp_path / "photos", 48)
@@ -329,11 +321,11 @@ def test_a_killed_run_resumes_to_the_same_bytes(tmp_path: Path) -> None:
     process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while _done_shards(ledger_path(out)) < 4 and time.monotonic() < deadline:
+    while done_shards(ledger_path(out)) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = _done_shards(ledger_path(out))
+    done = done_shards(ledger_path(out))
     assert 4 <= done < 24, f"the kill came too late to test a resume ({done} shards done)"
     assert _files(out) != _files(reference)
 

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from corpus import insert_jpeg_segment, iptc_app13, jpeg_bytes, marked_image, photo, write_corpus
 from PIL import Image
+from runs import done_shards
 
 from veil.boxes import Box
 from veil.cli import main
@@ -218,14 +219,6 @@ def test_unannotated_images_are_errors_by_default(tmp_path):
     assert copied.ok and (tmp_path / "b" / missing).exists()
 
 
-def _done_shards(ledger: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=0.2) as db:
-            return db.execute("select count(*) from shards where status = 'done'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_bytes(tmp_path):
     root, faces_boxes = _faces_dataset(tmp_path / "data", 48, size=640)
@@ -241,11 +234,11 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path):
                                stderr=subprocess.DEVNULL)
     ledger = ledger_path(out)
     deadline = time.monotonic() + 60
-    while _done_shards(ledger) < 4 and time.monotonic() < deadline:
+    while done_shards(ledger) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = _done_shards(ledger)
+    done = done_shards(ledger)
     assert 4 <= done < 24, f"the kill came too late to test a resume ({done} shards done)"
     assert _tree(out) != _tree(reference)
 

@@ -220,11 +220,11 @@ class ObfuscateTask:
             return self._copy(key, source, info, applied)
         if isinstance(source, Path):  # read once, for whichever path takes it (and its hash)
             source = _read_quietly(source, head_only=False) or source
+        if kept:
+            info["boxes"] = [list(b.as_xyxy()) for b in kept]  # what `veil audit` verifies
         if kept and self.fmt == "keep":
             window = self._jpeg_domain_window(key, source, kept, info, applied)
             if window is not None:
-                window.info["boxes"] = [list(b.as_xyxy()) for b in kept]  # for `veil audit`
-                window.raw = source if isinstance(source, bytes) else None
                 return window
         loaded = load_image(source, max_pixels=self.max_pixels)
         self._warn_outside(kept, (loaded.width, loaded.height), info)
@@ -245,7 +245,6 @@ class ObfuscateTask:
         info.update(action="obfuscated" if kept else "converted", output=target)
         if kept:
             info["regions"] = [list(r) for r in regions]
-            info["boxes"] = [list(b.as_xyxy()) for b in kept]  # what `veil audit` verifies
         return Rendered(info, data, target, applied,
                         source if isinstance(source, bytes) else None)
 
@@ -295,7 +294,7 @@ class ObfuscateTask:
                     mcus=[spliced.mcus, spliced.total_mcus])
         data = jpeg_with_colour_and_orientation(spliced.data, header.icc_profile, 1,
                                                 grey=spliced.grey)
-        return Rendered(info, data, info["output"], applied)
+        return Rendered(info, data, info["output"], applied, raw)
 
     @staticmethod
     def _jpeg_domain(source: Path | bytes, image: Any, loaded: LoadedImage,
