@@ -404,3 +404,64 @@ def test_round_trip_of_the_whole_write_path(tmp_path: Path) -> None:
     out = tmp_path / f"out{suffix}"
     atomic_write_bytes(out, data)
     assert np.array_equal(_pixels(out), _pixels(loaded.image))
+
+
+def _forbid_probe(monkeypatch) -> None:
+    import veil.encoding as encoding
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probe was called")
+
+    monkeypatch.setattr(encoding, "probe", no_probe)
+
+
+@pytest.mark.parametrize("orientation", [0, 1, 3, 6, 8, 9])
+def test_strip_reads_orientation_from_the_exif_block_as_probe_does(orientation: int,
+                                                                   monkeypatch) -> None:
+    """A faceless JPEG with one EXIF block is stripped without Pillow's header parse
+    (probe is not called), and keeps the orientation probe finds (0 and 9: upright)."""
+    source = jpeg_bytes(marked_image(), quality=90,
+                        exif=identifying_exif(orientation=orientation), comment=b"Jane Doe")
+    expected = probe(source).orientation
+    assert expected == (orientation if 1 <= orientation <= 8 else 1)
+    _forbid_probe(monkeypatch)
+    stripped = strip_identifying_metadata(source)
+    monkeypatch.undo()
+    _assert_clean(stripped)
+    assert probe(stripped).orientation == expected
+    assert np.array_equal(_pixels(load_image(stripped).image), _pixels(source))
+
+
+@pytest.mark.parametrize(("exif_orientation", "xmp_orientations", "expected"), [
+    (None, (6,), 6),  # EXIF without the tag: XMP decides
+    (3, (6,), 3),  # EXIF's tag wins over XMP's
+    (None, (5, 8), 8),  # the last XMP packet, as Pillow keeps it
+])
+def test_strip_reads_exif_and_xmp_orientation_as_probe_does(
+        exif_orientation: int | None, xmp_orientations: tuple[int, ...], expected: int,
+        monkeypatch) -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "VeilCam"  # Make
+    if exif_orientation is not None:
+        exif[0x0112] = exif_orientation
+    source = jpeg_bytes(marked_image(), quality=90, exif=exif.tobytes())
+    for value in xmp_orientations:  # each packet its own APP1, after the EXIF block
+        packet = f'<x:xmpmeta><rdf:Description tiff:Orientation="{value}"/></x:xmpmeta>'
+        source = insert_jpeg_segment(source, 0xE1, b"http://ns.adobe.com/xap/1.0/\0"
+                                     + packet.encode())
+    assert probe(source).orientation == expected
+    _forbid_probe(monkeypatch)
+    stripped = strip_identifying_metadata(source)
+    monkeypatch.undo()
+    assert probe(stripped).orientation == expected
+
+
+def test_strip_with_two_exif_blocks_asks_pillow(monkeypatch) -> None:
+    """Pillow merges several EXIF blocks: only its parse can say what they mean."""
+    first, second = Image.Exif(), Image.Exif()
+    first[0x010F], second[0x0112] = "VeilCam", 6
+    source = jpeg_bytes(marked_image(), quality=90, exif=first.tobytes())
+    source = insert_jpeg_segment(source, 0xE1, second.tobytes())
+    _forbid_probe(monkeypatch)
+    with pytest.raises(AssertionError, match="probe was called"):
+        strip_identifying_metadata(source)

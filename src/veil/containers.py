@@ -51,6 +51,7 @@ SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7,
                          0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 """Start-of-frame markers (0xC4 DHT, 0xC8 JPG and 0xCC DAC are not frames)."""
 _NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: a marker alone
+_HEADLESS = _NO_LENGTH | {EOI, 0xD8}  # never in a header: a marker alone, EOI, SOI
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
@@ -134,15 +135,24 @@ def jpeg_header(data: bytes) -> list[Segment]:
     if data[:2] != JPEG_SOI:
         raise ContainerError("not a JPEG (no SOI marker)", 0)
     segments: list[Segment] = []
-    pos = 2
-    while True:
-        if pos >= len(data):
+    pos, n = 2, len(data)
+    while True:  # the common case inline (a stage walks every faceless file's header)
+        if pos + 4 <= n and data[pos] == 0xFF and (marker := data[pos + 1]) != 0xFF \
+                and marker not in _HEADLESS:
+            end = pos + 2 + ((data[pos + 2] << 8) | data[pos + 3])
+            if end <= n and end >= pos + 4:
+                segments.append(Segment(marker, pos, end))
+                if marker == SOS:
+                    return segments
+                pos = end
+                continue
+        if pos >= n:
             raise ContainerError("truncated JPEG data (the file ends before the first scan)",
                                  pos)
         if data[pos] != 0xFF:
             raise ContainerError("malformed JPEG: no marker where a segment must start", pos)
         pos, marker, fill = _marker_at(data, pos)
-        if marker in _NO_LENGTH or marker in (EOI, 0xD8):
+        if marker in _HEADLESS:
             raise ContainerError(f"malformed JPEG: marker 0x{marker:02X} in the header", pos)
         end = _segment_end(data, pos, marker)
         segments.append(Segment(marker, pos, end, fill))

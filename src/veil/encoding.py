@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from veil import containers
-from veil.images import LoadedImage, as_rgb, decode_native, probe
+from veil.images import LoadedImage, as_rgb, decode_native, jpeg_orientation, probe
 
 __all__ = [
     "SUFFIXES",
@@ -193,10 +193,9 @@ def _orientation_exif(orientation: int) -> bytes:
 
 def _strip_jpeg(data: bytes) -> bytes:
     segments = containers.jpeg_segments(data)
-    # Only APP1 (EXIF, or XMP's tiff:Orientation) can rotate the picture: without one,
-    # Pillow's parse of the header (~1 ms) is skipped.
-    rotatable = any(segment.marker == 0xE1 for segment in segments)
-    orientation = probe(data, max_pixels=_NO_LIMIT).orientation if rotatable else 1
+    orientation = jpeg_orientation(data, segments)
+    if orientation is None:  # several EXIF blocks: Pillow's merge decides
+        orientation = probe(data, max_pixels=_NO_LIMIT).orientation
     out = bytearray(data[:2])
     insert_at = 2
     for segment in segments:

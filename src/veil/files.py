@@ -99,6 +99,11 @@ def _fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _fsync_all(paths: Iterable[str]) -> None:
+    for path in paths:
+        _fsync_path(path)
+
+
 def fsync_directory(path: str | os.PathLike[str]) -> None:
     """Make a rename or a new entry in ``path`` durable (POSIX; a no-op elsewhere)."""
     if _DIRECTORY_FSYNC:
@@ -124,9 +129,15 @@ def sync_written(paths: Iterable[str | os.PathLike[str]],
                 break
             folder = os.path.dirname(folder)
     # fsync waits for the disk and releases the GIL: issued together, the file system
-    # commits them in a few batches instead of one round trip per file.
-    with ThreadPoolExecutor(max_workers=_SYNC_THREADS) as pool:
-        list(pool.map(_fsync_path, written))
+    # commits them in a few batches instead of one round trip per file. Each thread takes
+    # a share of the files (one task per thread, not one per file: at ~0.1 ms of Python
+    # per task that was a fifth of copying a faceless image).
+    shares = [written[i::_SYNC_THREADS] for i in range(min(_SYNC_THREADS, len(written)))]
+    if len(shares) == 1:
+        _fsync_all(shares[0])
+    elif shares:
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            list(pool.map(_fsync_all, shares))
     for folder in sorted(directories, key=len, reverse=True):  # children before parents
         fsync_directory(folder)
 

@@ -185,7 +185,8 @@ class _Transform(ctypes.Structure):
     pass
 
 
-_FILTER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), _Region, _Region,
+# The coefficients' address arrives as a plain int (c_void_p): no pointer object per call.
+_FILTER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, _Region, _Region,
                            ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Transform))
 _Transform._fields_ = [("r", _Region), ("op", ctypes.c_int), ("options", ctypes.c_int),
                        ("data", ctypes.c_void_p), ("customFilter", _FILTER)]
@@ -437,9 +438,9 @@ def _decoded_rgb(data: bytes) -> Image.Image:
     """A crop's pixels, decoded as :func:`veil.images.load_image` decodes a JPEG (the
     same decoder, then veil's colour rule), without its header checks: libjpeg-turbo
     wrote this file a moment ago, with no marker of the source."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return as_rgb(image) if image.mode != "RGB" else image.copy()
+    image = Image.open(io.BytesIO(data))
+    image.load()  # an in-memory file: nothing to close, and no copy of the pixels needed
+    return as_rgb(image) if image.mode != "RGB" else image
 
 
 def _crop_window(frame: Frame, patches: Sequence[tuple[int, int, int, int]],
@@ -497,7 +498,7 @@ class _Replacements:
             before()
         runs = self.plans[component].get(row)
         if runs:
-            base = ctypes.cast(coeffs, ctypes.c_void_p).value or 0
+            base = coeffs or 0
             for first, blocks in runs:
                 size = min(len(blocks), (width - first) * 128)
                 if size > 0:
@@ -571,3 +572,4 @@ def _runs(line: np.ndarray, start: int, stop: int) -> list[tuple[int, int]]:
         else:
             col += 1
     return runs
+
