@@ -318,3 +318,38 @@ def test_a_failing_method_in_the_crop_path_is_raised_not_swallowed(photos):
     with pytest.raises(ZeroDivisionError, match="method bug"):
         jpeg_domain.splice_window(source, affected_region(size, boxes),
                                   read_region(size, boxes), broken)
+
+
+def test_a_plain_faced_jpeg_is_read_without_pillow_and_gives_the_same_bytes(
+        photos, tmp_path, monkeypatch):
+    """The crop path reads a plain JPEG's size from its frame header instead of Pillow's
+    probe; the output is the very file the probe-led path writes, and a photo with an
+    ICC profile still takes the probe (its profile reaches the output)."""
+    import veil.stages.obfuscate as stage
+
+    with Image.open(io.BytesIO(photos["4:2:0"])) as im:
+        profiled = io.BytesIO()
+        im.save(profiled, "JPEG", quality="keep", icc_profile=SRGB)
+    files = {"plain.jpg": photos["4:2:0"], "grey.jpg": photos["grey"],
+             "profiled.jpg": profiled.getvalue()}
+    probed: list[int] = []
+    real_probe = stage.probe
+
+    def counting_probe(data, *args, **kwargs):
+        probed.append(len(data))
+        return real_probe(data, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "probe", counting_probe)
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "probed").mkdir()
+    fast_out, _, fast_infos, _ = _run(tmp_path / "fast", files)
+    # the plain photo was read without Pillow; the profiled one (and the grey photo, which
+    # carries EXIF, IPTC and a profile as published) took the probe
+    assert sorted(probed) == sorted([len(files["profiled.jpg"]), len(files["grey.jpg"])])
+    monkeypatch.setattr(stage, "_plain_jpeg_size", lambda raw, max_pixels: None)
+    probed_out, _, _, _ = _run(tmp_path / "probed", files)
+    for name in files:
+        assert fast_infos[name]["encoding"] == "jpeg-domain"
+        assert (fast_out / name).read_bytes() == (probed_out / name).read_bytes(), name
+    with Image.open(fast_out / "profiled.jpg") as shown:
+        assert shown.info.get("icc_profile") == SRGB

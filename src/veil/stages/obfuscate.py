@@ -269,13 +269,15 @@ class ObfuscateTask:
         raw = source
         if not containers.is_jpeg(raw) or jpeg_domain.available() is not None:
             return None
-        try:
-            header = probe(raw, max_pixels=self.max_pixels)
-        except ImageError:
-            return None  # the whole-decode path reports it in its words
-        if header.format != "JPEG" or header.orientation != 1:
-            return None
-        size = (header.width, header.height)
+        size, icc_profile = _plain_jpeg_size(raw, self.max_pixels), None
+        if size is None:  # metadata, an ICC profile or anything unusual: Pillow's reading
+            try:
+                header = probe(raw, max_pixels=self.max_pixels)
+            except ImageError:
+                return None  # the whole-decode path reports it in its words
+            if header.format != "JPEG" or header.orientation != 1:
+                return None
+            size, icc_profile = (header.width, header.height), header.icc_profile
         regions = affected_region(size, kept, self.method, **self.options)
         if not regions:
             return None
@@ -292,7 +294,7 @@ class ObfuscateTask:
         info.update(action="obfuscated", output=output_key(key, SUFFIXES["JPEG"]),
                     regions=[list(r) for r in regions], encoding="jpeg-domain",
                     mcus=[spliced.mcus, spliced.total_mcus])
-        data = jpeg_with_colour_and_orientation(spliced.data, header.icc_profile, 1,
+        data = jpeg_with_colour_and_orientation(spliced.data, icc_profile, 1,
                                                 grey=spliced.grey)
         return Rendered(info, data, info["output"], applied, raw)
 
@@ -544,6 +546,21 @@ def _record_hashes(rendered: Rendered, source: Path | bytes) -> None:
         output_sha = hashlib.sha256(rendered.data).hexdigest()
         size = len(rendered.data)
     info.update(sha256=output_sha, bytes=size, source_sha256=source_sha)
+
+
+def _plain_jpeg_size(raw: bytes, max_pixels: int | None) -> tuple[int, int] | None:
+    """(width, height) of a :func:`plain_jpeg` without an ICC profile: what
+    :func:`probe` would say of it (a JPEG, orientation 1, within the pixel limit, no
+    colour profile), read from its frame header without Pillow's parse (~0.5 ms a faced
+    photo). None for any other file: ask probe."""
+    if not plain_jpeg(raw, max_pixels):
+        return None
+    segments = containers.jpeg_header(raw)
+    if any(segment.marker == 0xE2 for segment in segments):
+        return None
+    frame = next(s for s in segments if s.marker in (0xC0, 0xC1, 0xC2))
+    sof = containers.jpeg_frame(raw, frame)
+    return sof.width, sof.height
 
 
 def _cleaned_jpeg(raw: bytes, max_pixels: int | None) -> bytes | None:
