@@ -217,9 +217,9 @@ def _library() -> ctypes.CDLL | str:
         lib.tjGetErrorStr2.restype = ctypes.c_char_p
         lib.tjGetErrorStr2.argtypes = [ctypes.c_void_p]
         lib.tjInitDecompress.restype = ctypes.c_void_p
+        int_out = ctypes.POINTER(ctypes.c_int)
         lib.tjDecompressHeader3.argtypes = [
-            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulong] + [
-            ctypes.POINTER(ctypes.c_int)] * 4
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulong, int_out, int_out, int_out, int_out]
         lib.tjDecompress2.argtypes = [
             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_int,
             ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
