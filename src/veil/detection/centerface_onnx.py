@@ -66,6 +66,11 @@ def load_session(threads: int | None = None, device: str | None = None
     options.log_severity_level = 3  # errors only: ORT's warnings mean nothing to a user
     if threads is not None:
         options.intra_op_num_threads = threads
+    # Idle intra-op threads sleep instead of spinning: spinning threads take the cores
+    # from the detect stage's decoding thread and, on a shared machine, from each other
+    # (CenterFace in-process 1.5x faster, whole `veil detect` 1.5x, with 1.3 cores busy
+    # elsewhere: benchmarks/detect.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return onnxruntime.InferenceSession(dynamic_model(), options, providers=providers)
     except Exception:  # a damaged cache file: make the graph again, once

@@ -24,6 +24,10 @@ from veil.store import FaceStore, ImageRecord, RunItem
 #: worth, so images of equal size (which share network runs) can find each other in a
 #: dataset of mixed sizes; a batch of mixed sizes runs one image at a time.
 WINDOW_BATCHES = 8
+#: A shard's first window is this many batches: the network waits for it alone (nothing
+#: runs beside its decoding), so it is kept short and later windows fill up while the
+#: network works.
+FIRST_WINDOW_BATCHES = 1
 #: ... and at most this many decoded pixels (memory stays bounded on huge images).
 WINDOW_PIXELS = 48_000_000
 #: Unless told how many workers, a local run starts a pool only with this many shards
@@ -64,27 +68,28 @@ class DetectTask:
         result = ShardResult(index)
         pending = iter(keys)
         with ThreadPoolExecutor(1, thread_name_prefix="veil-decode") as decoder:
-            upcoming = decoder.submit(self._decode_window, pending)
+            upcoming = decoder.submit(self._decode_window, pending, FIRST_WINDOW_BATCHES)
             while True:
                 read, ready = upcoming.result()
                 if not read.images:
                     break  # no keys left
-                upcoming = decoder.submit(self._decode_window, pending)
+                upcoming = decoder.submit(self._decode_window, pending, WINDOW_BATCHES)
                 result.images.extend(read.images)
                 result.items.extend(read.items)
                 result.counts.update(read.counts)
                 self._detect_window(ready, result)
         return result
 
-    def _decode_window(self, keys: Iterator[str]
+    def _decode_window(self, keys: Iterator[str], batches: int
                        ) -> tuple[ShardResult, list[tuple[str, np.ndarray]]]:
-        """The next window of ``keys``, decoded: records (errors included) and pixels."""
+        """The next window of ``keys`` (up to ``batches`` batches), decoded: records
+        (errors included) and pixels."""
         read = ShardResult(-1)
         ready: list[tuple[str, np.ndarray]] = []
         pixels = 0
         for key in keys:
             pixels += self._read(key, read, ready)
-            if len(ready) >= self.batch_size * WINDOW_BATCHES or pixels >= WINDOW_PIXELS:
+            if len(ready) >= self.batch_size * batches or pixels >= WINDOW_PIXELS:
                 break
         return read, ready
 
