@@ -47,11 +47,34 @@ MIN_PRECISION = 0.8
 #: edge of 0.8 there lands just under 0.8 on new images (held-out 0.79 at 0.80 in-sample
 #: in the first cross-validation), so the procedure keeps a margin.
 TRAIN_PRECISION = 0.82
-#: Network work per image in view megapixels (CenterFace runs a 416 x 416 view, 0.17 MP,
-#: in ~18 ms on 2 cores): balanced ~1.6 MP for >= 5 img/s end to end, thorough ~6 MP
-#: for >= 1.5 img/s (decoding, resizing views and fusion take the rest).
-BALANCED_BUDGET = 1.6
-THOROUGH_BUDGET = 6.0
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds a view adds to a profile's time per image: ``per_mp`` per view megapixel
+    (the network) plus ``per_view`` (rendering the view, NMS at the candidate threshold,
+    mapping its boxes back, its share of fusion)."""
+
+    per_mp: float
+    per_view: float
+
+    def __call__(self, megapixels: float) -> float:
+        return self.per_mp * megapixels + self.per_view
+
+
+#: Each precision's view cost, measured in-process on 2 cores by
+#: ``python benchmarks/detect.py --sections viewcost`` (the fit over views at 1x, 1.5x
+#: and 2x of the 97 WIDER images; best of 3 interleaved rounds). Fixed numbers, so the
+#: selection does not depend on how busy the machine was when it ran.
+COSTS = {
+    "fp32": CostModel(per_mp=0.0950, per_view=0.0030),
+    "int8": CostModel(per_mp=0.0500, per_view=0.0030),
+}
+#: Seconds per image a profile's views may take: balanced for ~5.5 img/s end to end,
+#: thorough for ~1.8 img/s (decoding, the final steps and storing the boxes take ~0.01 s
+#: per image more; the margins absorb a shared machine's noise).
+BALANCED_BUDGET = 0.17
+THOROUGH_BUDGET = 0.54
 #: Fusion settings the procedure may choose from (scores, cluster IoU, last NMS).
 FUSION_GRID: tuple[dict[str, Any], ...] = tuple(
     {"fusion_score": score, "fusion_iou": iou, "dedupe_iou": dedupe}
@@ -102,20 +125,22 @@ class ViewCache:
 
     keys: list[str]
     boxes: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    cost: dict[str, float] = field(default_factory=dict)  # view megapixels per image
+    cost: dict[str, float] = field(default_factory=dict)  # seconds per image
 
     @classmethod
-    def load(cls, folder: Path, keys: list[str], size: tuple[int, int]) -> ViewCache:
-        """Every cached view of these ``keys``. A view's cost is its megapixels for an
-        image of ``size``: the networks' time grows with pixels, and a cost that does
-        not depend on how busy the machine was keeps the selection reproducible."""
+    def load(cls, folder: Path, keys: list[str], size: tuple[int, int],
+             cost: CostModel = COSTS["fp32"]) -> ViewCache:
+        """Every cached view of these ``keys``. A view's cost is ``cost`` of its
+        megapixels for an image of ``size``: the networks' time grows with pixels, and a
+        cost that does not depend on how busy the machine was keeps the selection
+        reproducible."""
         cache = cls(keys)
         for path in sorted(folder.glob("*.pkl")):
             data = pickle.loads(path.read_bytes())
             if data["keys"] == keys:
                 w, h = parse_view(path.stem).size(*size)
                 cache.boxes[path.stem] = data["boxes"]
-                cache.cost[path.stem] = w * h / 1e6
+                cache.cost[path.stem] = cost(w * h / 1e6)
         return cache
 
 
@@ -147,7 +172,7 @@ class Settings:
     dedupe_iou: float | None
     box_scale: tuple[float, float]
     threshold: float
-    cost: float  # view megapixels per image
+    cost: float  # seconds per image (the views' CostModel)
 
     def merge(self, cache: ViewCache, index: int, width: int, height: int,
               threshold: float | None = None) -> np.ndarray:
@@ -289,7 +314,7 @@ def select(problem: Problem, indices: Sequence[int], *,
         current = best[2]
         if log:
             log(f"    + {'+'.join(best[1]):<40} recall {current:.3f}  cost "
-                f"{sum(cost[v] for v in chosen):.2f} MP/img")
+                f"{sum(cost[v] for v in chosen):.3f} s/img")
     base = dataclasses.replace(base, views=tuple(chosen), cost=sum(cost[v] for v in chosen))
     options = FUSION_GRID if grid else (DEFAULT_FUSION,)
     scored = [objective(problem, dataclasses.replace(base, **fusion), indices)

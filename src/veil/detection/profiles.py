@@ -133,6 +133,8 @@ def profile_options(profile: str, **overrides: Any) -> dict[str, Any]:
             f"its options: {', '.join(sorted(accepted))}"
         )
     options.update({k: v for k, v in overrides.items() if v is not None})
+    options["base_options"] = _base_options(profile, options["base"],
+                                            overrides.get("base_options") or {})
     if "views" in PROFILES[profile] and any(
             overrides.get(k) is not None for k in ("scales", "aspects", "flip")):
         # The user's scales / flip describe the views afresh: the profile's list yields.
@@ -140,6 +142,19 @@ def profile_options(profile: str, **overrides: Any) -> dict[str, Any]:
     if options["base"] != "centerface" and "box_scale" not in overrides:
         options["box_scale"] = (1.0, 1.0)
     return options
+
+
+def _base_options(profile: str, base: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The profile's base-detector options under the caller's ``given`` ones. The
+    profile's precision (int8) is CenterFace's on onnxruntime: another base detector, the
+    torch engine or a CUDA device (the torch port unless the engine is onnxruntime) run
+    at their own precision (fp32 on CenterFace)."""
+    options = dict(PROFILES[profile].get("base_options", {}))
+    engine = given.get("engine", "auto")
+    on_cuda = str(given.get("device") or "").startswith("cuda")
+    if base != "centerface" or engine == "torch" or (on_cuda and engine != "onnxruntime"):
+        options.pop("precision", None)
+    return {**options, **given}
 
 
 def create_profile(profile: str, **overrides: Any) -> MultiScaleDetector:
