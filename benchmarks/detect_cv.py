@@ -62,13 +62,18 @@ class CostModel:
         return self.per_mp * megapixels + self.per_view
 
 
-#: Each precision's view cost, measured in-process on 2 cores by
-#: ``python benchmarks/detect.py --sections viewcost`` (the fit over views at 1x, 1.5x
-#: and 2x of the 97 WIDER images; best of 3 interleaved rounds). Fixed numbers, so the
-#: selection does not depend on how busy the machine was when it ran.
+#: Each family's view cost on 2 cores. CenterFace fp32: 0.125 s per view megapixel (the
+#: network, measured when the machine was quiet; README: Detection) + 0.005 s per view
+#: (rendering, NMS at the candidate threshold, mapping back, fusion); int8 runs the
+#: network in half the time (0.45-0.55 of fp32 in interleaved runs; ``python
+#: benchmarks/detect.py --sections viewcost`` measures both); MTCNN (its defaults,
+#: faces from 20 px) costs 1.9x a CenterFace fp32 view at 1x and 1.3x at 1.5x in the
+#: same runs. Fixed numbers, so the selection does not depend on how busy the machine
+#: was when it ran.
 COSTS = {
-    "fp32": CostModel(per_mp=0.0950, per_view=0.0030),
-    "int8": CostModel(per_mp=0.0500, per_view=0.0030),
+    "fp32": CostModel(per_mp=0.125, per_view=0.005),
+    "int8": CostModel(per_mp=0.0625, per_view=0.005),
+    "mtcnn": CostModel(per_mp=0.097, per_view=0.032),
 }
 #: Seconds per image a profile's views may take: balanced for ~5.5 img/s end to end,
 #: thorough for ~1.8 img/s (decoding, the final steps and storing the boxes take ~0.01 s
@@ -89,9 +94,14 @@ CANDIDATE_THRESHOLD = 0.05  # what every view reports (fusion may skip more)
 SEARCH_FLOOR = 0.1
 
 
+#: View-name prefixes of the families other than CenterFace.
+PREFIXES = {"retinaface": "rf_", "mtcnn": "mt_"}
+
+
 @dataclass(frozen=True)
 class ViewSpec:
-    """One view: ``family`` ('centerface' or 'retinaface') at ``scale`` x ``aspect``."""
+    """One view: ``family`` ('centerface', 'retinaface' or 'mtcnn') at ``scale`` x
+    ``aspect``."""
 
     family: str
     scale: float
@@ -100,8 +110,8 @@ class ViewSpec:
 
     @property
     def name(self) -> str:
-        prefix = "rf_" if self.family == "retinaface" else ""
-        aspect = "" if self.family == "retinaface" else f"_a{self.aspect:.7g}"
+        prefix = PREFIXES.get(self.family, "")
+        aspect = "" if prefix else f"_a{self.aspect:.7g}"
         return f"{prefix}s{self.scale:g}{aspect}_f{int(self.flip)}"
 
     def size(self, width: int, height: int) -> tuple[int, int]:
@@ -114,8 +124,8 @@ class ViewSpec:
 
 def parse_view(name: str) -> ViewSpec:
     """The :class:`ViewSpec` of a :attr:`ViewSpec.name`."""
-    family = "retinaface" if name.startswith("rf_") else "centerface"
-    parts = dict((p[0], p[1:]) for p in name.removeprefix("rf_").split("_"))
+    family = next((f for f, p in PREFIXES.items() if name.startswith(p)), "centerface")
+    parts = dict((p[0], p[1:]) for p in name.removeprefix(PREFIXES.get(family, "")).split("_"))
     return ViewSpec(family, float(parts["s"]), float(parts.get("a", 1.0)), parts["f"] == "1")
 
 
@@ -129,18 +139,20 @@ class ViewCache:
 
     @classmethod
     def load(cls, folder: Path, keys: list[str], size: tuple[int, int],
-             cost: CostModel = COSTS["fp32"]) -> ViewCache:
-        """Every cached view of these ``keys``. A view's cost is ``cost`` of its
-        megapixels for an image of ``size``: the networks' time grows with pixels, and a
-        cost that does not depend on how busy the machine was keeps the selection
-        reproducible."""
+             costs: Mapping[str, CostModel] | None = None) -> ViewCache:
+        """Every cached view of these ``keys``. A view's cost is its family's
+        :class:`CostModel` (``costs``; default CenterFace fp32) of its megapixels for an
+        image of ``size``: the networks' time grows with pixels, and a cost that does
+        not depend on how busy the machine was keeps the selection reproducible."""
+        costs = costs or {"centerface": COSTS["fp32"]}
         cache = cls(keys)
         for path in sorted(folder.glob("*.pkl")):
             data = pickle.loads(path.read_bytes())
-            if data["keys"] == keys:
-                w, h = parse_view(path.stem).size(*size)
+            spec = parse_view(path.stem)
+            if data["keys"] == keys and spec.family in costs:
+                w, h = spec.size(*size)
                 cache.boxes[path.stem] = data["boxes"]
-                cache.cost[path.stem] = cost(w * h / 1e6)
+                cache.cost[path.stem] = costs[spec.family](w * h / 1e6)
         return cache
 
 
