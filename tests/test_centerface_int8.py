@@ -58,6 +58,41 @@ def test_int8_graph_is_made_from_the_package_weights_deterministically(fresh_cac
     assert quantized <= set(ranges) and len(quantized) >= 60
 
 
+def test_the_graph_takes_uint8_pixels_and_gives_what_the_float_input_gives(wider):
+    """The input's quantization is the identity on 0..255, so feeding uint8 NHWC pixels
+    (no float blob) changes no output bit; an image of another size is resized as the
+    blob would be."""
+    import tempfile
+    from pathlib import Path
+
+    import cv2
+    import onnxruntime
+
+    from veil.detection import centerface_int8 as ci
+    from veil.detection.centerface_model import INPUT_NAME, dynamic_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "ranges.json").write_bytes(ci.ranges_bytes())
+        ci._quantize(dynamic_model(), folder, calibration=None)
+        float_input = (folder / "int8.onnx").read_bytes()
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    reference = onnxruntime.InferenceSession(float_input, options)
+    pixels = onnxruntime.InferenceSession(ci.uint8_input(float_input), options)
+    images = [np.asarray(load_image(p).image) for p in sorted(
+        (wider / "images").glob("*.jpg"))[:2]]
+    images.append(cv2.resize(skimage.data.astronaut(), (403, 397)))  # resized to 416
+    blob = cv2.dnn.blobFromImages(images, 1.0, (416, 416), (0, 0, 0), False, False)
+    want = reference.run(None, {INPUT_NAME: blob})
+    detector = create_detector("centerface", precision="int8", threads=2)
+    got = detector.infer((416, 416), images)
+    for a, b in zip(want[:3], got, strict=True):
+        assert np.array_equal(a, b)
+    direct = pixels.run(None, {INPUT_NAME: np.stack(images[:2])})
+    assert all(np.array_equal(a[:2], b) for a, b in zip(want, direct, strict=True))
+
+
 def test_a_damaged_int8_cache_is_rebuilt(fresh_cache):
     from veil.detection import centerface_int8 as ci
     from veil.detection.centerface_onnx import load_session
@@ -67,7 +102,7 @@ def test_a_damaged_int8_cache_is_rebuilt(fresh_cache):
     path.write_bytes(b"damaged")
     ci.int8_model.cache_clear()
     session = load_session.__wrapped__(threads=1, precision="int8")
-    assert session.get_inputs()[0].shape == ["B", 3, "H", "W"]
+    assert session.get_inputs()[0].shape == ["B", "H", "W", 3]  # uint8 pixels
     assert path.read_bytes() == made
 
 

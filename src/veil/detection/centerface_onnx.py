@@ -114,8 +114,14 @@ class CenterFaceDetector(CenterFaceBase):
         return {**super().options, "precision": self.precision}
 
     def infer(self, size: tuple[int, int], images: list[np.ndarray]) -> Outputs:
-        blob = cv2.dnn.blobFromImages(
-            images, scalefactor=1.0, size=size, mean=(0, 0, 0), swapRB=False, crop=False
-        )
+        if self.precision == "int8":  # uint8 NHWC pixels, the same resize as the blob's
+            blob = np.stack([
+                image if image.shape[1::-1] == size
+                else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+                for image in images])
+        else:
+            blob = cv2.dnn.blobFromImages(
+                images, scalefactor=1.0, size=size, mean=(0, 0, 0), swapRB=False, crop=False
+            )
         heatmaps, scales, offsets = self._session.run(OUTPUT_NAMES, {INPUT_NAME: blob})
         return heatmaps, scales, offsets
