@@ -75,8 +75,8 @@ def _check_quantizer() -> None:
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise VeilError(
-            f"CenterFace int8 needs an onnxruntime whose quantize_static reads a calibration "
-            f"cache (1.32 does; this one is {onnxruntime.__version__}): "
+            f"CenterFace int8 needs onnxruntime >= 1.27 (its quantize_static reads a "
+            f"calibration cache); this one is {onnxruntime.__version__}: "
             "`pip install -U onnxruntime`, or use precision='fp32'")
 
 
