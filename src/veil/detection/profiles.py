@@ -68,10 +68,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         # per view, so twice the views fit the budget.
         "base_options": {"precision": "int8"},
         "scales": (1.0,),
-        # (scale, aspect, mirrored), in the order the procedure added them; aspects as
-        # the procedure wrote them (0.6666667 x 416 px rounds to 608 px on the 32 grid).
+        # (scale, aspect, mirrored), in the order the procedure added them. The height
+        # stretch is exactly 1 / 1.5, as the procedure's views ran (416 px -> 624 -> 640 on
+        # the 32 grid); its 7-digit name, 0.6666667, would round to 608 px instead.
         "views": ((1.0, 1.0, False), (1.4, 1.0, False), (1.0, 1.5, True),
-                  (1.0, 0.6666667, True), (1.5, 1.5, True), (1.5, 0.6666667, True)),
+                  (1.0, 1 / 1.5, True), (1.5, 1.5, True), (1.5, 1 / 1.5, True)),
         "threshold": 0.229,
         "candidate_threshold": 0.05,
         "fusion": "wbf",
@@ -86,7 +87,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "base_options": {"precision": "int8"},
         "scales": (1.0,),
         "views": ((1.0, 1.0, False), (1.4, 1.0, False), (1.0, 1.5, True),
-                  (1.0, 0.6666667, True), (1.5, 1.5, True), (1.5, 0.6666667, True),
+                  (1.0, 1 / 1.5, True), (1.5, 1.5, True), (1.5, 1 / 1.5, True),
                   (3.0, 1.0, False), (1.15, 1.0, True)),
         "threshold": 0.217,
         "candidate_threshold": 0.05,
@@ -102,11 +103,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 #: What each profile gives on photos it was not tuned on, for ``--help`` and the README:
 #: held-out recall@IoU0.5 / precision (must-find faces, 2-fold CV by image, 5 repeats, on
-#: the 97 WIDER FACE val images) and ``veil detect`` speed end to end on 2 cores.
+#: the 97 WIDER FACE val images) and ``veil detect`` speed end to end on 2 cores (balanced
+#: and thorough: projected from a run on a loaded machine, README: Detection).
 HELD_OUT: dict[str, str] = {
     "fast": "1 view; held-out recall 0.747, precision 0.543; ~37 img/s",
-    "balanced": "5 views; held-out recall 0.777, precision 0.811; ~4.5 img/s",
-    "thorough": "9 views; held-out recall 0.828, precision 0.821; ~1.7 img/s",
+    "balanced": "6 views, int8; held-out recall 0.797, precision 0.798; ~5.7 img/s projected",
+    "thorough": "8 views, int8; held-out recall 0.823, precision 0.803; ~3.8 img/s projected",
 }
 MEASURED_BY = "python benchmarks/detect.py --sections cv,speed"
 
