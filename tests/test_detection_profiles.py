@@ -313,7 +313,8 @@ def test_settings_map_onto_a_detector_and_its_options():
         detector_settings("thorough", profile="fast")
     # thorough's fusion settings are flags too; unset, the profile's values stand
     name, options = detector_settings("centerface", profile="thorough")
-    assert (options["fusion_score"], options["dedupe_iou"]) == ("rms", 0.3)
+    assert (options["fusion_score"], options["dedupe_iou"]) == (
+        PROFILES["thorough"]["fusion_score"], PROFILES["thorough"]["dedupe_iou"])
     name, options = detector_settings("centerface", profile="thorough",
                                       fusion_score="mean", dedupe_iou=0.5)
     assert (options["fusion_score"], options["dedupe_iou"]) == ("mean", 0.5)
@@ -363,7 +364,7 @@ def test_detect_cli_takes_the_fusion_flags(tmp_path):
 
 @pytest.mark.parametrize("profile", ["fast", "thorough"])
 def test_profiles_find_the_face_in_colour_and_greyscale(astronaut, profile):
-    small = _resized(astronaut, 256, 256)  # half size keeps thorough's 20 views quick
+    small = _resized(astronaut, 256, 256)  # half size keeps thorough's views quick
     grey = np.asarray(Image.fromarray(small).convert("L").convert("RGB"))
     face = Box(*(v / 2 for v in ASTRONAUT_FACE.as_xyxy()))
     detector = create_detector(profile, threads=2)

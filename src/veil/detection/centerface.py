@@ -42,6 +42,8 @@ def centerface(
     ``device`` None keeps onnxruntime's choice (CUDA when onnxruntime-gpu is there) or,
     for the torch port, CUDA when torch sees a GPU. ``precision`` ('fp32', 'tf32',
     'fp16') is the torch port's arithmetic; only fp32 is held to the reference's boxes.
+    onnxruntime runs 'fp32' or 'int8' (the statically quantized graph,
+    :mod:`veil.detection.centerface_int8`).
     """
     if resolve_engine(engine, device) == "torch":
         from veil.detection.centerface_torch import TorchCenterFaceDetector  # loads torch
@@ -49,7 +51,8 @@ def centerface(
         return TorchCenterFaceDetector(threshold=threshold, nms_iou=nms_iou,
                                        batch_size=batch_size, threads=threads, device=device,
                                        precision=precision)
-    if precision != "fp32":
-        raise VeilError(f"precision {precision!r} needs engine='torch'; onnxruntime runs fp32")
+    if precision not in ("fp32", "int8"):
+        raise VeilError(f"precision {precision!r} needs engine='torch'; onnxruntime runs "
+                        "fp32 or int8")
     return CenterFaceDetector(threshold=threshold, nms_iou=nms_iou, batch_size=batch_size,
-                              threads=threads, device=device)
+                              threads=threads, device=device, precision=precision)

