@@ -536,9 +536,6 @@ def main() -> None:
     parser.add_argument("--speed-profiles", default="fast,thorough",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="Profiles in the speed table.")
-    parser.add_argument("--speed-sets", default="wider,ilsvrc",
-                        type=lambda text: [p for p in text.split(",") if p],
-                        help="Image sets in the speed table (wider, ilsvrc).")
     parser.add_argument("--imagenette-per-class", type=int, default=50,
                         help="The first N val images of each class (0: all).")
     parser.add_argument("--verbose", action="store_true", help="Print every CV step.")
