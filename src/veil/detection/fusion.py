@@ -21,13 +21,12 @@ Input everywhere is one ``(n, 5)`` array per *view* (a scale, a flip, a detector
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
 
+from veil.detection.compiled import compiled_kernel
 from veil.detection.nms import nms
 
 FUSIONS = ("wbf", "nms")
@@ -43,16 +42,7 @@ Kernel = Callable[[np.ndarray, int, float], tuple[np.ndarray, np.ndarray, int]]
 @cache
 def _kernel() -> Kernel | None:
     """The compiled clustering loop, or None (no numba, or ``VEIL_NO_NUMBA=1``)."""
-    if os.environ.get("VEIL_NO_NUMBA", "") not in ("", "0"):
-        return None
-    try:
-        from veil.detection._wbf_kernel import cluster
-    except ImportError:
-        return None
-    except RuntimeError as exc:  # e.g. numba finds nowhere writable for its cache
-        warnings.warn(f"box fusion runs without numba ({exc})", RuntimeWarning, stacklevel=2)
-        return None
-    return cluster
+    return compiled_kernel("veil.detection._wbf_kernel", "cluster", "box fusion")
 
 
 def _stack(views: Sequence[np.ndarray], skip_below: float) -> np.ndarray:

@@ -9,12 +9,12 @@ every later box whose IoU with it is ``>= iou_threshold``. Coordinates are
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable
 from functools import cache
 
 import numpy as np
+
+from veil.detection.compiled import compiled_kernel
 
 #: From this many candidates on, the loop runs compiled (numba; the same boxes kept): a
 #: profile's view at candidate score 0.05 has hundreds. Fewer never pay numba's import.
@@ -26,16 +26,7 @@ Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 @cache
 def _kernel() -> Kernel | None:
     """The compiled loop, or None (no numba, or ``VEIL_NO_NUMBA=1``)."""
-    if os.environ.get("VEIL_NO_NUMBA", "") not in ("", "0"):
-        return None
-    try:
-        from veil.detection._nms_kernel import suppress
-    except ImportError:
-        return None
-    except RuntimeError as exc:  # e.g. numba finds nowhere writable for its cache
-        warnings.warn(f"NMS runs without numba ({exc})", RuntimeWarning, stacklevel=2)
-        return None
-    return suppress
+    return compiled_kernel("veil.detection._nms_kernel", "suppress", "NMS")
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
