@@ -47,12 +47,14 @@ __all__ = [
     "ImageProbe",
     "JpegSource",
     "LoadedImage",
+    "PlainJpeg",
     "as_rgb",
     "decode_native",
     "file_sha256",
     "load_image",
     "max_pixels_limit",
     "plain_jpeg",
+    "plain_jpeg_header",
     "probe",
 ]
 
@@ -345,7 +347,7 @@ def _parse_exif(raw: bytes | None) -> tuple[int | None, set[str]]:
 def jpeg_orientation(data: bytes, segments: Sequence[containers.Segment]) -> int | None:
     """The orientation :func:`probe` gives the JPEG ``data`` whose marker ``segments``
     are given, read from its APP1 blocks as Pillow reads them, without Pillow's whole
-    header parse and the sub-IFDs probe reads for its metadata kinds (~1-5 ms): what a
+    header parse and the sub-IFDs probe reads for its metadata kinds: what a
     stage needs to strip a faceless file's metadata. None where only probe can say:
     several EXIF blocks, which Pillow merges."""
     exif: list[bytes] = []
@@ -528,58 +530,77 @@ _PLAIN_SOF = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended, progressive Hu
 _PLAIN_SKIPPED = frozenset({0xC4, 0xDD})  # DHT, DRI
 
 
+@dataclass(frozen=True)
+class PlainJpeg:
+    """What :func:`plain_jpeg_header` read of a plain JPEG's header."""
+
+    width: int
+    height: int
+    icc: bool  # an ICC profile (APP2) is there
+
+
 def plain_jpeg(data: bytes, max_pixels: int | None = None) -> bool:
-    """Whether ``data`` begins like a plain 8-bit JPEG with no identifying metadata.
+    """Whether ``data`` begins like a plain 8-bit JPEG with no identifying metadata
+    (see :func:`plain_jpeg_header`)."""
+    return plain_jpeg_header(data, max_pixels) is not None
+
+
+def plain_jpeg_header(data: bytes, max_pixels: int | None = None) -> PlainJpeg | None:
+    """The size of ``data`` if it begins like a plain 8-bit JPEG with no identifying
+    metadata, else None.
 
     A quick walk over the marker segments before the first scan, without Pillow, for
     stages that copy many faceless files. True only where :func:`probe` would find a
     JPEG of 1 or 3 components within the pixel limit, orientation 1 and no metadata:
     JFIF APP0, ICC APP2 and Adobe APP14 besides the tables and one SOF0/1/2 frame, all
     well formed. Anything else (EXIF, XMP, IPTC, comments, other APPn, MPO, fill bytes,
-    odd tables, ``data`` cut before the scan) gives False: ask :func:`probe`. The entropy
+    odd tables, ``data`` cut before the scan) gives None: ask :func:`probe`. The entropy
     coded data is not read, as probe does not read it either.
     """
     if not containers.is_jpeg(data):
-        return False
+        return None
     try:
         segments = containers.jpeg_header(data)
     except ImageError:
-        return False
-    frame, tables = None, False
+        return None
+    frame, tables, icc = None, False, False  # frame: (height, width)
     for segment in segments[:-1]:  # the last is the first scan's header
         marker, length = segment.marker, segment.length
         start, end = segment.start + 4, segment.end
         if segment.fill:
-            return False
+            return None
         if marker == 0xDB:
             while start < end:  # 8-bit tables 0-3 only (Pillow takes 16-bit ones too)
                 if data[start] > 3 or start + 65 > end:
-                    return False
+                    return None
                 start += 65
             tables = True
         elif marker in _PLAIN_SOF:
             layers = data[start + 5] if start + 6 <= end else 0
             if frame is not None or data[start] != 8 or layers not in (1, 3) \
                     or length != 8 + 3 * layers:
-                return False
+                return None
             frame = ((data[start + 1] << 8) | data[start + 2],
                      (data[start + 3] << 8) | data[start + 4])
         elif marker == 0xE0:  # JFIF, and no thumbnail in it
             if containers.jfif_thumbnail(data, segment) is not False:
-                return False
+                return None
         elif marker == 0xE2:
             if length < 16 or data[start:start + 12] != b"ICC_PROFILE\0":
-                return False
+                return None
+            icc = True
         elif marker == 0xEE:
             if length < 14 or data[start:start + 5] != b"Adobe":
-                return False
+                return None
         elif marker not in _PLAIN_SKIPPED:
-            return False
+            return None
     if segments[-1].fill:
-        return False
+        return None
     if frame is None or not tables or frame[0] == 0 or frame[1] == 0:
-        return False
-    return frame[0] * frame[1] <= max_pixels_limit(max_pixels)
+        return None
+    if frame[0] * frame[1] > max_pixels_limit(max_pixels):
+        return None
+    return PlainJpeg(width=frame[1], height=frame[0], icc=icc)
 
 
 def probe(

@@ -448,7 +448,7 @@ def _decoded_rgb(data: bytes) -> Image.Image:
     same decoding (libjpeg-turbo's accurate integer IDCT, fancy upsampling, YCbCr to RGB
     or grey), then veil's colour rule. libjpeg-turbo wrote this file a moment ago, with
     no marker of the source, so TurboJPEG decodes it straight into a buffer, without
-    Pillow's header parse in Python (~0.3 ms a crop); the splice tests compare every
+    Pillow's header parse in Python; the splice tests compare every
     layout's output with the whole-decode path's, byte for byte."""
     lib = _library()
     assert not isinstance(lib, str), "the transform ran, so the library is there"
