@@ -353,3 +353,39 @@ def test_a_plain_faced_jpeg_is_read_without_pillow_and_gives_the_same_bytes(
         assert (fast_out / name).read_bytes() == (probed_out / name).read_bytes(), name
     with Image.open(fast_out / "profiled.jpg") as shown:
         assert shown.info.get("icc_profile") == SRGB
+
+
+def test_a_patch_encoder_that_changes_the_tables_is_refused(photos, monkeypatch):
+    """The changed blocks must be quantised with the source's tables. Pillow's encoder is
+    checked once per combination of tables and sampling (its output depends on those, not
+    on the pixels); an encoder that writes other tables makes the file unsupported (so it
+    is re-encoded whole with the reason), and that combination is not remembered as good."""
+    source = photos["4:2:0"]
+    loaded = load_image(source)
+    size = (loaded.width, loaded.height)
+    boxes = [Box(**b) for b in _faces(size)]
+    regions = affected_region(size, boxes)
+    obfuscated = obfuscate(loaded.image, boxes)
+    real_encode = jpeg_domain._encode_patch
+
+    def default_tables(patch: Image.Image, frame: jpeg_domain.Frame) -> bytes:
+        out = io.BytesIO()
+        patch.save(out, "JPEG", quality=20)  # tables unlike any ILSVRC photo's
+        return out.getvalue()
+
+    monkeypatch.setattr(jpeg_domain, "_REPRODUCED", set())
+    monkeypatch.setattr(jpeg_domain, "_encode_patch", default_tables)
+    with pytest.raises(jpeg_domain.Unsupported, match="did not reproduce"):
+        jpeg_domain.splice(source, obfuscated, 1, regions)
+    assert not jpeg_domain._REPRODUCED
+
+    monkeypatch.setattr(jpeg_domain, "_encode_patch", real_encode)
+    first = jpeg_domain.splice(source, obfuscated, 1, regions)
+    assert len(jpeg_domain._REPRODUCED) == 1
+    parsed: list[int] = []
+    real_parse = jpeg_domain.parse_frame
+    monkeypatch.setattr(jpeg_domain, "parse_frame",
+                        lambda data: parsed.append(len(data)) or real_parse(data))
+    again = jpeg_domain.splice(source, obfuscated, 1, regions)
+    assert again.data == first.data
+    assert parsed == [len(source)]  # the source's header only: the patch is not re-checked

@@ -582,13 +582,28 @@ def _patch_coefficients(stored: Image.Image, frame: Frame,
     r0, r1, c0, c1 = patch
     box = (c0 * mw, r0 * mh, min(c1 * mw, frame.width), min(r1 * mh, frame.height))
     encoded = _encode_patch(stored.crop(box), frame)
-    written = parse_frame(encoded)
-    single = len(frame.components) == 1  # one block per MCU, whatever its factors say
-    if (not single and [c[:2] for c in written.components] != [
-            c[:2] for c in frame.components]) or \
-            written.component_tables() != frame.component_tables():
-        raise Unsupported("the encoder did not reproduce the source's tables and sampling")
+    _check_reproduced(encoded, frame)
     return read_coefficients(encoded)
+
+
+_REPRODUCED: set[tuple[object, ...]] = set()
+"""(sampling, tables) that Pillow's encoder was seen to write as given: its output
+depends on those settings, never on the pixels, so one look per combination suffices."""
+
+
+def _check_reproduced(encoded: bytes, frame: Frame) -> None:
+    """Raise :class:`Unsupported` unless the patch ``encoded`` has ``frame``'s tables and
+    sampling (Pillow may clamp or reorder what it is given)."""
+    single = len(frame.components) == 1  # one block per MCU, whatever its factors say
+    sampling = () if single else tuple(c[:2] for c in frame.components)
+    key = (sampling, tuple(frame.component_tables()))
+    if key in _REPRODUCED:
+        return
+    written = parse_frame(encoded)
+    if (not single and tuple(c[:2] for c in written.components) != sampling) or \
+            tuple(written.component_tables()) != key[1]:
+        raise Unsupported("the encoder did not reproduce the source's tables and sampling")
+    _REPRODUCED.add(key)
 
 
 def _runs(line: np.ndarray, start: int, stop: int) -> list[tuple[int, int]]:
