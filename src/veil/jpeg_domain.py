@@ -431,7 +431,9 @@ def splice_window(source: bytes, regions: Sequence[Rect], reads: Sequence[Rect],
 
     def first_call() -> None:
         cropped = ctypes.string_at(outputs[0] or 0, sizes[0])
-        canvas = Image.new("RGB", (frame.width, frame.height))
+        # left uninitialised outside the crop: the method reads only inside it (``reads``),
+        # and only MCUs inside it are taken from the result
+        canvas = Image.new("RGB", (frame.width, frame.height), None)
         canvas.paste(_decoded_rgb(cropped), crop[:2])
         replacements.plan(obfuscate(canvas))
 
@@ -463,10 +465,10 @@ def _decoded_rgb(data: bytes) -> Image.Image:
             raise Unsupported("libjpeg-turbo could not read the crop it wrote")
         grey = colourspace.value == _TJCS_GRAY
         mode, pixel_format = ("L", _TJPF_GRAY) if grey else ("RGB", _TJPF_RGB)
-        pixels = bytearray(width.value * height.value * (1 if grey else 3))
-        buffer = (ctypes.c_ubyte * len(pixels)).from_buffer(pixels)
-        if lib.tjDecompress2(handle, data, len(data), buffer, width.value, 0, height.value,
-                             pixel_format, 0) != 0:
+        # every byte is written by the decoder: no zero-fill, no ctypes array type per call
+        pixels = np.empty(width.value * height.value * (1 if grey else 3), np.uint8)
+        if lib.tjDecompress2(handle, data, len(data), pixels.ctypes.data, width.value, 0,
+                             height.value, pixel_format, 0) != 0:
             raise Unsupported("libjpeg-turbo could not decode the crop it wrote")
     finally:
         lib.tjDestroy(handle)
@@ -502,9 +504,12 @@ class _Replacements:
         if not self.mask.any():
             raise Unsupported("the affected region lies outside the image")
         self.patches = _patches(frame, self.stored_rects)
-        # per component and block row: (first block, the patch's blocks as bytes) for each
-        # run of replaced blocks, so the filter only copies memory
-        self.plans: list[dict[int, list[tuple[int, bytes]]]] = [{} for _ in frame.components]
+        # per component and block row: (first block, address of the patch's blocks, bytes)
+        # for each run of replaced blocks, so the filter only copies memory; the patches'
+        # coefficient arrays are kept alive in ``arrays``
+        self.plans: list[dict[int, list[tuple[int, int, int]]]] = [
+            {} for _ in frame.components]
+        self.arrays: list[np.ndarray] = []
         self.before_first: Callable[[], None] | None = None
 
     def plan(self, stored: Image.Image) -> None:
@@ -514,16 +519,21 @@ class _Replacements:
         factors = [(1, 1) if single else (h, v) for h, v, _ in frame.components]
         for r0, r1, c0, c1 in self.patches:
             coefficients = _patch_coefficients(stored, frame, (r0, r1, c0, c1))
-            whole = bool(self.mask[r0:r1, c0:c1].all())  # the common case: one face
-            for row in range(r0, r1):
-                for first, last in [(c0, c1)] if whole else _runs(self.mask[row], c0, c1):
-                    for (h, v), coeffs, plan in zip(factors, coefficients, self.plans,
-                                                    strict=True):
-                        for sub in range(v):
-                            prow = (row - r0) * v + sub
-                            if prow < coeffs.shape[0]:
-                                plan.setdefault(row * v + sub, []).append((first * h, coeffs[
-                                    prow, (first - c0) * h:(last - c0) * h].tobytes()))
+            self.arrays.extend(coefficients)
+            if self.mask[r0:r1, c0:c1].all():  # the common case: one face
+                runs = [[(c0, c1)]] * (r1 - r0)
+            else:
+                runs = [_runs(self.mask[row], c0, c1) for row in range(r0, r1)]
+            for (h, v), coeffs, plan in zip(factors, coefficients, self.plans, strict=True):
+                rows, blocks = coeffs.shape[:2]
+                address, pitch = coeffs.ctypes.data, coeffs.strides[0]
+                for prow in range(min(rows, (r1 - r0) * v)):
+                    entries = plan.setdefault(r0 * v + prow, [])
+                    for first, last in runs[prow // v]:
+                        start, stop = (first - c0) * h, min((last - c0) * h, blocks)
+                        if stop > start:
+                            entries.append((first * h, address + prow * pitch + start * 128,
+                                            (stop - start) * 128))
 
     def __call__(self, coeffs: Any, row: int, width: int, component: int) -> int:
         if self.before_first is not None:
@@ -532,10 +542,10 @@ class _Replacements:
         runs = self.plans[component].get(row)
         if runs:
             base = coeffs or 0
-            for first, blocks in runs:
-                size = min(len(blocks), (width - first) * 128)
+            for first, source, size in runs:
+                size = min(size, (width - first) * 128)
                 if size > 0:
-                    ctypes.memmove(base + first * 128, blocks, size)
+                    ctypes.memmove(base + first * 128, source, size)
         return 0
 
     def spliced(self, data: bytes) -> Spliced:
