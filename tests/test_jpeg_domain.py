@@ -305,6 +305,30 @@ def test_a_decoded_crop_gives_the_bytes_of_a_whole_decode(photos, method, option
         assert (window.mcus, window.total_mcus) == (whole.mcus, whole.total_mcus)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_a_large_crop_decodes_the_whole_file_and_gives_the_same_bytes(photos, monkeypatch,
+                                                                       share):
+    """Past ``WHOLE_DECODE_SHARE`` of the picture ``splice_window`` decodes the whole file
+    instead of writing and decoding a crop: same bytes either way, every layout."""
+    monkeypatch.setattr(jpeg_domain, "WHOLE_DECODE_SHARE", share)
+    decoded: list[int] = []
+    real = jpeg_domain._decoded_rgb
+    monkeypatch.setattr(jpeg_domain, "_decoded_rgb",
+                        lambda data: decoded.append(len(data)) or real(data))
+    for layout, progressive in CASES:
+        source = _progressive(photos[layout]) if progressive else photos[layout]
+        loaded = load_image(source)
+        size = (loaded.width, loaded.height)
+        boxes = [Box(**b) for b in _faces(size)]
+        regions = affected_region(size, boxes)
+        whole = jpeg_domain.splice(source, obfuscate(loaded.image, boxes), 1, regions)
+        window = jpeg_domain.splice_window(source, regions, read_region(size, boxes),
+                                           lambda canvas, boxes=boxes: obfuscate(canvas, boxes))
+        assert window.data == whole.data, (layout, progressive)
+        # share 0: the source itself was decoded; share 1: only a smaller crop
+        assert (decoded[-1] == len(source)) == (share == 0.0), (layout, progressive)
+
+
 def test_a_failing_method_in_the_crop_path_is_raised_not_swallowed(photos):
     """An error inside the libjpeg-turbo callback reaches the caller as itself (a bug must
     not pass for an unsupported file and be re-encoded silently)."""
