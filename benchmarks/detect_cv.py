@@ -373,7 +373,8 @@ def objective(problem: Problem, settings: Settings, indices: Sequence[int],
     box_scale = fit_box_scale(problem, problem.curve_boxes(raw, indices))
     shaped = dataclasses.replace(settings, box_scale=box_scale, rescore=None)
     if rescore:
-        model = fit_rescorer(*rescore_data(problem, shaped, indices), RESCORE_FEATURES)
+        model = fit_rescorer(*rescore_data(problem, shaped, indices, RESCORE_FEATURES),
+                             RESCORE_FEATURES)
         shaped = dataclasses.replace(shaped, rescore=model)
     curve = operating_curve(gt, problem.curve_boxes(shaped, indices), invalid=problem.invalid)
     recall, _, threshold = curve.best_recall(TRAIN_PRECISION)
@@ -549,6 +550,12 @@ class Refine:
     low: float = SEARCH_FLOOR
     context: float = 3.0
     min_side: float = 48.0
+
+
+#: The second passes ``--refine`` simulates, fixed beforehand (the 2x view, its mirror
+#: image, wider tiles, and a 1.5x view), all reported.
+REFINE_VARIANTS = (Refine(), Refine(view="s2_a1_f1"), Refine(context=5.0, min_side=96.0),
+                   Refine(view="s1.5_a1_f0"))
 
 
 def refine_tiles(fused: np.ndarray, threshold: float, refine: Refine, width: int,
