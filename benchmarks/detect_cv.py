@@ -16,6 +16,13 @@ other halves:
 - :func:`cross_validate` runs it on repeated 2-fold splits by image and measures each
   held-out half; :func:`select` on all images gives the shipped settings, and the
   held-out numbers are the honest estimate of how they do on new photos.
+
+Two variants of the procedure, measured the same way (neither is shipped: README):
+``select(rescore=...)`` fits a logistic rescoring of the fused boxes
+(:func:`fit_rescorer`, :mod:`veil.detection.rescore`) on the training images before
+the threshold, and :func:`cross_validate_refined` follows the chosen settings by a
+second pass on tiles around weak candidates, simulated from a cached whole view
+(:class:`Refine`).
 """
 
 from __future__ import annotations
@@ -32,14 +39,17 @@ from typing import Any
 import numpy as np
 
 from veil.boxes import Box
-from veil.detection.fusion import fuse
+from veil.detection.fusion import fuse_votes, score_votes
 from veil.detection.multiscale import (
     boxes_to_source,
     finish_boxes,
     merge_views,
     plan_views,
     render_view,
+    reshape_boxes,
 )
+from veil.detection.nms import pairwise_iou
+from veil.detection.rescore import FEATURES, Rescorer, box_features
 from veil.evaluation import evaluate_faces, operating_curve
 
 MIN_PRECISION = 0.8
@@ -122,6 +132,13 @@ class ViewSpec:
         return view.width, view.height
 
 
+def view_scale(name: str, width: int, height: int) -> float:
+    """The view's pixels per source pixel (geometric mean of its two axes), as
+    :class:`~veil.detection.multiscale.MultiScaleDetector` gives the rescoring."""
+    w, h = parse_view(name).size(width, height)
+    return math.sqrt(w * h / (width * height))
+
+
 def parse_view(name: str) -> ViewSpec:
     """The :class:`ViewSpec` of a :attr:`ViewSpec.name`."""
     family = next((f for f, p in PREFIXES.items() if name.startswith(p)), "centerface")
@@ -185,15 +202,18 @@ class Settings:
     box_scale: tuple[float, float]
     threshold: float
     cost: float  # seconds per image (the views' CostModel)
+    rescore: Rescorer | None = None  # a fitted score for fused boxes (None: fusion's)
 
     def merge(self, cache: ViewCache, index: int, width: int, height: int,
               threshold: float | None = None) -> np.ndarray:
+        """The image's final boxes by the detector's own merge (:func:`merge_views`)."""
         return merge_views(
             [cache.boxes[v][index] for v in self.views], width, height,
             fusion="wbf", fusion_iou=self.fusion_iou, fusion_score=self.fusion_score,
             candidate_threshold=CANDIDATE_THRESHOLD,
             threshold=self.threshold if threshold is None else threshold,
-            box_scale=self.box_scale, dedupe_iou=self.dedupe_iou)
+            box_scale=self.box_scale, dedupe_iou=self.dedupe_iou, rescore=self.rescore,
+            view_scales=[view_scale(v, width, height) for v in self.views])
 
 
 @dataclass
@@ -204,23 +224,38 @@ class Problem:
     gt: dict[str, list[Box]]
     invalid: dict[str, list[bool]] | None
     sizes: dict[str, tuple[int, int]]
-    _fused: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
+    _votes: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False)
+
+    def votes(self, settings: Settings, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """WBF's clusters for one image (boxes, views' votes: :func:`fuse_votes`; and
+        the views' scales), remembered: greedy search and the folds ask for the same
+        view sets again and again."""
+        key = (settings.views, settings.fusion_iou, index)
+        found = self._votes.get(key)
+        if found is None:
+            if len(self._votes) > 400_000:
+                self._votes.clear()
+            boxes, votes = fuse_votes([self.cache.boxes[v][index] for v in settings.views],
+                                      settings.fusion_iou, skip_below=CANDIDATE_THRESHOLD)
+            width, height = self.sizes[self.cache.keys[index]]
+            scales = np.array([view_scale(v, width, height) for v in settings.views])
+            found = (boxes, votes, scales)
+            self._votes[key] = found
+        return found
 
     def fused_raw(self, settings: Settings, index: int) -> np.ndarray:
         """Fusion's output (before threshold, reshaping and last NMS) for one image,
-        boxes scoring >= :data:`SEARCH_FLOOR` only, remembered: greedy search and the
-        folds ask for the same view sets again and again."""
-        key = (settings.views, settings.fusion_score, settings.fusion_iou, index)
-        found = self._fused.get(key)
-        if found is None:
-            if len(self._fused) > 400_000:
-                self._fused.clear()
-            found = fuse([self.cache.boxes[v][index] for v in settings.views], "wbf",
-                         settings.fusion_iou, skip_below=CANDIDATE_THRESHOLD,
-                         score=settings.fusion_score)
-            found = found[found[:, 4] >= SEARCH_FLOOR]
-            self._fused[key] = found
-        return found
+        boxes whose fused score is >= :data:`SEARCH_FLOOR` only, scored by the
+        settings' rescoring if any, best first (:func:`merge_views`' order)."""
+        boxes, votes, scales = self.votes(settings, index)
+        scores = score_votes(votes, settings.fusion_score) if len(boxes) else np.empty(0)
+        keep = scores >= SEARCH_FLOOR
+        boxes, votes, scores = boxes[keep], votes[keep], scores[keep]
+        if settings.rescore is not None and len(boxes):
+            scores = settings.rescore(boxes, votes, scales, *self.sizes[self.cache.keys[index]])
+        out = np.hstack([boxes.reshape(-1, 4), scores[:, None]])
+        return out[np.argsort(-out[:, 4], kind="stable")]
 
     def curve_boxes(self, settings: Settings, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """Every image's final boxes scoring >= :data:`SEARCH_FLOOR` (each threshold's
@@ -276,14 +311,78 @@ def fit_box_scale(problem: Problem, fused: Mapping[str, np.ndarray], min_score: 
     return float(np.round(median[0], 2)), float(np.round(median[1], 2))
 
 
-def objective(problem: Problem, settings: Settings, indices: Sequence[int]
-              ) -> tuple[float, Settings]:
+#: The rescoring model (:mod:`veil.detection.rescore`): its features and its L2
+#: regularisation (scikit-learn's C, on standardised features), fixed beforehand, not
+#: tuned: few features and a default penalty, so that it generalises.
+RESCORE_FEATURES: tuple[str, ...] = FEATURES
+RESCORE_C = 1.0
+#: Where :func:`select` fits the rescoring: only for the settings it chose without it
+#: ('final'), also for each fusion setting of the grid ('grid'), or at every step of the
+#: view search as well ('greedy'); None: no rescoring.
+RESCORE_MODES = ("final", "grid", "greedy")
+
+
+def rescore_data(problem: Problem, settings: Settings, indices: Sequence[int],
+                 names: Sequence[str] = RESCORE_FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    """The training set of the rescoring: features of every fused box (fused score >=
+    :data:`SEARCH_FLOOR`) of the images ``indices``, and whether the box, reshaped by
+    the settings' box shape, counts as precise (IoU >= 0.5 with any ground-truth face,
+    as precision counts it)."""
+    xs, ys = [], []
+    for i in indices:
+        key = problem.cache.keys[i]
+        width, height = problem.sizes[key]
+        boxes, votes, scales = problem.votes(settings, i)
+        if not len(boxes):
+            continue
+        keep = score_votes(votes, settings.fusion_score) >= SEARCH_FLOOR
+        boxes, votes = boxes[keep], votes[keep]
+        xs.append(box_features(boxes, votes, scales, width, height, names))
+        shaped = reshape_boxes(np.hstack([boxes, np.zeros((len(boxes), 1))]),
+                               settings.box_scale)[:, :4]
+        shaped[:, [0, 2]] = np.clip(shaped[:, [0, 2]], 0, width)
+        shaped[:, [1, 3]] = np.clip(shaped[:, [1, 3]], 0, height)
+        gt = np.array([b.as_xyxy() for b in problem.gt[key]]).reshape(-1, 4)
+        hit = (pairwise_iou(shaped, gt).max(axis=1) >= 0.5 if len(gt)
+               else np.zeros(len(shaped), bool))
+        ys.append(hit)
+    if not xs:
+        return np.empty((0, len(names))), np.empty(0, bool)
+    return np.vstack(xs), np.concatenate(ys)
+
+
+def fit_rescorer(features: np.ndarray, labels: np.ndarray, names: Sequence[str], *,
+                 c: float = RESCORE_C, floor: float = SEARCH_FLOOR) -> Rescorer | None:
+    """An L2-regularised logistic regression (scikit-learn's, ``C`` = ``c``) of
+    ``labels`` on standardised ``features``, the standardisation folded into the
+    coefficients (the runtime applies them with numpy). None with one class only."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    if len(np.unique(y)) < 2:
+        return None
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    model = LogisticRegression(C=c, max_iter=1000).fit((x - mean) / std, y)
+    coef = model.coef_[0] / std
+    intercept = float(model.intercept_[0] - (coef * mean).sum())
+    return Rescorer(tuple(names), tuple(round(float(v), 6) for v in coef),
+                    round(intercept, 6), floor)
+
+
+def objective(problem: Problem, settings: Settings, indices: Sequence[int],
+              rescore: bool = False) -> tuple[float, Settings]:
     """Training recall at precision >= :data:`TRAIN_PRECISION`, with the box shape and
-    threshold fitted."""
+    threshold fitted (and with ``rescore`` the rescoring, before the threshold)."""
     _, gt = problem.subset(indices)
-    raw = dataclasses.replace(settings, box_scale=(1.0, 1.0), dedupe_iou=None)
+    raw = dataclasses.replace(settings, box_scale=(1.0, 1.0), dedupe_iou=None, rescore=None)
     box_scale = fit_box_scale(problem, problem.curve_boxes(raw, indices))
-    shaped = dataclasses.replace(settings, box_scale=box_scale)
+    shaped = dataclasses.replace(settings, box_scale=box_scale, rescore=None)
+    if rescore:
+        model = fit_rescorer(*rescore_data(problem, shaped, indices, RESCORE_FEATURES),
+                             RESCORE_FEATURES)
+        shaped = dataclasses.replace(shaped, rescore=model)
     curve = operating_curve(gt, problem.curve_boxes(shaped, indices), invalid=problem.invalid)
     recall, _, threshold = curve.best_recall(TRAIN_PRECISION)
     if math.isnan(recall):
@@ -293,7 +392,7 @@ def objective(problem: Problem, settings: Settings, indices: Sequence[int]
 
 def select(problem: Problem, indices: Sequence[int], *,
            candidates: Sequence[tuple[str, ...]], budget: float,
-           fixed_views: Sequence[str] = (), grid: bool = True,
+           fixed_views: Sequence[str] = (), grid: bool = True, rescore: str | None = None,
            log: Callable[[str], None] | None = None) -> Settings:
     """The selection procedure on the training images ``indices`` (see the module doc).
 
@@ -301,12 +400,16 @@ def select(problem: Problem, indices: Sequence[int], *,
     taken together, e.g. a stretch in both directions) with the most training recall
     gained per second of cost that still fits ``budget`` (seconds per image), until
     none gains. Then fusion settings from :data:`FUSION_GRID` (``grid``), the box shape
-    and the threshold, all on the same training images.
+    and the threshold, all on the same training images. ``rescore`` (one of
+    :data:`RESCORE_MODES`) fits the rescoring too, from the step it names on.
     """
+    if rescore is not None and rescore not in RESCORE_MODES:
+        raise ValueError(f"rescore must be one of {RESCORE_MODES} or None, got {rescore!r}")
+    greedy, in_grid = rescore == "greedy", rescore in ("grid", "greedy")
     cost = problem.cache.cost
     base = Settings(tuple(fixed_views), threshold=0.0, box_scale=(1.0, 1.0),
                     cost=sum(cost[v] for v in fixed_views), **DEFAULT_FUSION)
-    current = objective(problem, base, indices)[0] if fixed_views else 0.0
+    current = objective(problem, base, indices, greedy)[0] if fixed_views else 0.0
     chosen = list(fixed_views)
     while True:
         best: tuple[float, tuple[str, ...], float] | None = None
@@ -316,7 +419,7 @@ def select(problem: Problem, indices: Sequence[int], *,
             if any(v in chosen for v in group) or spent + extra > budget:
                 continue
             trial = dataclasses.replace(base, views=(*chosen, *group))
-            value = objective(problem, trial, indices)[0]
+            value = objective(problem, trial, indices, greedy)[0]
             gain = (value - current) / extra
             if value > current and (best is None or gain > best[0]):
                 best = (gain, group, value)
@@ -329,9 +432,12 @@ def select(problem: Problem, indices: Sequence[int], *,
                 f"{sum(cost[v] for v in chosen):.3f} s/img")
     base = dataclasses.replace(base, views=tuple(chosen), cost=sum(cost[v] for v in chosen))
     options = FUSION_GRID if grid else (DEFAULT_FUSION,)
-    scored = [objective(problem, dataclasses.replace(base, **fusion), indices)
+    scored = [objective(problem, dataclasses.replace(base, **fusion), indices, in_grid)
               for fusion in options]
-    return max(scored, key=lambda pair: pair[0])[1]
+    chosen_settings = max(scored, key=lambda pair: pair[0])[1]
+    if rescore == "final":
+        chosen_settings = objective(problem, chosen_settings, indices, True)[1]
+    return chosen_settings
 
 
 def candidate_groups(views: Sequence[str], *, symmetric: bool) -> list[tuple[str, ...]]:
@@ -435,3 +541,134 @@ def summarise(values: Sequence[float]) -> str:
     if len(array) == 1:
         return f"{array[0]:.3f}"
     return f"{array.mean():.3f} ({array.min():.3f}-{array.max():.3f})"
+
+
+# --------------------------------------------------------------------------- refinement
+
+@dataclass(frozen=True)
+class Refine:
+    """A second pass, simulated from a cached whole view: ``view`` (e.g. the 2x view)
+    run only on square tiles around the first pass's *weak candidates* (fused score in
+    [``low``, threshold)), each ``context`` times the candidate's height on a side
+    (at least ``min_side`` source px). The tiles' boxes join fusion as one more view for
+    the clusters inside a tile; elsewhere the first pass's score stands."""
+
+    view: str = "s2_a1_f0"
+    low: float = SEARCH_FLOOR
+    context: float = 3.0
+    min_side: float = 48.0
+
+
+#: The second passes ``--refine`` simulates, fixed beforehand (the 2x view, its mirror
+#: image, wider tiles, and a 1.5x view), all reported.
+REFINE_VARIANTS = (Refine(), Refine(view="s2_a1_f1"), Refine(context=5.0, min_side=96.0),
+                   Refine(view="s1.5_a1_f0"))
+
+
+def refine_tiles(fused: np.ndarray, threshold: float, refine: Refine, width: int,
+                 height: int) -> np.ndarray:
+    """Tiles ``(m, 4)`` (source px, clipped) around the weak candidates of ``fused``."""
+    weak = fused[(fused[:, 4] >= refine.low) & (fused[:, 4] < threshold)]
+    if not len(weak):
+        return np.empty((0, 4))
+    cx, cy = (weak[:, 0] + weak[:, 2]) / 2, (weak[:, 1] + weak[:, 3]) / 2
+    half = np.maximum(refine.context * (weak[:, 3] - weak[:, 1]), refine.min_side) / 2
+    tiles = np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
+    tiles[:, [0, 2]] = np.clip(tiles[:, [0, 2]], 0, width)
+    tiles[:, [1, 3]] = np.clip(tiles[:, [1, 3]], 0, height)
+    return tiles
+
+
+def inside(boxes: np.ndarray, tiles: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """Which boxes lie whole inside some tile (a tile's pass would not cut them)."""
+    if not len(tiles) or not len(boxes):
+        return np.zeros(len(boxes), bool)
+    b, t = boxes[:, None, :4], tiles[None, :, :]
+    return ((b[..., 0] >= t[..., 0] - margin) & (b[..., 1] >= t[..., 1] - margin)
+            & (b[..., 2] <= t[..., 2] + margin) & (b[..., 3] <= t[..., 3] + margin)).any(axis=1)
+
+
+def tiles_area(tiles: np.ndarray, width: int, height: int) -> float:
+    """Source pixels under the union of the tiles."""
+    mask = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in np.round(tiles).astype(int):
+        mask[y0:y1, x0:x1] = True
+    return float(mask.sum())
+
+
+def refined_raw(problem: Problem, settings: Settings, refine: Refine, index: int,
+                first_threshold: float) -> tuple[np.ndarray, float]:
+    """The refined fused boxes (fused score >= :data:`SEARCH_FLOOR`, best first) of one
+    image, and the tiles' cost (seconds: the view's cost per megapixel of tiles)."""
+    key = problem.cache.keys[index]
+    width, height = problem.sizes[key]
+    first = problem.fused_raw(dataclasses.replace(settings, rescore=None), index)
+    tiles = refine_tiles(first, first_threshold, refine, width, height)
+    if not len(tiles):
+        return first, 0.0
+    extra = problem.cache.boxes[refine.view][index]
+    extra = extra[inside(extra, tiles)]
+    views = [problem.cache.boxes[v][index] for v in settings.views]
+    boxes, votes = fuse_votes([*views, extra], settings.fusion_iou,
+                              skip_below=CANDIDATE_THRESHOLD)
+    n = len(views)
+    covered = inside(np.hstack([(boxes[:, :2] + boxes[:, 2:4]) / 2] * 2), tiles, 0.0)
+    scores = np.where(covered, score_votes(votes, settings.fusion_score),
+                      score_votes(votes[:, :n], settings.fusion_score))
+    out = np.hstack([boxes, scores[:, None]])
+    out = out[out[:, 4] >= SEARCH_FLOOR]
+    spec = parse_view(refine.view)
+    w, h = spec.size(width, height)
+    megapixels = tiles_area(tiles, width, height) * (w * h) / (width * height) / 1e6
+    per_view = COSTS["int8"].per_view
+    per_mp = (problem.cache.cost[refine.view] - per_view) / (w * h / 1e6)
+    return out[np.argsort(-out[:, 4], kind="stable")], per_mp * megapixels + per_view
+
+
+def refined_boxes(problem: Problem, settings: Settings, refine: Refine,
+                  indices: Sequence[int], threshold: float = SEARCH_FLOOR
+                  ) -> tuple[dict[str, np.ndarray], float]:
+    """Every image's final refined boxes scoring >= ``threshold``, and the tiles' mean
+    cost per image; the weak candidates are those under the settings' threshold."""
+    out, cost = {}, 0.0
+    for i in indices:
+        key = problem.cache.keys[i]
+        raw, seconds = refined_raw(problem, settings, refine, i, settings.threshold)
+        cost += seconds
+        out[key] = finish_boxes(raw, *problem.sizes[key], threshold=threshold,
+                                box_scale=settings.box_scale, dedupe_iou=settings.dedupe_iou)
+    return out, cost / max(len(indices), 1)
+
+
+def fit_refined_threshold(problem: Problem, settings: Settings, refine: Refine,
+                          indices: Sequence[int]) -> float:
+    """The refined boxes' threshold keeping training precision >= :data:`TRAIN_PRECISION`."""
+    _, gt = problem.subset(indices)
+    boxes, _ = refined_boxes(problem, settings, refine, indices)
+    recall, _, threshold = operating_curve(gt, boxes, invalid=problem.invalid).best_recall(
+        TRAIN_PRECISION)
+    return 1.0 if math.isnan(recall) else math.floor(threshold * 1000) / 1000
+
+
+def cross_validate_refined(problem: Problem, *, repeats: int, seed: int,
+                           choose: Callable[[Sequence[int]], Settings], refine: Refine
+                           ) -> tuple[list[Measured], list[float]]:
+    """:func:`cross_validate` of ``choose`` followed by the refinement pass, its
+    threshold fitted on the training half: held-out numbers per repeat, and the tiles'
+    mean cost per image per fold (seconds)."""
+    n = len(problem.cache.keys)
+    rng = np.random.default_rng(seed)
+    held: list[Measured] = []
+    costs: list[float] = []
+    for _ in range(repeats):
+        order = rng.permutation(n)
+        halves = [sorted(order[: n // 2].tolist()), sorted(order[n // 2:].tolist())]
+        fused: dict[str, np.ndarray] = {}
+        for train, test in (halves, halves[::-1]):
+            chosen = choose(train)
+            threshold = fit_refined_threshold(problem, chosen, refine, train)
+            boxes, cost = refined_boxes(problem, chosen, refine, test, threshold)
+            fused.update(boxes)
+            costs.append(cost)
+        held.append(measure_fused(problem, fused))
+    return held, costs

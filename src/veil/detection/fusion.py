@@ -70,37 +70,69 @@ def weighted_box_fusion(
     fusion and its vote in the mean; ``skip_below`` drops boxes scoring less first.
     ``score`` is 'mean' or 'rms' (over views, missing views count 0) or 'max'.
     """
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    boxes, votes = fuse_votes(views, iou_threshold, skip_below=skip_below, weights=weights)
+    if len(boxes) == 0:
+        return np.empty((0, 5))
+    out = np.hstack([boxes, score_votes(votes, score, weights)[:, None]])
+    return out[np.argsort(-out[:, 4], kind="stable")]
+
+
+def score_votes(votes: np.ndarray, score: str = "mean",
+                weights: Sequence[float] | None = None) -> np.ndarray:
+    """Each cluster's score from its views' (weighted) best scores ``(k, n_views)``
+    (:func:`fuse_votes`): 'mean', 'rms' or 'max' (see :func:`weighted_box_fusion`)."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    w = _weights(weights, votes.shape[1])
+    if score == "mean":
+        return np.asarray(votes.sum(axis=1) / w.sum())
+    if score == "rms":
+        # votes hold w * s: the weighted mean of s^2 is sum((w s)^2 / w) / sum(w).
+        squares = np.divide(votes ** 2, w, out=np.zeros_like(votes), where=w > 0)
+        return np.asarray(np.sqrt(squares.sum(axis=1) / w.sum()))
+    return np.asarray(votes.max(axis=1))
+
+
+def fuse_votes(
+    views: Sequence[np.ndarray],
+    iou_threshold: float = 0.55,
+    *,
+    skip_below: float = 0.0,
+    weights: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """WBF's clusters before they are scored: fused boxes ``(k, 4)`` and each view's best
+    (weighted) score in each cluster ``(k, n_views)``, 0 where a view missed it.
+
+    :func:`weighted_box_fusion` reduces the votes to one score (mean, rms, max); a
+    learned rescoring (:mod:`veil.detection.rescore`) reads more from them: how many
+    views saw the face, and at which scale the best one did.
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     n_views = len(views)
     if n_views == 0:
-        return np.empty((0, 5))
-    w = np.ones(n_views) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (n_views,) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"need one non-negative weight per view ({n_views}), got {weights}")
+        return np.empty((0, 4)), np.empty((0, 0))
+    w = _weights(weights, n_views)
     weighted = [np.asarray(v, dtype=np.float64).reshape(-1, 5) * [1, 1, 1, 1, wi]
                 for v, wi in zip(views, w, strict=True)]
     boxes = _stack(weighted, skip_below)
     if len(boxes) == 0:
-        return np.empty((0, 5))
-
+        return np.empty((0, 4)), np.empty((0, n_views))
     kernel = _kernel() if len(boxes) >= COMPILED_FROM else None
     if kernel is not None:
         fused, best, k = kernel(np.ascontiguousarray(boxes), n_views, float(iou_threshold))
     else:
         fused, best, k = _cluster(boxes, n_views, iou_threshold)
-    if score == "mean":
-        scores = best[:k].sum(axis=1) / w.sum()
-    elif score == "rms":
-        # best holds w * s: the weighted mean of s^2 is sum((w s)^2 / w) / sum(w).
-        squares = np.divide(best[:k] ** 2, w, out=np.zeros_like(best[:k]), where=w > 0)
-        scores = np.sqrt(squares.sum(axis=1) / w.sum())
-    else:
-        scores = best[:k].max(axis=1)
-    out = np.hstack([fused[:k], scores[:, None]])
-    return out[np.argsort(-out[:, 4], kind="stable")]
+    return fused[:k], best[:k]
+
+
+def _weights(weights: Sequence[float] | None, n_views: int) -> np.ndarray:
+    w = np.ones(n_views) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_views,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"need one non-negative weight per view ({n_views}), got {weights}")
+    return w
 
 
 def _cluster(boxes: np.ndarray, n_views: int, iou_threshold: float

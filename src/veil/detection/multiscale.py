@@ -32,16 +32,18 @@ the weaker goes (greedy NMS over the merged boxes).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from veil.boxes import Box
 from veil.detection.base import Detector, check_image, create_detector
-from veil.detection.fusion import FUSIONS, SCORES, fuse
+from veil.detection.fusion import FUSIONS, SCORES, fuse, fuse_votes, score_votes
 from veil.detection.nms import nms, pairwise_iou
+from veil.detection.rescore import Rescorer
 from veil.errors import VeilError
 
 #: Boxes within this many view pixels of a tile's inner edge were cut by it.
@@ -227,7 +229,9 @@ class MultiScaleDetector:
     detector reports per view (lower: a face seen weakly by several views still adds
     up). ``fusion`` is 'wbf' or 'nms' at ``fusion_iou``; ``fusion_score`` how WBF scores
     a face from its views ('mean', 'rms' or 'max'); ``dedupe_iou`` (None: off) a last
-    NMS over the merged boxes. ``base_options`` go to the base detector;
+    NMS over the merged boxes. ``rescore`` (a :class:`~veil.detection.rescore.Rescorer`'s
+    options; WBF only) replaces each fused box's score by a fitted model's, which
+    ``threshold`` then applies to. ``base_options`` go to the base detector;
     ``batch_size`` and ``threads`` to it as well. ``source`` is the name its boxes carry.
     """
 
@@ -247,6 +251,7 @@ class MultiScaleDetector:
         fusion_score: str = "mean",
         dedupe_iou: float | None = None,
         box_scale: Sequence[float] = (1.0, 1.0),
+        rescore: Mapping[str, Any] | None = None,
         tile_size: int = 2048,
         tile_overlap: int = 256,
         max_side: int = 4096,
@@ -269,6 +274,8 @@ class MultiScaleDetector:
             raise VeilError(f"fusion_iou must be in (0, 1], got {fusion_iou}")
         if dedupe_iou is not None and not 0.0 < dedupe_iou <= 1.0:
             raise VeilError(f"dedupe_iou must be in (0, 1] or None, got {dedupe_iou}")
+        if rescore is not None and fusion != "wbf":
+            raise VeilError("rescore scores weighted box fusion's clusters: use fusion 'wbf'")
         if fusion_score not in SCORES:
             raise VeilError(
                 f"fusion_score must be one of {', '.join(SCORES)}, got {fusion_score!r}")
@@ -299,6 +306,7 @@ class MultiScaleDetector:
         self.fusion_score = fusion_score
         self.dedupe_iou = None if dedupe_iou is None else float(dedupe_iou)
         self.box_scale: tuple[float, float] = (box_scale[0], box_scale[1])
+        self.rescore = None if rescore is None else Rescorer.from_options(rescore)
         self.tile_size = int(tile_size)
         self.tile_overlap = int(tile_overlap)
         self.max_side = int(max_side)
@@ -320,6 +328,7 @@ class MultiScaleDetector:
             "fusion_iou": self.fusion_iou, "fusion_score": self.fusion_score,
             "dedupe_iou": self.dedupe_iou,
             "box_scale": list(self.box_scale),
+            "rescore": None if self.rescore is None else self.rescore.options(),
             "tile_size": self.tile_size, "tile_overlap": self.tile_overlap,
             "max_side": self.max_side,
         }
@@ -365,18 +374,21 @@ class MultiScaleDetector:
 
     def _merge(self, found: list[tuple[View, np.ndarray]], width: int, height: int) -> list[Box]:
         passes: dict[int, list[np.ndarray]] = {}
+        scales: dict[int, float] = {}
         overview: list[np.ndarray] = []
         for view, boxes in found:
             if view.overview:
                 overview.append(boxes)
             else:
                 passes.setdefault(view.pass_index, []).append(boxes)
+                scales[view.pass_index] = math.sqrt(view.scale_x * view.scale_y)
         views = [np.vstack(parts) for _, parts in sorted(passes.items())]
         merged = merge_views(
             views, width, height, fusion=self.fusion, fusion_iou=self.fusion_iou,
             fusion_score=self.fusion_score, candidate_threshold=self.candidate_threshold,
             threshold=self.threshold, box_scale=self.box_scale, dedupe_iou=self.dedupe_iou,
-            overview=np.vstack(overview) if overview else None)
+            overview=np.vstack(overview) if overview else None, rescore=self.rescore,
+            view_scales=[scales[i] for i in sorted(passes)])
         return [
             Box(float(x0), float(y0), float(x1), float(y1), score=float(min(score, 1.0)),
                 source=self.name)
@@ -397,20 +409,45 @@ def merge_views(
     box_scale: tuple[float, float] = (1.0, 1.0),
     dedupe_iou: float | None = None,
     overview: np.ndarray | None = None,
+    rescore: Rescorer | None = None,
+    view_scales: Sequence[float] | None = None,
 ) -> np.ndarray:
     """One image's boxes ``(k, 5)`` from its views' boxes (each ``(n, 5)``, source pixels).
 
     Fusion, the overview's fill-in, the final threshold, box reshaping, the last NMS and
     clipping to the image, in that order: what :class:`MultiScaleDetector` does after
     its views ran, as a function of cached view outputs (so settings can be tuned and
-    cross-validated without running the network again).
+    cross-validated without running the network again). With ``rescore`` (WBF only),
+    fused boxes scoring below its floor go and the rest are scored by it from their
+    views' votes (``view_scales``: each view's pixels per source pixel); the overview's
+    boxes keep their own scores.
     """
-    merged = fuse(views, fusion, fusion_iou, skip_below=candidate_threshold,
-                  score=fusion_score)
+    if rescore is None:
+        merged = fuse(views, fusion, fusion_iou, skip_below=candidate_threshold,
+                      score=fusion_score)
+    else:
+        merged = rescored(views, width, height, rescore, view_scales or [1.0] * len(views),
+                          fusion_iou=fusion_iou, fusion_score=fusion_score,
+                          candidate_threshold=candidate_threshold)
     if overview is not None and len(overview):
         merged = _fill_in(merged, overview, fusion_iou)
     return finish_boxes(merged, width, height, threshold=threshold, box_scale=box_scale,
                         dedupe_iou=dedupe_iou)
+
+
+def rescored(views: Sequence[np.ndarray], width: int, height: int, rescore: Rescorer,
+             view_scales: Sequence[float], *, fusion_iou: float, fusion_score: str,
+             candidate_threshold: float) -> np.ndarray:
+    """WBF's boxes ``(k, 5)`` scored by ``rescore``, best first (see :func:`merge_views`)."""
+    if len(view_scales) != len(views):
+        raise VeilError(f"need one scale per view ({len(views)}), got {len(view_scales)}")
+    boxes, votes = fuse_votes(views, fusion_iou, skip_below=candidate_threshold)
+    if len(boxes) == 0:
+        return np.empty((0, 5))
+    keep = score_votes(votes, fusion_score) >= rescore.floor
+    boxes, votes = boxes[keep], votes[keep]
+    out = np.hstack([boxes, rescore(boxes, votes, view_scales, width, height)[:, None]])
+    return out[np.argsort(-out[:, 4], kind="stable")]
 
 
 def finish_boxes(merged: np.ndarray, width: int, height: int, *, threshold: float,
