@@ -154,6 +154,26 @@ def test_mixed_size_batch_gives_each_image_its_own_boxes_in_input_order(astronau
     assert sum(len(boxes) for boxes in together) >= 5
 
 
+def test_the_reused_blob_holds_the_floats_blob_from_images_makes(monkeypatch, astronaut):
+    """The fp32 input is written into a buffer reused batch after batch: each batch gets
+    exactly cv2.dnn.blobFromImages' floats (stretched or not), nothing of the last."""
+    import cv2
+
+    from veil.detection import centerface_onnx
+
+    detector = create_detector("centerface", threads=2)
+    batches = [
+        ((512, 512), [astronaut, astronaut[::-1, ::-1].copy(), astronaut[:, ::-1].copy()]),
+        ((224, 160), [_resized(astronaut, 200, 150), _resized(astronaut, 210, 131)]),
+        ((512, 512), [astronaut[:, ::-1].copy()]),  # smaller than the buffer's last use
+    ]
+    monkeypatch.setattr(centerface_onnx, "BLOB_BUFFER_BYTES", 4 * 3 * 512 * 512 * 2)
+    for size, images in batches * 2:  # the 3-image batch exceeds the buffer: its own array
+        expected = cv2.dnn.blobFromImages(images, scalefactor=1.0, size=size,
+                                          mean=(0, 0, 0), swapRB=False, crop=False)
+        assert np.array_equal(detector._blob(size, images), expected)
+
+
 def test_rejects_arrays_that_are_not_rgb_uint8(detector, astronaut):
     assert detector.detect([]) == []
     bad = [astronaut.astype(np.float32), astronaut[..., 0], np.zeros((0, 4, 3), np.uint8),
