@@ -148,6 +148,7 @@ class CenterFaceDetector(CenterFaceBase):
         same floats, in this thread's reusable buffer where it fits."""
         width, height = size
         count = len(images) * 3 * height * width
+        memory: np.ndarray | None
         if count * 4 > BLOB_BUFFER_BYTES:
             memory = np.empty(count, np.float32)
         else:
