@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import skimage.data
@@ -150,6 +154,26 @@ def test_mixed_size_batch_gives_each_image_its_own_boxes_in_input_order(astronau
     assert sum(len(boxes) for boxes in together) >= 5
 
 
+def test_the_reused_blob_holds_the_floats_blob_from_images_makes(monkeypatch, astronaut):
+    """The fp32 input is written into a buffer reused batch after batch: each batch gets
+    exactly cv2.dnn.blobFromImages' floats (stretched or not), nothing of the last."""
+    import cv2
+
+    from veil.detection import centerface_onnx
+
+    detector = create_detector("centerface", threads=2)
+    batches = [
+        ((512, 512), [astronaut, astronaut[::-1, ::-1].copy(), astronaut[:, ::-1].copy()]),
+        ((224, 160), [_resized(astronaut, 200, 150), _resized(astronaut, 210, 131)]),
+        ((512, 512), [astronaut[:, ::-1].copy()]),  # smaller than the buffer's last use
+    ]
+    monkeypatch.setattr(centerface_onnx, "BLOB_BUFFER_BYTES", 4 * 3 * 512 * 512 * 2)
+    for size, images in batches * 2:  # the 3-image batch exceeds the buffer: its own array
+        expected = cv2.dnn.blobFromImages(images, scalefactor=1.0, size=size,
+                                          mean=(0, 0, 0), swapRB=False, crop=False)
+        assert np.array_equal(detector._blob(size, images), expected)
+
+
 def test_rejects_arrays_that_are_not_rgb_uint8(detector, astronaut):
     assert detector.detect([]) == []
     bad = [astronaut.astype(np.float32), astronaut[..., 0], np.zeros((0, 4, 3), np.uint8),
@@ -241,24 +265,69 @@ def test_nms_suppresses_at_exactly_the_threshold_and_handles_empty_input():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_nms_keeps_the_boxes_the_numpy_loop_keeps(monkeypatch, dtype):
-    """From COMPILED_FROM candidates on NMS runs in numba: the same boxes, in the same
+    """From COMPILED_FROM candidates on NMS may run in numba: the same boxes, in the same
     order, ties, touching boxes and degenerate ones included."""
     from veil.detection import nms as nms_module
+    from veil.detection.compiled import LazyKernel
 
     rng = np.random.default_rng(1)
     corners = np.round(rng.uniform(0, 200, (600, 2)))
     sizes = np.round(rng.uniform(0, 30, (600, 2)))  # some empty boxes
     boxes = np.hstack([corners, corners + sizes]).astype(dtype)
     scores = rng.choice(np.linspace(0.05, 1, 12), 600).astype(np.float32)
-    assert nms_module._kernel() is not None and len(boxes) >= nms_module.COMPILED_FROM
+    assert nms_module.COMPILED.load() is not None and len(boxes) >= nms_module.COMPILED_FROM
     compiled = {t: nms(boxes, scores, t) for t in (0.3, 0.5, 0.45)}
     monkeypatch.setenv("VEIL_NO_NUMBA", "1")
-    nms_module._kernel.cache_clear()
-    try:
-        for threshold, keep in compiled.items():
-            assert keep.tolist() == nms(boxes, scores, threshold).tolist()
-    finally:
-        nms_module._kernel.cache_clear()
+    monkeypatch.setattr(nms_module, "COMPILED", LazyKernel(
+        "veil.detection._nms_kernel", "suppress", "NMS"))
+    assert nms_module.COMPILED.load() is None
+    for threshold, keep in compiled.items():
+        assert keep.tolist() == nms(boxes, scores, threshold).tolist()
+
+
+def test_nms_takes_numba_only_once_the_numpy_loop_has_cost_its_loading(monkeypatch):
+    """Ski rental: crowds of candidates run the numpy loop, which adds up its seconds,
+    until they reach numba's start-up cost; then the compiled loop runs."""
+    from veil.detection import compiled
+    from veil.detection import nms as nms_module
+
+    lazy = compiled.LazyKernel("veil.detection._nms_kernel", "suppress", "NMS")
+    monkeypatch.setattr(nms_module, "COMPILED", lazy)
+    monkeypatch.setattr(compiled, "_warm", False)  # no other kernel loaded yet
+    rng = np.random.default_rng(2)
+    corners = rng.uniform(0, 200, (300, 2))
+    boxes = np.hstack([corners, corners + 20]).astype(np.float32)
+    scores = rng.uniform(0.2, 1, 300).astype(np.float32)
+    first = nms(boxes, scores, 0.3)
+    spent = lazy.spent
+    assert lazy._kernel is None and 0 < spent < compiled.COLD_START_SECONDS
+    nms(boxes[:100], scores[:100], 0.3)  # small calls neither count nor buy
+    assert lazy.spent == spent and not lazy._tried
+    lazy.paid(compiled.COLD_START_SECONDS)  # as if many crowds had run in numpy
+    again = nms(boxes, scores, 0.3)
+    assert lazy._kernel is not None and lazy.spent == spent + compiled.COLD_START_SECONDS
+    assert again.tolist() == first.tolist()
+
+
+def test_a_few_crowds_of_candidates_do_not_load_numba():
+    """numba's first compiled call costs a fresh process ~1 s, more than the numpy loop
+    costs on the few crowded photos a plain CenterFace run meets: it stays unloaded."""
+    script = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from veil.detection.nms import COMPILED_FROM, nms\n"
+        "rng = np.random.default_rng(0)\n"
+        "corners = rng.uniform(0, 400, (2 * COMPILED_FROM, 2))\n"
+        "boxes = np.hstack([corners, corners + 30]).astype(np.float32)\n"
+        "scores = rng.uniform(0.2, 1, len(boxes)).astype(np.float32)\n"
+        "for _ in range(3):\n"
+        "    assert len(nms(boxes, scores, 0.3)) > 0\n"
+        "print('numba' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 # --- start-up: the dynamic graph is made once per machine --------------------------------------
