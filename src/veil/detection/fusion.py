@@ -21,28 +21,26 @@ Input everywhere is one ``(n, 5)`` array per *view* (a scale, a flip, a detector
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from functools import cache
 
 import numpy as np
 
-from veil.detection.compiled import compiled_kernel
+from veil.detection.compiled import LazyKernel
 from veil.detection.nms import nms
 
 FUSIONS = ("wbf", "nms")
 #: How a WBF cluster's score comes from its views' best scores.
 SCORES = ("mean", "rms", "max")
-#: From this many boxes on, WBF's clustering loop runs compiled (numba): ~50x faster, the
-#: same clusters; fewer boxes (one view, a handful of faces) never pay numba's import.
+#: From this many boxes on, WBF's clustering loop may run compiled (numba): ~50x faster,
+#: the same clusters; fewer boxes (one view, a handful of faces) never pay numba's import.
 COMPILED_FROM = 256
+#: The compiled loop, taken once the numpy loop on >= COMPILED_FROM boxes has cost what
+#: loading numba costs, or at once where NMS has loaded numba already
+#: (:class:`veil.detection.compiled.LazyKernel`).
+COMPILED = LazyKernel("veil.detection._wbf_kernel", "cluster", "box fusion")
 
 Kernel = Callable[[np.ndarray, int, float], tuple[np.ndarray, np.ndarray, int]]
-
-
-@cache
-def _kernel() -> Kernel | None:
-    """The compiled clustering loop, or None (no numba, or ``VEIL_NO_NUMBA=1``)."""
-    return compiled_kernel("veil.detection._wbf_kernel", "cluster", "box fusion")
 
 
 def _stack(views: Sequence[np.ndarray], skip_below: float) -> np.ndarray:
@@ -120,11 +118,15 @@ def fuse_votes(
     boxes = _stack(weighted, skip_below)
     if len(boxes) == 0:
         return np.empty((0, 4)), np.empty((0, n_views))
-    kernel = _kernel() if len(boxes) >= COMPILED_FROM else None
+    crowd = len(boxes) >= COMPILED_FROM
+    kernel: Kernel | None = COMPILED.get() if crowd else None
     if kernel is not None:
         fused, best, k = kernel(np.ascontiguousarray(boxes), n_views, float(iou_threshold))
     else:
+        start = time.perf_counter()
         fused, best, k = _cluster(boxes, n_views, iou_threshold)
+        if crowd:
+            COMPILED.paid(time.perf_counter() - start)
     return fused[:k], best[:k]
 
 

@@ -109,7 +109,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 #: the 97 WIDER FACE val images) and ``veil detect`` speed end to end on 2 cores (balanced
 #: and thorough: one round on a shared machine, README: Detection).
 HELD_OUT: dict[str, str] = {
-    "fast": "1 view; held-out recall 0.747, precision 0.543; ~37 img/s",
+    "fast": "1 view; held-out recall 0.747, precision 0.543; ~36-42 img/s",
     "balanced": "6 views, int8; held-out recall 0.797, precision 0.798; ~6 img/s",
     "thorough": "8 views, int8; held-out recall 0.823, precision 0.803; ~4 img/s",
 }
