@@ -490,6 +490,12 @@ class CVResult:
     fold_settings: list[Settings]
 
 
+def random_halves(rng: np.random.Generator, n: int) -> list[list[int]]:
+    """Image indices ``0..n-1`` split at random into two sorted halves (one repeat's folds)."""
+    order = rng.permutation(n)
+    return [sorted(order[: n // 2].tolist()), sorted(order[n // 2:].tolist())]
+
+
 def cross_validate(problem: Problem, *, repeats: int, seed: int,
                    choose: Callable[[Sequence[int]], Settings],
                    log: Callable[[str], None] | None = None) -> CVResult:
@@ -504,8 +510,7 @@ def cross_validate(problem: Problem, *, repeats: int, seed: int,
     held: list[Measured] = []
     fold_settings: list[Settings] = []
     for r in range(repeats):
-        order = rng.permutation(n)
-        halves = [sorted(order[: n // 2].tolist()), sorted(order[n // 2:].tolist())]
+        halves = random_halves(rng, n)
         fused: dict[str, np.ndarray] = {}
         for train, test in (halves, halves[::-1]):
             start = time.perf_counter()
@@ -661,8 +666,7 @@ def cross_validate_refined(problem: Problem, *, repeats: int, seed: int,
     held: list[Measured] = []
     costs: list[float] = []
     for _ in range(repeats):
-        order = rng.permutation(n)
-        halves = [sorted(order[: n // 2].tolist()), sorted(order[n // 2:].tolist())]
+        halves = random_halves(rng, n)
         fused: dict[str, np.ndarray] = {}
         for train, test in (halves, halves[::-1]):
             chosen = choose(train)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,19 @@ def wider(shared: Path) -> Path:
     if not (root / "faces.json").is_file():
         pytest.fail(f"WIDER FACE sample not found at {root}; set VEIL_SHARED")
     return root
+
+
+def _run_fresh(script: str) -> str:
+    """``script``'s stdout, run by a fresh interpreter that imports this checkout's veil
+    (what a new process pays, e.g. which modules it loads, cannot be seen in this one)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def fresh_python() -> Callable[[str], str]:
+    """Run a script in a fresh interpreter and get its stdout (:func:`_run_fresh`)."""
+    return _run_fresh

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import skimage.data
@@ -309,7 +305,7 @@ def test_nms_takes_numba_only_once_the_numpy_loop_has_cost_its_loading(monkeypat
     assert again.tolist() == first.tolist()
 
 
-def test_a_few_crowds_of_candidates_do_not_load_numba():
+def test_a_few_crowds_of_candidates_do_not_load_numba(fresh_python):
     """numba's first compiled call costs a fresh process ~1 s, more than the numpy loop
     costs on the few crowded photos a plain CenterFace run meets: it stays unloaded."""
     script = (
@@ -323,11 +319,7 @@ def test_a_few_crowds_of_candidates_do_not_load_numba():
         "for _ in range(3):\n"
         "    assert len(nms(boxes, scores, 0.3)) > 0\n"
         "print('numba' in sys.modules)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert fresh_python(script) == "False"
 
 
 # --- start-up: the dynamic graph is made once per machine --------------------------------------

@@ -357,7 +357,7 @@ def test_an_older_veils_ledger_inside_is_flagged_and_moved_out(tmp_path):
         assert len(ledger.runs("obfuscate")) == 2  # the old run came along with its file
 
 
-def test_a_small_job_does_not_load_the_compiled_blur(tmp_path):
+def test_a_small_job_does_not_load_the_compiled_blur(tmp_path, fresh_python):
     """numba's import and dispatcher cost most of a second per process, which a job with
     few faced images never wins back: it blurs with the Pillow passes (same pixels)."""
     root, boxes = _faces_dataset(tmp_path / "data", 2, size=64)
@@ -372,11 +372,7 @@ def test_a_small_job_does_not_load_the_compiled_blur(tmp_path):
         f" {str(tmp_path / 'out')!r}, workers=1, progress=False)\n"
         "assert s.ok and s.counts['obfuscated'] >= 1, s\n"
         "print('numba' in sys.modules)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert fresh_python(script) == "False"
 
 
 def test_faceless_jpegs_with_comments_iptc_or_xmp_are_cleaned_losslessly(tmp_path):
