@@ -460,14 +460,14 @@ def splice_window(source: bytes, regions: Sequence[Rect], reads: Sequence[Rect],
 
 
 def _decoded_rgb(data: bytes) -> Image.Image:
-    """A crop's pixels, decoded as :func:`veil.images.load_image` decodes a JPEG: the
-    same decoding (libjpeg-turbo's accurate integer IDCT, fancy upsampling, YCbCr to RGB
-    or grey), then veil's colour rule. libjpeg-turbo wrote this file a moment ago, with
-    no marker of the source, so TurboJPEG decodes it straight into a buffer, without
-    Pillow's header parse in Python; the splice tests compare every
-    layout's output with the whole-decode path's, byte for byte."""
+    """The pixels of a JPEG :func:`parse_frame` accepted (the crop the transform wrote, or
+    the whole source), decoded as :func:`veil.images.load_image` decodes it: the same
+    decoding (libjpeg-turbo's accurate integer IDCT, fancy upsampling, YCbCr to RGB or
+    grey), then veil's colour rule; TurboJPEG decodes straight into a buffer, without
+    Pillow's header parse in Python. The splice tests compare every layout's output with
+    the whole-decode path's, byte for byte."""
     lib = _library()
-    assert not isinstance(lib, str), "the transform ran, so the library is there"
+    assert not isinstance(lib, str), "splice_window checked that the library is there"
     handle = lib.tjInitDecompress()
     if not handle:
         raise Unsupported("libturbojpeg could not start a decompressor")
@@ -476,14 +476,14 @@ def _decoded_rgb(data: bytes) -> Image.Image:
         if lib.tjDecompressHeader3(handle, data, len(data), ctypes.byref(width),
                                    ctypes.byref(height), ctypes.byref(subsampling),
                                    ctypes.byref(colourspace)) != 0:
-            raise Unsupported("libjpeg-turbo could not read the crop it wrote")
+            raise Unsupported("libjpeg-turbo could not read the header of the JPEG to decode")
         grey = colourspace.value == _TJCS_GRAY
         mode, pixel_format = ("L", _TJPF_GRAY) if grey else ("RGB", _TJPF_RGB)
         # every byte is written by the decoder: no zero-fill, no ctypes array type per call
         pixels = np.empty(width.value * height.value * (1 if grey else 3), np.uint8)
         if lib.tjDecompress2(handle, data, len(data), pixels.ctypes.data, width.value, 0,
                              height.value, pixel_format, 0) != 0:
-            raise Unsupported("libjpeg-turbo could not decode the crop it wrote")
+            raise Unsupported("libjpeg-turbo could not decode the JPEG")
     finally:
         lib.tjDestroy(handle)
     image = Image.frombuffer(mode, (width.value, height.value), pixels, "raw", mode,
@@ -644,4 +644,3 @@ def _runs(line: np.ndarray, start: int, stop: int) -> list[tuple[int, int]]:
         else:
             col += 1
     return runs
-

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.detection.fusion import score_votes
 from veil.errors import VeilError
 
 #: The features a :class:`Rescorer` may use, each a column of :func:`box_features`.
@@ -66,11 +67,11 @@ def box_features(
     best = np.clip(votes.max(axis=1), _EPS, 1 - _EPS)
     box_w = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
     box_h = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
-    rms = np.clip(np.sqrt((votes ** 2).mean(axis=1)), _EPS, 1 - _EPS)
+    rms = np.clip(score_votes(votes, "rms"), _EPS, 1 - _EPS)  # WBF's own scores
     columns = {
         "logit_rms": lambda: np.log(rms / (1 - rms)),
         "logit_max": lambda: np.log(best / (1 - best)),
-        "mean": lambda: votes.mean(axis=1),
+        "mean": lambda: score_votes(votes, "mean"),
         "seen": lambda: (votes > 0).mean(axis=1),
         "log_height": lambda: np.log(box_h / max(height, 1)),
         "log_scale": lambda: np.log2(scales[np.argmax(votes, axis=1)]),
