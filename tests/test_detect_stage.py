@@ -136,6 +136,34 @@ def test_one_shard_runs_here_on_every_core_and_equal_sizes_meet(photos: Path,
     assert [len(call) for call in _Recording.calls] == [2, 3]
 
 
+def test_the_progress_bar_moves_inside_a_shard(photos: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard run in this process moves the bar window by window (a 256-image shard of
+    ``thorough`` takes about a minute), and the bar still ends at the total, not past it."""
+    from tqdm import tqdm
+
+    from veil import runner
+    from veil.detection import register_detector
+
+    seen: list[int] = []
+
+    class Recording(tqdm):  # type: ignore[type-arg]
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            seen.append(int(self.n))
+            return shown
+
+    monkeypatch.setattr(runner, "tqdm", Recording)
+    register_detector("recording", _Recording)
+    _Recording.calls.clear()
+    with FaceStore(tmp_path / "faces.sqlite") as store:
+        summary = detect(open_dataset(photos), store, detector="recording", workers=1,
+                         batch_size=2, progress=True)
+    assert summary.images == 6 and [len(call) for call in _Recording.calls] == [2, 3]
+    # the first window (people/, 2 images), then the rest (broken.jpg counts: it is done)
+    assert seen == [2, 6, 6]
+
+
 def test_detector_threads_sleep_when_idle() -> None:
     """CenterFace's onnxruntime threads do not spin between runs: spinning threads take
     the cores from the decoding thread (and from other jobs on a shared machine)."""

@@ -6,7 +6,9 @@ a list of image keys into a :class:`ShardResult`. The runner plans the shards in
 store, hands them to a backend (``veil.backends``: this process, a local process pool,
 or a Ray cluster) and writes each result in one transaction as it arrives, so a killed
 run resumes at the first shard that was not recorded and never does a shard twice.
-Only the parent process talks to the store.
+Only the parent process talks to the store. A shard that runs in this process may also
+move the progress bar before it ends (:func:`veil.backends.base.report_progress`:
+detection does, window by window); a shard elsewhere moves it when it ends.
 
 A task may say ``wants_gpu = True``: the Ray backend then gives each of its workers a
 GPU when the cluster has some.
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from veil.backends import Backend, get_backend
-from veil.backends.base import ShardResult, ShardTask
+from veil.backends.base import ShardResult, ShardTask, listening_for_progress
 from veil.store import ImageRecord, RunItem
 
 DEFAULT_SHARD_SIZE = 256
@@ -142,29 +144,38 @@ def execute(
     bar = tqdm(total=total, desc=description, unit="img", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     crashed = False
+    reported = 0  # images the shard running in this process reported before it ended
+
+    def advance(images: int) -> None:
+        nonlocal reported
+        reported += images
+        bar.update(images)
+
     try:
-        for index, keys, outcome in runner.results(task, pending, workers):
-            if isinstance(outcome, BaseException):
-                message = _describe(outcome)
-                store.fail_shard(run_id, index, message)
-                summary.failed_shards.append((index, message))
-            else:
-                if summary.startup_seconds is None:
-                    arrived = time.perf_counter() - start
-                    summary.startup_seconds = max(0.0, arrived - outcome.seconds)
-                if postprocess is not None:
-                    postprocess(outcome)
-                store.complete_shard(
-                    run_id, index, items=outcome.items, images=outcome.images,
-                    detections=outcome.detections, seconds=outcome.seconds,
-                )
-                summary.counts.update(outcome.counts)
-                summary.errors.extend(
-                    (item.key, item.error or "error") for item in outcome.items
-                    if item.status == "error"
-                )
-                summary.images += len(keys)
-            bar.update(len(keys))
+        with listening_for_progress(advance):
+            for index, keys, outcome in runner.results(task, pending, workers):
+                if isinstance(outcome, BaseException):
+                    message = _describe(outcome)
+                    store.fail_shard(run_id, index, message)
+                    summary.failed_shards.append((index, message))
+                else:
+                    if summary.startup_seconds is None:
+                        arrived = time.perf_counter() - start
+                        summary.startup_seconds = max(0.0, arrived - outcome.seconds)
+                    if postprocess is not None:
+                        postprocess(outcome)
+                    store.complete_shard(
+                        run_id, index, items=outcome.items, images=outcome.images,
+                        detections=outcome.detections, seconds=outcome.seconds,
+                    )
+                    summary.counts.update(outcome.counts)
+                    summary.errors.extend(
+                        (item.key, item.error or "error") for item in outcome.items
+                        if item.status == "error"
+                    )
+                    summary.images += len(keys)
+                bar.update(max(0, len(keys) - reported))
+                reported = 0
     except KeyboardInterrupt:
         summary.interrupted = True
     except BaseException:

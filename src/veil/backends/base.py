@@ -10,9 +10,11 @@ dropped: the runner records it as failed and the next run of the same command do
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -71,3 +73,29 @@ def run_timed(task: ShardTask, index: int, keys: Sequence[str]) -> ShardResult:
     result = task(index, keys)
     result.seconds = time.perf_counter() - start
     return result
+
+
+_progress: tuple[int, Callable[[int], None]] | None = None
+"""(thread id, sink) of the runner listening for progress inside a shard, if any."""
+
+
+@contextmanager
+def listening_for_progress(sink: Callable[[int], None]) -> Iterator[None]:
+    """Let shards run in this thread tell ``sink`` how many of their images are done
+    before the shard ends (:func:`report_progress`): a long shard (a 256-image shard of
+    ``thorough`` detection takes about a minute) then moves the progress bar as it goes.
+    Shards in other processes or threads report nothing; theirs move it when they end."""
+    global _progress
+    previous, _progress = _progress, (threading.get_ident(), sink)
+    try:
+        yield
+    finally:
+        _progress = previous
+
+
+def report_progress(images: int) -> None:
+    """Tell the runner that ``images`` more images of the running shard are done; a no-op
+    unless the shard runs in the thread of a runner that listens."""
+    listener = _progress
+    if listener is not None and listener[0] == threading.get_ident():
+        listener[1](images)

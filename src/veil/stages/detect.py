@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from veil.backends import Backend, ShardResult, get_backend
+from veil.backends.base import report_progress
 from veil.datasets import Dataset, FileReader, ImageReader
 from veil.detection import create_detector
 from veil.errors import ImageError
@@ -78,6 +79,7 @@ class DetectTask:
                 result.items.extend(read.items)
                 result.counts.update(read.counts)
                 self._detect_window(ready, result)
+                report_progress(len(read.items) + len(ready))  # errors and detected
         return result
 
     def _decode_window(self, keys: Iterator[str], batches: int
