@@ -10,6 +10,7 @@ dropped: the runner records it as failed and the next run of the same command do
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -75,8 +76,9 @@ def run_timed(task: ShardTask, index: int, keys: Sequence[str]) -> ShardResult:
     return result
 
 
-_progress: tuple[int, Callable[[int], None]] | None = None
-"""(thread id, sink) of the runner listening for progress inside a shard, if any."""
+_progress: tuple[int, int, Callable[[int], None]] | None = None
+"""(process id, thread id, sink) of the runner listening for progress inside a shard, if
+any (the process id: a forked child must not write to its parent's bar)."""
 
 
 @contextmanager
@@ -86,7 +88,7 @@ def listening_for_progress(sink: Callable[[int], None]) -> Iterator[None]:
     ``thorough`` detection takes about a minute) then moves the progress bar as it goes.
     Shards in other processes or threads report nothing; theirs move it when they end."""
     global _progress
-    previous, _progress = _progress, (threading.get_ident(), sink)
+    previous, _progress = _progress, (os.getpid(), threading.get_ident(), sink)
     try:
         yield
     finally:
@@ -97,5 +99,5 @@ def report_progress(images: int) -> None:
     """Tell the runner that ``images`` more images of the running shard are done; a no-op
     unless the shard runs in the thread of a runner that listens."""
     listener = _progress
-    if listener is not None and listener[0] == threading.get_ident():
-        listener[1](images)
+    if listener is not None and listener[:2] == (os.getpid(), threading.get_ident()):
+        listener[2](images)
