@@ -374,6 +374,50 @@ def ships(name: str, settings: cv.Settings, precision: str) -> bool:
                 and profile.get("dedupe_iou") == settings.dedupe_iou)))
 
 
+# --------------------------------------------------------------------------- reach
+
+def reach(images: list[np.ndarray], keys: list[str], faces: Any, invalid: Any,
+          args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """A diagnostic that uses the labels (so no estimate of anything): the share of
+    must-find faces that some candidate view finds at all (a box at IoU >= 0.5 after
+    ``thorough``'s box shape, scoring >= t), and how many more faces each kind of
+    :data:`EXTRA_VIEWS` finds that no geometric view does: whether new views could
+    raise recall, or only the ranking of the fused boxes could."""
+    from veil.detection.nms import pairwise_iou
+
+    print("\n## Reach of the candidate views (97 WIDER FACE val images, must-find faces)\n")
+    precision = args.precisions[0]
+    folder = args.cache / precision
+    kinds = {"geometric": list(CANDIDATE_VIEWS), **EXTRA_VIEWS}
+    view_cache(images, keys, folder, [v for vs in kinds.values() for v in vs], precision)
+    cache = cv.ViewCache.load(folder, keys, (images[0].shape[1], images[0].shape[0]),
+                              names={v.name for vs in kinds.values() for v in vs})
+    box_scale = tuple(PROFILES["thorough"]["box_scale"])
+    best: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
+    for i, key in enumerate(keys):
+        gt = np.array([b.as_xyxy() for b in faces[key]]).reshape(-1, 4)
+        flags = np.asarray(invalid[key] if invalid else [False] * len(gt), dtype=bool)
+        gt = gt[~flags & (gt[:, 3] - gt[:, 1] >= 16)]
+        for kind, specs in kinds.items():
+            score = np.zeros(len(gt))
+            for spec in specs:
+                found = cv.reshape_boxes(cache.boxes[spec.name][i], box_scale)
+                if len(found) and len(gt):
+                    hit = pairwise_iou(found[:, :4], gt) >= 0.5
+                    score = np.maximum(score, np.where(hit, found[:, 4:5], 0.0).max(axis=0))
+            best[kind].append(score)
+    scores = {kind: np.concatenate(v) for kind, v in best.items()}
+    rows = []
+    for t in (0.05, 0.2, 0.4):
+        found = scores["geometric"] >= t
+        rows.append([f">= {t:g}", f"{found.mean():.3f}",
+                     *(int(((scores[k] >= t) & ~found).sum()) for k in EXTRA_VIEWS)])
+    print(table(["view score", f"geometric views ({len(CANDIDATE_VIEWS)}) find",
+                 *(f"+ faces only {k} views find" for k in EXTRA_VIEWS)], rows))
+    print(f"\n{len(scores['geometric'])} must-find faces; CenterFace {precision}.")
+    results["reach"] = rows
+
+
 # --------------------------------------------------------------------------- view cost
 
 def view_costs(images: list[np.ndarray], args: argparse.Namespace,
@@ -623,8 +667,8 @@ def imagenette(folder: Path, per_class: int | None, results: dict[str, Any]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="cv,speed,imagenette",
-                        help="Which parts to run (comma-separated: viewcost, cv, speed, "
-                             "imagenette).")
+                        help="Which parts to run (comma-separated: viewcost, reach, cv, "
+                             "speed, imagenette).")
     parser.add_argument("--repeats", type=int, default=5, help="CV repeats (2 folds each).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the CV splits.")
     parser.add_argument("--profiles", default="fast,balanced,thorough",
@@ -683,12 +727,14 @@ def main() -> None:
     root = shared_root()
     sections = set(args.sections.split(","))
     results: dict[str, Any] = {}
-    if sections & {"cv", "viewcost"}:
+    if sections & {"cv", "viewcost", "reach"}:
         faces = read_faces(root / WIDER / "faces.json")
         keys = sorted(faces)
         images = [decode(root / WIDER / key) for key in keys]
         if "viewcost" in sections:
             view_costs(images, args, results)
+        if "reach" in sections:
+            reach(images, keys, faces, invalid_flags(faces.box_extras), args, results)
         if "cv" in sections:
             cross_validation(images, keys, faces, invalid_flags(faces.box_extras), args,
                              results)
