@@ -93,6 +93,21 @@ def test_turned_scaled_mirrored_and_photometric_views_find_a_disc_where_it_is():
     assert several.options["views"] == [list(v) for v in views]
 
 
+def test_a_view_renders_its_transform_after_scaling_and_mirroring():
+    from veil.detection.multiscale import plan_views, render_view
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    planned = plan_views(128, 96, (1.0,), flip=False, tile_size=2048, tile_overlap=256,
+                         max_side=4096, passes=[(1.5, 1.0, True), (1.5, 1.0, True, "grey", 0.0),
+                                                (1.0, 1.0, False, "none", 20.0)])
+    plain, grey, turned = (render_view(image, view, {}) for view in planned)
+    np.testing.assert_array_equal(grey, photometric(plain, "grey"))
+    assert plain.shape == grey.shape == (144, 192, 3)
+    assert turned.shape == image.shape and not np.array_equal(turned, image)
+    assert (turned[0, 0] == 0).all()  # a corner the turned image leaves uncovered: black
+
+
 def test_views_are_checked():
     for bad, match in [((1, 1, False, "sepia", 0.0), "photometric"),
                        ((1, 1, False, "none", 60.0), "rotation"),
