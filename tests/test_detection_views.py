@@ -164,3 +164,32 @@ def test_cross_validation_replays_new_views_as_the_detector_runs_them(wider, det
         got = np.array([[*b.as_xyxy(), b.score] for b in boxes]).reshape(-1, 5)
         assert len(got) > 0
         np.testing.assert_allclose(got, replayed, atol=1e-3)
+
+
+def test_box_placements_of_the_cross_validation_keep_every_threshold_a_prefix(detect_cv):
+    """detect_cv's size-dependent placement moves and scales each box as its bin says, and
+    the boxes it keeps at a threshold are those of a lower threshold that score above it
+    (what fitting the threshold from one low-threshold pass relies on)."""
+    cv = detect_cv
+    fit = cv.BoxFit((20.0, 40.0), ((0.0, 0.1, 1.0, 2.0), (0.0, 0.0, 1.0, 1.0),
+                                  (-0.1, 0.0, 0.5, 1.0)))
+    boxes = np.array([[10, 10, 20, 20, 0.9],  # 10 px tall: down 1 px, twice as tall
+                      [50, 50, 80, 80, 0.8],  # 30 px: unchanged
+                      [100, 100, 150, 150, 0.7],  # 50 px: left 5 px, half as wide
+                      [195, 10, 205, 20, 0.6]])  # clipped at the image's right edge
+    np.testing.assert_allclose(fit.apply(boxes, 200, 200), [
+        [10, 6, 20, 26, 0.9], [50, 50, 80, 80, 0.8], [107.5, 100, 132.5, 150, 0.7],
+        [195, 6, 200, 26, 0.6]])
+    rng = np.random.default_rng(2)
+    views = []
+    for _ in range(3):
+        centres = rng.uniform(20, 380, (30, 2))
+        sides = rng.uniform(8, 60, (30, 1))
+        views.append(np.hstack([centres - sides / 2, centres + sides / 2,
+                                rng.uniform(0.05, 1, (30, 1))]))
+    cache = cv.ViewCache(["a"], {f"s{i + 1}_a1_f0": [v] for i, v in enumerate(views)})
+    problem = cv.Problem(cache, {"a": []}, None, {"a": (400, 400)})
+    settings = cv.Settings(tuple(cache.boxes), "rms", 0.55, 0.3, (1.0, 1.0), 0.4, 0.0,
+                           box_fit=fit)
+    low = problem.curve_boxes(settings, [0])["a"]
+    np.testing.assert_allclose(settings.merge(cache, 0, 400, 400), low[low[:, 4] >= 0.4])
