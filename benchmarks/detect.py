@@ -725,6 +725,8 @@ def main() -> None:
     if unknown:
         parser.error(f"--extra-views: unknown {', '.join(unknown)}; "
                      f"choose from {', '.join(EXTRA_VIEWS)}")
+    if set(args.box_fit) - {"size", "landmarks"}:
+        parser.error("--box-fit takes size and/or landmarks")
     root = shared_root()
     sections = set(args.sections.split(","))
     results: dict[str, Any] = {}
