@@ -97,6 +97,19 @@ def wider(shared: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def detect_cv() -> object:
+    """``benchmarks/detect_cv.py`` as a module: tests check that the cross-validation
+    replays what the detector runs."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import detect_cv
+    finally:
+        sys.path.remove(benchmarks)
+    return detect_cv
+
+
 def _run_fresh(script: str) -> str:
     """``script``'s stdout, run by a fresh interpreter that imports this checkout's veil
     (what a new process pays, e.g. which modules it loads, cannot be seen in this one)."""

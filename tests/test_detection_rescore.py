@@ -4,9 +4,7 @@ cross-validation code (benchmarks/detect_cv.py) scoring cached views the same wa
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +16,6 @@ from veil.detection.fusion import fuse_votes, weighted_box_fusion
 from veil.detection.multiscale import MultiScaleDetector, merge_views
 from veil.detection.rescore import FEATURES, Rescorer, box_features
 from veil.errors import VeilError
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def _sigmoid(z: float) -> float:
@@ -118,16 +114,6 @@ def test_merge_views_drops_boxes_under_the_floor_before_rescoring():
     assert len(kept) == 1 and kept[0, 4] == pytest.approx(_sigmoid(5.0))  # 0.12 / sqrt 2
     with pytest.raises(VeilError, match="one scale per view"):
         merge_views(views, 100, 100, rescore=model, view_scales=[1.0])
-
-
-@pytest.fixture(scope="module")
-def detect_cv():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import detect_cv
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return detect_cv
 
 
 def test_cross_validation_scores_cached_views_as_the_detector_does(wider, detect_cv):

@@ -5,9 +5,7 @@ them."""
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,18 +17,6 @@ from veil.detection import register_detector
 from veil.detection.multiscale import MultiScaleDetector
 from veil.detection.view_transforms import photometric, rotation_matrix, unrotate_boxes
 from veil.errors import VeilError
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def detect_cv():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import detect_cv
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return detect_cv
 
 
 def test_photometric_views_change_the_pixels_as_named():
