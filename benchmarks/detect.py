@@ -250,8 +250,8 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                          *cells(d)])
         procedures: dict[str, Callable[[Sequence[int]], cv.Settings]] = {
             "fast": fast_procedure(problem)}
-        for name, budget in (("balanced", cv.BALANCED_BUDGET),
-                             ("thorough", cv.THOROUGH_BUDGET)):
+        for name, budget in (("balanced", args.balanced_budget),
+                             ("thorough", args.thorough_budget)):
             for mode in args.rescore:
                 label = name if mode == "none" else f"{name}, rescored ({mode})"
                 procedures[label] = thorough_procedure(
@@ -264,7 +264,7 @@ def cross_validation(images: list[np.ndarray], keys: list[str], faces: Any, inva
                         problem, plain(indices).views, indices, box_fit=fit))
         if args.free_aspects:
             procedures["balanced, one-way stretches allowed"] = thorough_procedure(
-                problem, cv.BALANCED_BUDGET, symmetric=False, log=log)
+                problem, args.balanced_budget, symmetric=False, log=log)
         procedures = {k: v if hasattr(v, "memo") else memoised(v)
                       for k, v in procedures.items()
                       if k.split(",")[0] in args.profiles}
@@ -705,6 +705,12 @@ def main() -> None:
     parser.add_argument("--free-aspects", action="store_true",
                         help="Also cross-validate thorough with one-way stretches allowed "
                              "(the WIDER sample is squeezed to 416 x 416, so these fit it).")
+    parser.add_argument("--balanced-budget", type=float, default=cv.BALANCED_BUDGET,
+                        help="Seconds of view cost per image `balanced`'s search may spend "
+                             f"(default {cv.BALANCED_BUDGET}: its shipped budget; another "
+                             "value measures another speed point).")
+    parser.add_argument("--thorough-budget", type=float, default=cv.THOROUGH_BUDGET,
+                        help=f"The same for `thorough` (default {cv.THOROUGH_BUDGET}).")
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "veil-detect-views",
                         help="Where the views' raw boxes are cached between runs (a folder per "
