@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: Seconds numba's first compiled call costs a fresh process: import, LLVM set-up and
 #: the cached kernel's loading (1.3-1.5 s measured on 2 shared cores, ~1 s unloaded).
@@ -48,8 +52,8 @@ def compiled_kernel(module: str, name: str, what: str) -> Any | None:
 class LazyKernel:
     """A compiled kernel taken once it pays for its loading (ski rental).
 
-    The caller runs its numpy loop while :meth:`get` says None and reports the loop's
-    seconds to :meth:`paid`; once they reach :data:`COLD_START_SECONDS` (or another
+    :meth:`run` runs the numpy loop while :meth:`get` says None and adds the loop's
+    seconds (:meth:`paid`); once they reach :data:`COLD_START_SECONDS` (or another
     kernel has already warmed numba up) :meth:`get` loads the kernel. Either way the
     results are the same; only the time differs, by at most twice the better choice.
     """
@@ -77,3 +81,16 @@ class LazyKernel:
     def paid(self, seconds: float) -> None:
         """Add ``seconds`` the numpy loop took in place of the kernel."""
         self.spent += seconds
+
+    def run(self, crowd: bool, compiled: Callable[[Any], T], loop: Callable[[], T]) -> T:
+        """``compiled(kernel)`` where the kernel pays for itself, else ``loop()``; only a
+        ``crowd`` (work large enough for the kernel to be worth having) may take the
+        kernel, and only a crowd's loop counts toward it."""
+        kernel = self.get() if crowd else None
+        if kernel is not None:
+            return compiled(kernel)
+        start = time.perf_counter()
+        result = loop()
+        if crowd:
+            self.paid(time.perf_counter() - start)
+        return result

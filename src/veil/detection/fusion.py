@@ -21,8 +21,7 @@ Input everywhere is one ``(n, 5)`` array per *view* (a scale, a flip, a detector
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,8 +38,6 @@ COMPILED_FROM = 256
 #: loading numba costs, or at once where NMS has loaded numba already
 #: (:class:`veil.detection.compiled.LazyKernel`).
 COMPILED = LazyKernel("veil.detection._wbf_kernel", "cluster", "box fusion")
-
-Kernel = Callable[[np.ndarray, int, float], tuple[np.ndarray, np.ndarray, int]]
 
 
 def _stack(views: Sequence[np.ndarray], skip_below: float) -> np.ndarray:
@@ -118,15 +115,10 @@ def fuse_votes(
     boxes = _stack(weighted, skip_below)
     if len(boxes) == 0:
         return np.empty((0, 4)), np.empty((0, n_views))
-    crowd = len(boxes) >= COMPILED_FROM
-    kernel: Kernel | None = COMPILED.get() if crowd else None
-    if kernel is not None:
-        fused, best, k = kernel(np.ascontiguousarray(boxes), n_views, float(iou_threshold))
-    else:
-        start = time.perf_counter()
-        fused, best, k = _cluster(boxes, n_views, iou_threshold)
-        if crowd:
-            COMPILED.paid(time.perf_counter() - start)
+    fused, best, k = COMPILED.run(
+        len(boxes) >= COMPILED_FROM,
+        lambda kernel: kernel(np.ascontiguousarray(boxes), n_views, float(iou_threshold)),
+        lambda: _cluster(boxes, n_views, iou_threshold))
     return fused[:k], best[:k]
 
 

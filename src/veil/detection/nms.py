@@ -9,8 +9,6 @@ every later box whose IoU with it is ``>= iou_threshold``. Coordinates are
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from veil.detection.compiled import LazyKernel
@@ -54,15 +52,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     # Same ordering expression as deface, so ties break the same way.
     order = np.argsort(scores)[::-1]
     crowd = len(boxes) >= COMPILED_FROM and boxes.dtype in (np.float32, np.float64)
-    kernel = COMPILED.get() if crowd else None
-    if kernel is not None:
-        threshold = np.array([iou_threshold], dtype=boxes.dtype)
-        return kernel(np.ascontiguousarray(boxes), np.ascontiguousarray(order), threshold)
-    start = time.perf_counter()
-    keep = _greedy(boxes, order, iou_threshold)
-    if crowd:
-        COMPILED.paid(time.perf_counter() - start)
-    return keep
+    return COMPILED.run(
+        crowd,
+        lambda kernel: kernel(np.ascontiguousarray(boxes), np.ascontiguousarray(order),
+                              np.array([iou_threshold], dtype=boxes.dtype)),
+        lambda: _greedy(boxes, order, iou_threshold))
 
 
 def _greedy(boxes: np.ndarray, order: np.ndarray, iou_threshold: float) -> np.ndarray:
