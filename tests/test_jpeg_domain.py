@@ -413,3 +413,59 @@ def test_a_patch_encoder_that_changes_the_tables_is_refused(photos, monkeypatch)
     again = jpeg_domain.splice(source, obfuscated, 1, regions)
     assert again.data == first.data
     assert parsed == [len(source)]  # the source's header only: the patch is not re-checked
+
+
+def _crowd(size: tuple[int, int], count: int, seed: int = 0) -> list[Box]:
+    """``count`` small faces scattered over the picture, as in a crowded WIDER photo."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    sides = rng.uniform(6, 30, count)
+    xs, ys = rng.uniform(-10, w - 5, count), rng.uniform(-10, h - 5, count)
+    return [Box(float(x), float(y), float(x + s), float(y + s * 1.2))
+            for x, y, s in zip(xs, ys, sides, strict=True)]
+
+
+def test_a_crowd_gives_the_bytes_of_a_whole_decode_and_its_patches_cover_every_face(photos):
+    """With 80 faces the patches merged from them cover every changed MCU, none of them
+    would still merge, and the crop path writes the bytes of the whole-decode path."""
+    source = photos["4:2:0"]
+    loaded = load_image(source)
+    size = (loaded.width, loaded.height)
+    boxes = _crowd(size, 80)
+    regions = affected_region(size, boxes, "blur")
+    frame = jpeg_domain.parse_frame(source)
+    patches = jpeg_domain._patches(frame, regions)
+    covered = np.zeros_like(jpeg_domain._mcu_mask(frame, regions))
+    for r0, r1, c0, c1 in patches:
+        covered[r0:r1, c0:c1] = True
+    assert not (jpeg_domain._mcu_mask(frame, regions) & ~covered).any()
+
+    def area(p: tuple[int, int, int, int]) -> int:
+        return (p[1] - p[0]) * (p[3] - p[2])
+
+    for i, a in enumerate(patches):
+        for b in patches[i + 1:]:
+            both = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+            assert area(both) > area(a) + area(b), (a, b)
+    whole = jpeg_domain.splice(source, obfuscate(loaded.image, boxes, "blur"), 1, regions)
+    window = jpeg_domain.splice_window(source, regions, read_region(size, boxes, "blur"),
+                                       lambda canvas: obfuscate(canvas, boxes, "blur"))
+    assert window.data == whole.data
+    assert (window.mcus, window.total_mcus) == (whole.mcus, whole.total_mcus)
+
+
+def test_merging_the_patches_of_a_crowd_takes_no_time(shared: Path):
+    """The merge is one pass per round, not a restart after every merge, which was cubic
+    in the faces: ~0.9 s of CPU for the 473 faces of the most crowded WIDER photo (0.01 s
+    now), 0.14 s per faced photo of the WIDER sample under a profiler."""
+    import time
+
+    root = shared / "data" / "wider-face-val-416"
+    entry = max(json.loads((root / "faces.json").read_text()), key=lambda e: len(e["bboxes"]))
+    frame = jpeg_domain.parse_frame((root / entry["url"]).read_bytes())
+    boxes = [Box(b["x0"], b["y0"], b["x1"], b["y1"]) for b in entry["bboxes"]]
+    regions = affected_region((frame.width, frame.height), boxes, "blur")
+    start = time.process_time()
+    patches = jpeg_domain._patches(frame, regions)
+    assert time.process_time() - start < 0.3
+    assert len(boxes) > 400 and 0 < len(patches) < 100

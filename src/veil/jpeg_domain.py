@@ -580,20 +580,25 @@ def _patches(frame: Frame, rects: Sequence[Rect]) -> list[tuple[int, int, int, i
     def area(b: tuple[int, int, int, int]) -> int:
         return (b[1] - b[0]) * (b[3] - b[2])
 
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                a, b = boxes[i], boxes[j]
-                both = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-                if area(both) <= area(a) + area(b):
-                    boxes[i] = both
-                    del boxes[j]
-                    merged = True
+    # Passes until none merges; a pass folds each box into the first kept box it merges
+    # with. (Restarting the scan after every merge was cubic in the faces: 140 ms per
+    # crowded 416 px WIDER photo.) Any merge order gives the same output bytes: a
+    # block's coefficients depend on its own pixels only.
+    merging = True
+    while merging:
+        merging = False
+        kept: list[tuple[int, int, int, int]] = []
+        for box in boxes:
+            for k, other in enumerate(kept):
+                both = (min(box[0], other[0]), max(box[1], other[1]),
+                        min(box[2], other[2]), max(box[3], other[3]))
+                if area(both) <= area(box) + area(other):
+                    kept[k] = both
+                    merging = True
                     break
-            if merged:
-                break
+            else:
+                kept.append(box)
+        boxes = kept
     return boxes
 
 
