@@ -14,20 +14,25 @@ is its fastest repeat, which filters out the noise of a shared machine. Decoding
 encoding are excluded on both sides.
 
 Dataset level: a mirrored dataset in which 17% of the images have faces (the WIDER
-sample, real boxes) and 83% have none (Imagenette val), ILSVRC's share. The reference
-is the paper's script (decode, whole-image blur of every annotated image, save with
+sample, real boxes) and 83% have none (Imagenette val), ILSVRC's share. The reference is
+the paper's script (decode, whole-image blur of every annotated image, save with
 Pillow's defaults); veil is ``veil obfuscate`` (faceless images copied byte for byte,
-faces re-encoded with the source's JPEG tables, a ledger, ``os.sync()`` per shard).
-Both on one core, from the same files (in the page cache), writing every output into a
-fresh folder. The runs take turns for ``--repeat`` rounds and each keeps its fastest;
-before each run the page cache is flushed (outside the timing), so neither side pays
-for writing back the other's files. The paper script's loop is timed as it stands: it
-never syncs, veil's time includes its syncs. The all-cores run includes starting the
-process pool (forkserver workers importing veil: about 1.4 s on a loaded 2-core machine),
-which a dataset of a few hundred images cannot win back; it is no per-core number.
-The last run obfuscates with ``overlay`` (a fill: no blur work at all), the ceiling of any
-method on this mix: what decoding and re-encoding the faced images, linking the rest and
-keeping the ledger cost.
+faces re-encoded with the source's JPEG tables, a ledger, each shard's files fsynced). Both
+on one core, from the same files (in the page cache), writing every output into a fresh
+folder; a run's outputs are set aside, not deleted, until the benchmark ends
+(:data:`SPENT`: on ext4 without a journal, this VM's root file system, a file created
+within about a minute of many deletions costs 0.3-0.7 ms instead of ~0.02 ms, because
+the inode allocator checks each recently freed inode in turn, ``recently_deleted`` in
+``fs/ext4/ialloc.c``, seen with ``perf``; deleting one run's outputs before the next
+charged that run ~0.5 ms per output file). The runs take turns for ``--repeat`` rounds
+and each keeps its fastest; before each run the page cache is flushed (outside the
+timing), so neither side pays for writing back the other's files. The paper script's
+loop is timed as it stands: it never syncs, veil's time includes its syncs. The
+all-cores run includes starting the process pool (forkserver workers importing veil:
+about 1.4 s on a loaded 2-core machine), which a dataset of a few hundred images cannot
+win back; it is no per-core number. The last run obfuscates with ``overlay`` (a fill: no
+blur work at all), the ceiling of any method on this mix: what decoding and re-encoding
+the faced images, linking the rest and keeping the ledger cost.
 
 JPEG-domain options (``--skip jpeg-options``): on 60 full-size photos, Pillow's decode and
 decode + re-encode against libjpeg-turbo's ``tjTransform`` with a coefficient filter (what
@@ -258,8 +263,29 @@ def _timed_run_cpu(run: Callable[[Path], object], out: Path) -> tuple[float, flo
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = time.process_time() - cpu + (after.ru_utime + after.ru_stime
                                        - children.ru_utime - children.ru_stime)
-    shutil.rmtree(out)
+    set_aside(out)
     return seconds, cpu
+
+
+SPENT: list[Path] = []
+"""Where :func:`set_aside` moves finished outputs (one folder for the whole benchmark,
+set by :func:`main`), deleted when the benchmark ends: deleting them between runs would
+slow the next run's file creation (module doc)."""
+
+
+def set_aside(out: Path) -> None:
+    """Move ``out`` (and a ledger beside it) out of the way without deleting any file:
+    a rename within the file system when :data:`SPENT` is set, else a deletion."""
+    ledger = out.with_name(out.name + ".veil-ledger.sqlite")
+    if not SPENT:
+        shutil.rmtree(out)
+        ledger.unlink(missing_ok=True)
+        return
+    target = SPENT[0] / f"run{len(list(SPENT[0].iterdir()))}"
+    target.mkdir()
+    out.rename(target / "out")
+    if ledger.exists():
+        ledger.rename(target / ledger.name)
 
 
 def dataset_section(root: Path, faced: int | None, repeat: int, cores: set[int]) -> None:
@@ -468,7 +494,7 @@ def _photos_share(root: Path, tmp: Path, keys: list[str], snapshot, label: str,
     for fmt in ("keep", "jpeg"):
         veil(fmt)(out)
         ratio, inside, outside, beyond = _quality(data, out, faces)
-        shutil.rmtree(out)
+        set_aside(out)
         print(f"  --format {fmt}: faced outputs {ratio:.3f}x their inputs' bytes; largest pixel "
               f"difference: {inside} from the pixel-domain result inside the regions; from the "
               f"source {outside} outside the changed MCUs, {beyond} beyond their 1-px ring")
@@ -571,6 +597,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     pin_to_one_core()
     print(f"veil obfuscation benchmark (pid {os.getpid()}, pinned to one core)")
+    with tempfile.TemporaryDirectory(prefix="veil-bench-spent-") as spent:
+        SPENT[:] = [Path(spent)]
+        try:
+            _sections(root, args, cores)
+        finally:
+            SPENT.clear()
+    return 0
+
+
+def _sections(root: Path, args: argparse.Namespace, cores: set[int]) -> None:
     if "wider" not in args.skip:
         report_engine("WIDER val sample", load_wider(root), args.repeat)
     if "imagenette" not in args.skip:
@@ -584,7 +620,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         jpeg_options_section(root, args.repeat)
     if "photos" not in args.skip:
         photos_section(root, args.repeat, args.photo_faces)
-    return 0
 
 
 if __name__ == "__main__":
