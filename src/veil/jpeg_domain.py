@@ -590,6 +590,9 @@ def _patches(frame: Frame, rects: Sequence[Rect]) -> list[tuple[int, int, int, i
         kept: list[tuple[int, int, int, int]] = []
         for box in boxes:
             for k, other in enumerate(kept):
+                if (other[0] > box[1] or box[0] > other[1] or other[2] > box[3]
+                        or box[2] > other[3]):
+                    continue  # a gap between them: their bounding box holds more than both
                 both = (min(box[0], other[0]), max(box[1], other[1]),
                         min(box[2], other[2]), max(box[3], other[3]))
                 if area(both) <= area(box) + area(other):
