@@ -267,6 +267,12 @@ def _timed_run_cpu(run: Callable[[Path], object], out: Path) -> tuple[float, flo
     return seconds, cpu
 
 
+def _spread(ratios: Sequence[float]) -> str:
+    """Median (min-max) of per-round ratios: what one round's noise does to a verdict."""
+    values = sorted(ratios)
+    return f"median {float(np.median(values)):.2f}x ({values[0]:.2f}-{values[-1]:.2f})"
+
+
 SPENT: list[Path] = []
 """Where :func:`set_aside` moves finished outputs (one folder for the whole benchmark,
 set by :func:`main`), deleted when the benchmark ends: deleting them between runs would
@@ -472,10 +478,13 @@ def _photos_share(root: Path, tmp: Path, keys: list[str], snapshot, label: str,
     best = dict.fromkeys(runs, float("inf"))
     best_cpu = dict.fromkeys(runs, float("inf"))
     out = tmp / "out"
+    rounds: list[dict[str, float]] = []  # CPU seconds per run, per round
     for _ in range(repeat):
+        rounds.append({})
         for name, run in runs.items():
             wall, cpu = _timed_run_cpu(run, out)
             best[name], best_cpu[name] = min(best[name], wall), min(best_cpu[name], cpu)
+            rounds[-1][name] = cpu
     authors, authors_cpu = best["authors' loop"], best_cpu["authors' loop"]
     print(f"  {'':<34} {'wall img/s':>10}  {'x authors':>9}   {'CPU img/s':>9}  {'x authors':>9}")
     for name, seconds in best.items():
@@ -491,6 +500,11 @@ def _photos_share(root: Path, tmp: Path, keys: list[str], snapshot, label: str,
     print(f"  JPEG domain vs whole re-encode: {jpeg / keep:.2f}x wall, {jpeg_cpu / keep_cpu:.2f}x"
           f" CPU   veil keep vs the floor: {floor / keep:.2f}x wall, {floor_cpu / keep_cpu:.2f}x"
           f" CPU")
+    keep_name, jpeg_name = "veil --format keep (JPEG domain)", "veil --format jpeg (re-encode)"
+    domain = _spread([r[jpeg_name] / r[keep_name] for r in rounds])
+    versus_authors = _spread([r["authors' loop"] / r[keep_name] for r in rounds])
+    print(f"  per round (CPU of runs side by side): JPEG domain vs whole re-encode {domain}; "
+          f"veil keep vs the authors' loop {versus_authors}")
     for fmt in ("keep", "jpeg"):
         veil(fmt)(out)
         ratio, inside, outside, beyond = _quality(data, out, faces)
