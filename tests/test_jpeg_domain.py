@@ -456,8 +456,8 @@ def test_a_crowd_gives_the_bytes_of_a_whole_decode_and_its_patches_cover_every_f
 
 def test_merging_the_patches_of_a_crowd_takes_no_time(shared: Path):
     """The merge is one pass per round, not a restart after every merge, which was cubic
-    in the faces: ~0.9 s of CPU for the 473 faces of the most crowded WIDER photo (0.01 s
-    now), 0.14 s per faced photo of the WIDER sample under a profiler."""
+    in the faces: ~0.9 s of CPU for the 473 faces of the most crowded WIDER photo (now
+    ~0.01 s)."""
     import time
 
     root = shared / "data" / "wider-face-val-416"

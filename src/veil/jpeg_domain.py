@@ -581,9 +581,10 @@ def _patches(frame: Frame, rects: Sequence[Rect]) -> list[tuple[int, int, int, i
         return (b[1] - b[0]) * (b[3] - b[2])
 
     # Passes until none merges; a pass folds each box into the first kept box it merges
-    # with. (Restarting the scan after every merge was cubic in the faces: 140 ms per
-    # crowded 416 px WIDER photo.) Any merge order gives the same output bytes: a
-    # block's coefficients depend on its own pixels only.
+    # with. (Restarting the scan after every merge was cubic in the faces: 0.9 s of CPU
+    # for the 473 faces of the most crowded WIDER photo.) The grouping only decides what
+    # is encoded together: a changed block's coefficients are a whole re-encode's either
+    # way (tests/test_jpeg_domain.py).
     merging = True
     while merging:
         merging = False
