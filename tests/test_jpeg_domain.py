@@ -425,9 +425,11 @@ def _crowd(size: tuple[int, int], count: int, seed: int = 0) -> list[Box]:
             for x, y, s in zip(xs, ys, sides, strict=True)]
 
 
-def test_a_crowd_gives_the_bytes_of_a_whole_decode_and_its_patches_cover_every_face(photos):
+def test_a_crowd_gives_the_bytes_of_a_whole_decode_and_its_patches_cover_every_face(
+        photos, tmp_path):
     """With 80 faces the patches merged from them cover every changed MCU, none of them
-    would still merge, and the crop path writes the bytes of the whole-decode path."""
+    would still merge, the crop path writes the bytes of the whole-decode path, and the
+    changed blocks are a whole re-encode's (however the patches were grouped)."""
     source = photos["4:2:0"]
     loaded = load_image(source)
     size = (loaded.width, loaded.height)
@@ -452,6 +454,12 @@ def test_a_crowd_gives_the_bytes_of_a_whole_decode_and_its_patches_cover_every_f
                                        lambda canvas: obfuscate(canvas, boxes, "blur"))
     assert window.data == whole.data
     assert (window.mcus, window.total_mcus) == (whole.mcus, whole.total_mcus)
+    reencoded, _ = encode_image(obfuscate(loaded.image, boxes, "blur"), loaded)
+    masks = _block_masks(source, [list(r) for r in regions])
+    for after, full, mask in zip(_coefficients(window.data, tmp_path),
+                                 _coefficients(reencoded, tmp_path), masks, strict=True):
+        mask = mask[:after.shape[0], :after.shape[1]]
+        assert (after[mask] == full[mask]).all()
 
 
 def test_merging_the_patches_of_a_crowd_takes_no_time(shared: Path):
