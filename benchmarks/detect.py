@@ -149,25 +149,40 @@ def deface_detector(backend: str = "opencv", threshold: float = DEFACE_THRESHOLD
 
 # --------------------------------------------------------------------------- 1. CV
 
+def cached_boxes(path: Path, keys: list[str], compute: Callable[[], list[np.ndarray]]
+                 ) -> list[np.ndarray]:
+    """Per-image boxes from ``path`` if it holds these ``keys``' boxes, else ``compute()``d
+    (and timed) and written there."""
+    if path.exists():
+        data = pickle.loads(path.read_bytes())
+        if data["keys"] == keys:
+            return data["boxes"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    boxes = compute()
+    seconds = time.perf_counter() - start
+    path.write_bytes(pickle.dumps({"keys": keys, "boxes": boxes, "seconds": seconds}))
+    print(f"  cached {path.parent.name}/{path.stem} ({seconds:.0f} s)", flush=True)
+    return boxes
+
+
 def view_cache(images: list[np.ndarray], keys: list[str], folder: Path,
                specs: Sequence[cv.ViewSpec], precision: str = "fp32") -> None:
     """Run every view once (CenterFace in ``precision``, boxes from 0.05) into
     ``folder``, unless there."""
-    folder.mkdir(parents=True, exist_ok=True)
-    detectors = {
+    makers = {
         "centerface": lambda: create_detector(
             "centerface", threshold=cv.CANDIDATE_THRESHOLD, precision=precision),
         "mtcnn": lambda: create_detector("mtcnn", threshold=cv.CANDIDATE_THRESHOLD)}
+    detectors: dict[str, Any] = {}  # one per family, made when a view is not cached
+
+    def run(spec: cv.ViewSpec) -> list[np.ndarray]:
+        if spec.family not in detectors:
+            detectors[spec.family] = makers[spec.family]()
+        return cv.view_boxes(detectors[spec.family].detect, spec, images)
+
     for spec in specs:
-        detector = detectors[spec.family]()
-        path = folder / f"{spec.name}.pkl"
-        if path.exists() and pickle.loads(path.read_bytes())["keys"] == keys:
-            continue
-        start = time.perf_counter()
-        boxes = cv.view_boxes(detector.detect, spec, images)
-        path.write_bytes(pickle.dumps({"keys": keys, "boxes": boxes,
-                                       "seconds": time.perf_counter() - start}))
-        print(f"  cached view {spec.name} ({time.perf_counter() - start:.0f} s)", flush=True)
+        cached_boxes(folder / f"{spec.name}.pkl", keys, lambda spec=spec: run(spec))
 
 
 def landmark_cache(images: list[np.ndarray], keys: list[str], folder: Path,
@@ -177,16 +192,10 @@ def landmark_cache(images: list[np.ndarray], keys: list[str], folder: Path,
     from veil.detection.centerface_onnx import CenterFaceDetector
 
     detector = CenterFaceDetector(threshold=cv.CANDIDATE_THRESHOLD, precision=precision)
-    per_view = []
-    for name in cv.LANDMARK_VIEWS:
-        path = folder / "landmarks" / f"{name}.pkl"
-        path.parent.mkdir(exist_ok=True)
-        if path.exists() and pickle.loads(path.read_bytes())["keys"] == keys:
-            per_view.append(pickle.loads(path.read_bytes())["boxes"])
-            continue
-        found = cv.landmark_view(detector, cv.parse_view(name), images)
-        path.write_bytes(pickle.dumps({"keys": keys, "boxes": found}))
-        per_view.append(found)
+    per_view = [cached_boxes(folder / "landmarks" / f"{name}.pkl", keys,
+                             lambda name=name: cv.landmark_view(detector, cv.parse_view(name),
+                                                                images))
+                for name in cv.LANDMARK_VIEWS]
     return {i: [view[i] for view in per_view] for i in range(len(keys))}
 
 
