@@ -22,6 +22,7 @@ from veil.obfuscation import (
     minimal_blur,
     mosaic,
     obfuscate,
+    obfuscate_canvas,
     overlay,
     parse_method_options,
     solid,
@@ -547,9 +548,34 @@ def test_registry_lists_every_method_with_matching_defaults() -> None:
         signature = inspect.signature(spec.function)
         keyword = {n: p.default for n, p in signature.parameters.items()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        # in_place is no option of the method (obfuscate_canvas passes it) but must be
+        # accepted exactly where the registry says so
+        assert (keyword.pop("in_place", None) is False) == spec.in_place, spec.name
         assert spec.defaults() == keyword, spec.name
         assert spec.help and all(p.help for p in spec.params)
         assert spec.name in spec.describe()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_obfuscate_canvas_writes_blurs_into_the_canvas_with_the_same_pixels(
+        method: str, engine: str) -> None:
+    """The JPEG domain's scratch canvas: a blur writes into it instead of copying the
+    whole picture, a fill returns a new image; either way the pixels of ``obfuscate``,
+    with faces that overlap, touch the border and lie outside the picture."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    boxes = [Box(10, 8, 40, 44), Box(30, 30, 70, 60), Box(100, -5, 130, 20),
+             Box(200, 200, 220, 230)]
+    expected = np.asarray(obfuscate(image, boxes, method))
+    canvas = image.copy()
+    out = obfuscate_canvas(canvas, boxes, method)
+    assert np.array_equal(np.asarray(out), expected)
+    assert (out is canvas) == METHODS[method].in_place
+    if not METHODS[method].in_place:
+        assert np.array_equal(np.asarray(canvas), np.asarray(image))  # left as it was
+    untouched = image.copy()
+    obfuscate(untouched, boxes, method)  # the plain call never writes into its input
+    assert np.array_equal(np.asarray(untouched), np.asarray(image))
 
 
 def test_parse_method_options_converts_values() -> None:

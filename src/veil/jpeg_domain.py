@@ -415,7 +415,8 @@ def splice_window(source: bytes, regions: Sequence[Rect], reads: Sequence[Rect],
     displayed (EXIF orientation 1).
 
     ``reads`` are the pixels the method reads to compute ``regions``; ``obfuscate`` runs
-    the method on a full-size RGB canvas. One ``tjTransform`` call decodes the file's
+    the method on a full-size RGB canvas, which is scratch: it may write into it
+    (:func:`veil.obfuscation.obfuscate_canvas`). One ``tjTransform`` call decodes the file's
     entropy-coded data once and makes two outputs: first a lossless crop around the
     regions, what the method reads and a margin of one MCU (chroma upsampling reads one
     sample across a block edge, so inside that margin the crop decodes to exactly the

@@ -21,6 +21,7 @@ from veil.obfuscation.registry import (
     affected_region,
     method_spec,
     obfuscate,
+    obfuscate_canvas,
     parse_method_options,
     read_region,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "minimal_blur",
     "mosaic",
     "obfuscate",
+    "obfuscate_canvas",
     "overlay",
     "parse_method_options",
     "read_region",

@@ -151,7 +151,7 @@ def _rgba_source(rgb, box: Rect, black: list[Rect]):
     return source
 
 
-def run_plan(image: ImageLike, plan: BlurPlan) -> ImageLike:
+def run_plan(image: ImageLike, plan: BlurPlan, *, in_place: bool = False) -> ImageLike:
     """Apply a blur plan region by region; pixel-identical to the whole-image computation.
 
     Only pixels within :attr:`Blur.mask_reach` of a painted rect can change. They are
@@ -160,12 +160,14 @@ def run_plan(image: ImageLike, plan: BlurPlan) -> ImageLike:
     wider (or up to the image border, where Pillow's edge clamping then agrees); each
     column piece is then column-blurred from it and blended in through its blurred mask.
     Pixels are read from the input, never from the output, so nearby regions cannot feed
-    one another.
+    one another. ``in_place``: blend into ``image`` itself (a PIL image) instead of a
+    copy: the pieces are disjoint and read from a copy of what they read, so the pixels
+    are the same, and a caller that discards its canvas saves copying the whole picture.
     """
     width, height = image_size(image)
     black = rg.clip_rects(plan.black, width, height)
     if plan.sigma <= 0 or not black:
-        return image.copy()
+        return image if in_place and isinstance(image, Image.Image) else image.copy()
     if not isinstance(image, Image.Image):
         return np.array(run_plan(Image.fromarray(np.ascontiguousarray(image)), plan))
     image.load()
@@ -174,7 +176,7 @@ def run_plan(image: ImageLike, plan: BlurPlan) -> ImageLike:
     read = pieces.read
     source = _rgba_source(image.im, read, black)
     inside = None if plan.inside is None else rg.clip_rects(plan.inside, width, height)
-    out = image.copy()
+    out = image if in_place else image.copy()
     target = out.im
     if array_stages.available(blur):
         transposed = array_stages.transposed_pixels(np.asarray(image._new(source)))
@@ -227,16 +229,18 @@ def blur(
     *,
     sigma_fraction: float = 0.1,
     expand_fraction: float = 0.1,
+    in_place: bool = False,
 ) -> ImageLike:
     """The paper's Gaussian blur, pixel-identical to its released whole-image code.
 
     Each box is enlarged by ``expand_fraction`` x its longer side and painted into a mask;
     image and mask are blurred with sigma = ``sigma_fraction`` x the longest box side in
     the image and the blurred image is blended in through the blurred mask, so the blur
-    fades out around each face instead of ending at a hard edge.
+    fades out around each face instead of ending at a hard edge. ``in_place``: write
+    into a PIL ``image`` instead of a copy (:func:`run_plan`).
     """
     return run_plan(image, paper_plan(image_size(image), boxes, sigma_fraction,
-                                      expand_fraction))
+                                      expand_fraction), in_place=in_place)
 
 
 def minimal_blur(
@@ -247,17 +251,19 @@ def minimal_blur(
     expand_fraction: float = 0.15,
     min_diagonal_fraction: float = 0.025,
     force_inside: bool = False,
+    in_place: bool = False,
 ) -> ImageLike:
     """The follow-up "minimalBlur": one blur size per image, set by the largest face.
 
     The largest true diagonal (at least ``min_diagonal_fraction`` of the image diagonal,
     so tiny faces still get a real blur) sets both the enlargement of every box
     (``expand_fraction`` x) and sigma (``sigma_fraction`` x). ``force_inside`` makes the
-    boxes themselves fully blurred, for tiny faces next to enormous ones.
+    boxes themselves fully blurred, for tiny faces next to enormous ones. ``in_place``
+    as for :func:`blur`.
     """
     plan = minimal_plan(image_size(image), boxes, sigma_fraction, expand_fraction,
                         min_diagonal_fraction, bool(force_inside))
-    return run_plan(image, plan)
+    return run_plan(image, plan, in_place=in_place)
 
 
 def blur_regions(

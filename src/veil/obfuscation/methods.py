@@ -2,7 +2,9 @@
 
 Dtype rule, for every method: ``image`` is a ``PIL.Image.Image`` in mode RGB or a numpy
 ``uint8`` array of shape ``(H, W, 3)``; the result is a new object of the same kind, size
-and dtype, and the input is never modified. Anything else raises ImageError.
+and dtype, and the input is never modified (unless a blur is asked to work
+``in_place`` on a PIL image: :func:`veil.obfuscation.obfuscate_canvas`). Anything else
+raises ImageError.
 
 ``boxes`` are :class:`veil.boxes.Box` in pixels; they may overlap, reach outside the
 image or be larger than it. Degenerate boxes (x0 >= x1, y0 >= y1, NaN or infinite) are

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from PIL import Image
 
 from veil.boxes import Box
 from veil.errors import VeilError
@@ -111,6 +113,8 @@ class MethodSpec:
     regions: Callable[..., list[m.Rect]] = field(repr=False)
     reads: Callable[..., list[m.Rect]] | None = field(default=None, repr=False)
     """Where the method reads input pixels; None: within its regions only."""
+    in_place: bool = False
+    """Whether ``function`` takes ``in_place=True`` (write into a PIL image it is given)."""
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -149,6 +153,7 @@ METHODS: dict[str, MethodSpec] = {
             ),
             m.blur_regions,
             m.blur_reads,
+            in_place=True,
         ),
         MethodSpec(
             "minimal-blur", m.minimal_blur,
@@ -165,6 +170,7 @@ METHODS: dict[str, MethodSpec] = {
             ),
             m.minimal_blur_regions,
             m.minimal_blur_reads,
+            in_place=True,
         ),
         MethodSpec(
             "overlay", m.overlay,
@@ -234,6 +240,20 @@ def obfuscate(
     spec = method_spec(method)
     spec.check_options(options)
     return spec.function(image, boxes, **options)
+
+
+def obfuscate_canvas(
+    canvas: Image.Image, boxes: Sequence[Box], method: str = "blur", **options: Any
+) -> Image.Image:
+    """:func:`obfuscate` for a PIL ``canvas`` the caller owns and will not use again: a
+    method that can write into it does (the blurs), so the whole picture is not copied;
+    the others return a new image as always. What the JPEG domain's crop path runs: it
+    obfuscates a full-size canvas to re-encode a few MCUs of it."""
+    spec = method_spec(method)
+    spec.check_options(options)
+    if spec.in_place:
+        return cast(Image.Image, spec.function(canvas, boxes, in_place=True, **options))
+    return cast(Image.Image, spec.function(canvas, boxes, **options))
 
 
 def affected_region(

@@ -71,7 +71,13 @@ from veil.images import (
     plain_jpeg_header,
     probe,
 )
-from veil.obfuscation import METHODS, affected_region, obfuscate, read_region
+from veil.obfuscation import (
+    METHODS,
+    affected_region,
+    obfuscate,
+    obfuscate_canvas,
+    read_region,
+)
 from veil.obfuscation.array_stages import compiled_passes
 from veil.runner import DEFAULT_SHARD_SIZE, RunSummary, execute, prepare_run
 from veil.store import RunItem, RunLedger
@@ -284,8 +290,8 @@ class ObfuscateTask:
             return None
         reads = read_region(size, kept, self.method, **self.options)
 
-        def run(canvas: Image.Image) -> Image.Image:
-            return cast(Image.Image, obfuscate(canvas, kept, self.method, **self.options))
+        def run(canvas: Image.Image) -> Image.Image:  # a scratch canvas: may be written
+            return obfuscate_canvas(canvas, kept, self.method, **self.options)
 
         try:
             spliced = jpeg_domain.splice_window(raw, regions, reads, run)
