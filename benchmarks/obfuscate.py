@@ -86,7 +86,14 @@ from veil.datasets import open_dataset
 from veil.detection import create_detector
 from veil.faces import load_faces
 from veil.images import load_image
-from veil.obfuscation import affected_region, blur, minimal_blur, obfuscate, read_region
+from veil.obfuscation import (
+    affected_region,
+    blur,
+    minimal_blur,
+    obfuscate,
+    obfuscate_canvas,
+    read_region,
+)
 from veil.obfuscation.array_stages import compiled_passes
 from veil.obfuscation.reference import minimal_blur_reference, paper_blur
 from veil.stages.obfuscate import COMPILED_BLUR_FROM, obfuscate_dataset
@@ -369,17 +376,39 @@ def detect_photos(root: Path, store: Path) -> Path:
     return store
 
 
-def floor_run(data: Path, keys: list[str], faces: dict[str, list[dict]], out: Path) -> None:
-    """The least any tool can do: copy faceless files, decode + re-encode faced ones."""
+def _copy_or_write(data: Path, keys: list[str], faces: dict[str, list[dict]], out: Path,
+                   write_faced: Callable[[Path, Path, list[dict]], None]) -> None:
+    """The floors' loop: copy each faceless file, ``write_faced(source, target, boxes)``
+    for each faced one."""
     for key in keys:
         target = out / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not faces[key]:
+        if faces[key]:
+            write_faced(data / key, target, faces[key])
+        else:
             shutil.copyfile(data / key, target)
-            continue
-        with Image.open(data / key) as image:
-            image.load()
-            image.save(target, "JPEG", quality="keep")
+
+
+def _reencoded(source: Path, target: Path, _boxes: list[dict]) -> None:
+    with Image.open(source) as image:
+        image.load()
+        image.save(target, "JPEG", quality="keep")
+
+
+def floor_run(data: Path, keys: list[str], faces: dict[str, list[dict]], out: Path) -> None:
+    """The least any tool can do: copy faceless files, decode + re-encode faced ones."""
+    _copy_or_write(data, keys, faces, out, _reencoded)
+
+
+def _spliced(source: Path, target: Path, faces: list[dict]) -> None:
+    raw = source.read_bytes()
+    frame = jpeg_domain.parse_frame(raw)  # the photos are stored as displayed
+    size = (frame.width, frame.height)
+    boxes = [Box(b["x0"], b["y0"], b["x1"], b["y1"]) for b in faces]
+    spliced = jpeg_domain.splice_window(
+        raw, affected_region(size, boxes, "blur"), read_region(size, boxes, "blur"),
+        lambda canvas: obfuscate_canvas(canvas, boxes, "blur"))
+    target.write_bytes(spliced.data)
 
 
 def jpeg_domain_floor(data: Path, keys: list[str], faces: dict[str, list[dict]],
@@ -392,24 +421,7 @@ def jpeg_domain_floor(data: Path, keys: list[str], faces: dict[str, list[dict]],
     :data:`~veil.stages.obfuscate.COMPILED_BLUR_FROM`, numba's from there)."""
     faced = sum(1 for key in keys if faces[key])
     with compiled_passes(faced >= COMPILED_BLUR_FROM):
-        _splice_all(data, keys, faces, out)
-
-
-def _splice_all(data: Path, keys: list[str], faces: dict[str, list[dict]], out: Path) -> None:
-    for key in keys:
-        target = out / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not faces[key]:
-            shutil.copyfile(data / key, target)
-            continue
-        raw = (data / key).read_bytes()
-        frame = jpeg_domain.parse_frame(raw)  # the photos are stored as displayed
-        size = (frame.width, frame.height)
-        boxes = [Box(b["x0"], b["y0"], b["x1"], b["y1"]) for b in faces[key]]
-        spliced = jpeg_domain.splice_window(
-            raw, affected_region(size, boxes, "blur"), read_region(size, boxes, "blur"),
-            lambda canvas, boxes=boxes: blur(canvas, boxes))
-        target.write_bytes(spliced.data)
+        _copy_or_write(data, keys, faces, out, _spliced)
 
 
 def veil_process(data: Path, faces_file: Path, out: Path, fmt: str = "keep") -> float:
