@@ -576,6 +576,11 @@ def test_obfuscate_canvas_writes_blurs_into_the_canvas_with_the_same_pixels(
     untouched = image.copy()
     obfuscate(untouched, boxes, method)  # the plain call never writes into its input
     assert np.array_equal(np.asarray(untouched), np.asarray(image))
+    mapped = image.copy()
+    mapped.readonly = 1  # as Pillow marks an image mapped over someone's buffer
+    out = obfuscate_canvas(mapped, boxes, method)
+    assert out is not mapped and np.array_equal(np.asarray(out), expected)
+    assert np.array_equal(np.asarray(mapped), np.asarray(image))
 
 
 def test_parse_method_options_converts_values() -> None:

@@ -176,7 +176,7 @@ def run_plan(image: ImageLike, plan: BlurPlan, *, in_place: bool = False) -> Ima
     read = pieces.read
     source = _rgba_source(image.im, read, black)
     inside = None if plan.inside is None else rg.clip_rects(plan.inside, width, height)
-    out = image if in_place else image.copy()
+    out = image if in_place and not image.readonly else image.copy()  # mapped: copy
     target = out.im
     if array_stages.available(blur):
         transposed = array_stages.transposed_pixels(np.asarray(image._new(source)))
