@@ -160,9 +160,10 @@ def run_plan(image: ImageLike, plan: BlurPlan, *, in_place: bool = False) -> Ima
     wider (or up to the image border, where Pillow's edge clamping then agrees); each
     column piece is then column-blurred from it and blended in through its blurred mask.
     Pixels are read from the input, never from the output, so nearby regions cannot feed
-    one another. ``in_place``: blend into ``image`` itself (a PIL image) instead of a
-    copy: the pieces are disjoint and read from a copy of what they read, so the pixels
-    are the same, and a caller that discards its canvas saves copying the whole picture.
+    one another. ``in_place``: blend into ``image`` itself (a PIL image Pillow does not
+    mark read-only) instead of a copy: the pieces are disjoint and read from a copy of
+    what they read, so the pixels are the same, and a caller that discards its canvas
+    saves copying the whole picture.
     """
     width, height = image_size(image)
     black = rg.clip_rects(plan.black, width, height)
