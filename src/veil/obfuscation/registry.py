@@ -251,9 +251,8 @@ def obfuscate_canvas(
     obfuscates a full-size canvas to re-encode a few MCUs of it."""
     spec = method_spec(method)
     spec.check_options(options)
-    if spec.in_place:
-        return cast(Image.Image, spec.function(canvas, boxes, in_place=True, **options))
-    return cast(Image.Image, spec.function(canvas, boxes, **options))
+    in_place = {"in_place": True} if spec.in_place else {}
+    return cast(Image.Image, spec.function(canvas, boxes, **in_place, **options))
 
 
 def affected_region(
