@@ -47,13 +47,12 @@ ILSVRC's 17% faced share and at the detector's own share. On one core, best of
 decoded and re-encoded by Pillow, no obfuscation); the JPEG-domain floor (faceless files
 copied, faced ones blurred in the JPEG domain by :func:`veil.jpeg_domain.splice_window`
 and written, with no ledger, hashes, fsync or metadata checks: the most a JPEG-domain tool
-can get from this machinery, so its ratio to the authors' loop bounds veil's);
-``veil obfuscate`` with ``--format
-keep`` (JPEG-domain: only the MCUs a face touches re-encoded) in its own timing and as a
-whole process; and with ``--format jpeg`` (today's whole re-encode). Then the faced
-outputs' size against their inputs, and the largest pixel difference inside the faces
-from the pixel-domain result, of both paths. Last, the start-up: the whole
-``veil obfuscate`` process on one small image.
+can get from this machinery, so its ratio to the authors' loop bounds veil's); ``veil
+obfuscate`` with ``--format keep`` (JPEG-domain: only the MCUs a face touches re-encoded)
+in its own timing and as a whole process; and with ``--format jpeg`` (today's whole
+re-encode). Then the faced outputs' size against their inputs, and the largest pixel
+difference inside the faces from the pixel-domain result, of both paths. Last, the
+start-up: the whole ``veil obfuscate`` process on one small image.
 
     python benchmarks/obfuscate.py --repeat 5
     python benchmarks/obfuscate.py --repeat 3 --skip wider --skip imagenette --skip dataset
@@ -260,7 +259,8 @@ def paper_script(root: Path, keys: list[str], faces: dict[str, list[dict]], out:
 
 def _timed_run(run: Callable[[Path], object], out: Path) -> float:
     """Seconds ``run(out)`` takes, starting with nothing dirty in the page cache (so no
-    side pays for flushing the other's files), ``out`` removed afterwards."""
+    side pays for flushing the other's files), ``out`` set aside afterwards
+    (:func:`set_aside`)."""
     return _timed_run_cpu(run, out)[0]
 
 
